@@ -1,1 +1,98 @@
+//! A binary buddy allocator of machine frames for a hypervisor heap.
+//!
+//! `hvmem-buddy` hands out naturally aligned blocks of `2^order` 4 KiB machine
+//! frames, as Xen's heap allocator does, in a `#![no_std]` crate with no
+//! allocation of its own:
+//!
+//! - **Zones.** Up to `ZONES` frame ranges (a NUMA node each, or the memory
+//!   below a DMA limit), each with any start and length. Allocations take any
+//!   zone, prefer one, or insist on one ([`ZonePolicy`]).
+//! - **O(1) per order level.** Intrusive doubly linked free lists per order,
+//!   and a bit mask of non-empty orders: an allocation finds its order with one
+//!   `trailing_zeros` and splits down; a free merges up with one byte read per
+//!   level. Nothing scans memory in proportion to its size.
+//! - **Caller-provided metadata**, 9.125 bytes per frame (0.223% of the
+//!   memory managed): [`metadata_words`] sizes it.
+//! - **Dirty frames.** A freed frame holds its last user's data until
+//!   scrubbed. [`BuddyAllocator::alloc_clean`] never returns such a frame; an
+//!   idle loop calls [`BuddyAllocator::scrub`] with a budget to clean free memory
+//!   lazily; clean and dirty buddies still merge, keeping every dirty mark.
+//! - **Reservations.** [`BuddyAllocator::reserve`] takes an exact range out of
+//!   the pool (firmware holes, a guest's fixed memory), splitting around it.
+//! - **A lock-free per-CPU cache** of single frames, [`FrameCache`],
+//!   model-checked with loom.
+//! - **Untrusted input.** Every operation checks its arguments and returns a
+//!   typed error, leaving the allocator unchanged: double frees, wrong orders,
+//!   misaligned or foreign frames, reserving allocated memory. No input panics.
+//!
+//! # Example
+//!
+//! ```
+//! use hvmem_buddy::{BuddyAllocator, Contents, metadata_words};
+//! use hvmem_types::{FrameRange, Mfn, PageOrder};
+//!
+//! // 64 MiB of RAM at 16 MiB, with a firmware hole to keep out.
+//! let ram = FrameRange::new(Mfn::new(0x1000), 0x4000).unwrap();
+//! let mut metadata = vec![0u64; metadata_words(ram.len())];
+//! let mut heap: BuddyAllocator = BuddyAllocator::new(PageOrder::SIZE_1G).unwrap();
+//! heap.add_zone(ram, &mut metadata, Contents::Clean).unwrap();
+//! heap.reserve(FrameRange::new(Mfn::new(0x10a0), 0x20).unwrap()).unwrap();
+//!
+//! // A 2 MiB block is 512 frames, aligned to 512 frames.
+//! let block = heap.alloc(PageOrder::SIZE_2M).unwrap();
+//! assert!(block.is_aligned(PageOrder::SIZE_2M));
+//!
+//! // Freed memory is dirty until scrubbed...
+//! heap.free(block, PageOrder::SIZE_2M).unwrap();
+//! assert_eq!(heap.stats().dirty_frames, 512);
+//! // ...so a double free is refused, and clean allocations scrub first.
+//! assert!(heap.free(block, PageOrder::SIZE_2M).is_err());
+//! let mut scrubbed = 0;
+//! let progress = heap.scrub(1024, |_mfn| scrubbed += 1);
+//! assert_eq!((scrubbed, progress.dirty_left), (512, 0));
+//! ```
 #![no_std]
+#![deny(missing_docs)]
+#![deny(unsafe_code)]
+
+#[cfg(test)]
+extern crate std;
+
+mod allocator;
+mod error;
+mod meta;
+mod percpu;
+mod stats;
+mod sync;
+mod zone;
+
+#[cfg(all(test, not(loom)))]
+mod tests;
+
+pub use allocator::{BuddyAllocator, ScrubProgress, ZoneId, ZonePolicy};
+pub use error::{AddZoneError, AllocError, ConfigError, FreeError, ReleaseError, ReserveError};
+pub use meta::{metadata_bytes, metadata_words};
+pub use percpu::FrameCache;
+pub use stats::Stats;
+
+use hvmem_types::PageOrder;
+
+/// The largest maximum order an allocator can be configured with: blocks of
+/// `2^30` frames (4 TiB).
+pub const MAX_SUPPORTED_ORDER: PageOrder = match PageOrder::new(30) {
+    Some(order) => order,
+    None => PageOrder::ZERO,
+};
+
+/// Xen's `MAX_ORDER` on x86 and Arm: 1 GiB blocks of 4 KiB frames.
+pub const DEFAULT_MAX_ORDER: PageOrder = PageOrder::SIZE_1G;
+
+/// What the frames of a new zone hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Contents {
+    /// Known to be zeroed (scrubbed at boot, or fresh from firmware that
+    /// clears memory).
+    Clean,
+    /// Possibly someone's data: scrubbed lazily before clean allocations.
+    Dirty,
+}

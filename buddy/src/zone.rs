@@ -1,0 +1,447 @@
+//! One zone: a frame range with its own free lists.
+//!
+//! ## Free lists
+//!
+//! Each order `k` has two intrusive doubly linked lists of free blocks, threaded
+//! through the head frames' link words: *clean* blocks (no frame needs
+//! scrubbing) and *dirty* blocks (some frame may). A 32-bit mask per list kind
+//! says which orders are non-empty, so finding the smallest usable order is one
+//! `trailing_zeros`. Splitting and merging take O(1) per order level; nothing
+//! scans memory in proportion to its size.
+//!
+//! ## Alignment
+//!
+//! Blocks are naturally aligned in *machine* frame numbers, not relative to the
+//! zone's start, so an order-9 block is a 2 MiB-aligned run that a page table
+//! can map with one leaf. A zone may start and end anywhere; its edges are cut
+//! into maximal aligned blocks, and a block's buddy outside the zone never
+//! merges.
+//!
+//! ## Dirty frames
+//!
+//! A per-frame dirty bit is the truth; a block's list says only "may hold dirty
+//! frames". A dirty block also records `first_dirty`, the offset of its first
+//! possibly dirty frame, so that the scrubber resumes where it stopped and a
+//! split knows when a half is certainly clean. Merging a clean block with a
+//! dirty one gives a dirty block; the per-frame bits are untouched, so no dirty
+//! mark is lost and clean frames are never scrubbed twice.
+
+use hvmem_types::{FrameRange, Mfn, PageOrder};
+
+use crate::error::{AddZoneError, FreeError, ReleaseError, ReserveError};
+use crate::meta::{FrameMeta, FrameState, NIL};
+use crate::{Contents, MAX_SUPPORTED_ORDER};
+
+/// Number of orders the fixed-size per-zone arrays cover.
+pub(crate) const ORDERS: usize = MAX_SUPPORTED_ORDER.get() as usize + 1;
+
+const CLEAN: usize = 0;
+const DIRTY: usize = 1;
+
+/// A zone's free lists over its metadata.
+#[derive(Debug)]
+pub(crate) struct Zone<'m> {
+    range: FrameRange,
+    frames: u32,
+    max_order: u8,
+    meta: FrameMeta<'m>,
+    heads: [[u32; ORDERS]; 2],
+    nonempty: [u32; 2],
+    blocks: [u32; ORDERS],
+    free_frames: u64,
+    dirty_frames: u64,
+    reserved_frames: u64,
+}
+
+impl<'m> Zone<'m> {
+    /// A zone over `range` with every frame free, clean or dirty per `contents`.
+    pub(crate) fn new(
+        range: FrameRange,
+        storage: &'m mut [u64],
+        max_order: PageOrder,
+        contents: Contents,
+    ) -> Result<Self, AddZoneError> {
+        if range.is_empty() {
+            return Err(AddZoneError::Empty);
+        }
+        // NIL is u32::MAX, and `index + 1` must stay representable.
+        let frames = u32::try_from(range.len())
+            .ok()
+            .filter(|&n| n < u32::MAX)
+            .ok_or(AddZoneError::TooLarge)?;
+        let needed = crate::metadata_words(range.len());
+        let given = storage.len();
+        let meta = FrameMeta::new(storage, frames)
+            .ok_or(AddZoneError::MetadataTooSmall { needed, given })?;
+        let mut zone = Self {
+            range,
+            frames,
+            max_order: max_order.get(),
+            meta,
+            heads: [[NIL; ORDERS]; 2],
+            nonempty: [0; 2],
+            blocks: [0; ORDERS],
+            free_frames: range.len(),
+            dirty_frames: 0,
+            reserved_frames: 0,
+        };
+        let dirty = contents == Contents::Dirty;
+        for (mfn, order) in range.aligned_blocks(max_order) {
+            let i = zone.index_in_zone(mfn);
+            if dirty {
+                zone.dirty_frames += u64::from(zone.meta.mark_dirty(i, 1 << order.get()));
+            }
+            zone.push_free(i, order.get(), dirty, 0);
+        }
+        Ok(zone)
+    }
+
+    pub(crate) fn range(&self) -> FrameRange {
+        self.range
+    }
+
+    /// The zone-relative index of a frame already known to be in the zone.
+    fn index_in_zone(&self, mfn: Mfn) -> u32 {
+        mfn.frames_since(self.range.start()).unwrap_or(0) as u32
+    }
+
+    /// The zone-relative index of `[mfn, mfn + count)` if it lies in the zone.
+    pub(crate) fn index_of_span(&self, mfn: Mfn, count: u64) -> Option<u32> {
+        let i = mfn.frames_since(self.range.start())?;
+        let end = i.checked_add(count)?;
+        (end <= u64::from(self.frames)).then_some(i as u32)
+    }
+
+    fn mfn(&self, i: u32) -> Mfn {
+        Mfn::new(self.range.start().get() + u64::from(i))
+    }
+
+    /// The index of the buddy of block `(i, k)`, if that buddy lies in the zone.
+    #[inline]
+    fn buddy_of(&self, i: u32, k: u8) -> Option<u32> {
+        let base = self.range.start().get();
+        let size = 1u64 << k;
+        let buddy = (base + u64::from(i)) ^ size;
+        let rel = buddy.checked_sub(base)?;
+        (rel + size <= u64::from(self.frames)).then_some(rel as u32)
+    }
+
+    #[inline]
+    fn push_free(&mut self, i: u32, k: u8, dirty: bool, first_dirty: u32) {
+        let list = usize::from(dirty);
+        let Some(head) = self.heads.get_mut(list).and_then(|h| h.get_mut(usize::from(k))) else {
+            return;
+        };
+        let old = *head;
+        *head = i;
+        self.meta.set_links(i, old, NIL);
+        if old != NIL {
+            self.meta.set_prev(old, i);
+        }
+        self.meta.set_state(i, FrameState::free(k, dirty));
+        if dirty {
+            self.meta.set_first_dirty(i, k, first_dirty);
+        }
+        if let Some(n) = self.nonempty.get_mut(list) {
+            *n |= 1 << k;
+        }
+        if let Some(b) = self.blocks.get_mut(usize::from(k)) {
+            *b += 1;
+        }
+    }
+
+    #[inline]
+    fn unlink_free(&mut self, i: u32, k: u8, dirty: bool) {
+        let list = usize::from(dirty);
+        let (next, prev) = (self.meta.next(i), self.meta.prev(i));
+        if prev == NIL {
+            if let Some(head) = self.heads.get_mut(list).and_then(|h| h.get_mut(usize::from(k))) {
+                *head = next;
+            }
+            if next == NIL {
+                if let Some(n) = self.nonempty.get_mut(list) {
+                    *n &= !(1 << k);
+                }
+            }
+        } else {
+            self.meta.set_next(prev, next);
+        }
+        if next != NIL {
+            self.meta.set_prev(next, prev);
+        }
+        if let Some(b) = self.blocks.get_mut(usize::from(k)) {
+            *b -= 1;
+        }
+    }
+
+    /// Takes a free block of `order` off the lists, splitting a larger one if
+    /// needed. Returns its index and whether it may hold dirty frames. With
+    /// `clean_only`, dirty blocks are not considered.
+    #[inline]
+    pub(crate) fn take_block(&mut self, order: u8, clean_only: bool) -> Option<(u32, bool)> {
+        let above = u32::MAX << order;
+        let clean = self.nonempty[CLEAN] & above;
+        let candidates = if clean_only {
+            clean
+        } else {
+            clean | (self.nonempty[DIRTY] & above)
+        };
+        if candidates == 0 {
+            return None;
+        }
+        let mut k = candidates.trailing_zeros() as u8;
+        // Prefer a dirty block of the same order: clean memory is worth more to
+        // the callers that ask for it.
+        let mut dirty = !clean_only && self.nonempty[DIRTY] & (1 << k) != 0;
+        let i = *self.heads.get(usize::from(dirty))?.get(usize::from(k))?;
+        let mut first_dirty = if dirty { self.meta.first_dirty(i, k) } else { 0 };
+        self.unlink_free(i, k, dirty);
+        // Keep the lower half, give the upper halves back.
+        while k > order {
+            k -= 1;
+            let half = 1u32 << k;
+            if dirty && first_dirty >= half {
+                // Every dirty frame is in the upper half: the lower one is clean.
+                self.push_free(i + half, k, true, first_dirty - half);
+                dirty = false;
+                first_dirty = 0;
+            } else {
+                // The upper half may or may not hold dirty frames; the scrubber
+                // (or a later split) finds out from the per-frame bits.
+                self.push_free(i + half, k, dirty, 0);
+            }
+        }
+        self.meta.set_state(i, FrameState::allocated(order));
+        self.free_frames -= 1 << order;
+        Some((i, dirty))
+    }
+
+    /// Allocates a block; its frames may hold a previous user's data.
+    #[inline]
+    pub(crate) fn alloc(&mut self, order: u8) -> Option<Mfn> {
+        let (i, dirty) = self.take_block(order, false)?;
+        if dirty {
+            self.dirty_frames -= u64::from(self.meta.mark_clean(i, 1 << order));
+        }
+        Some(self.mfn(i))
+    }
+
+    /// Allocates a block whose frames are all clean: a clean block if there is
+    /// one, otherwise a dirty block whose dirty frames are scrubbed now.
+    pub(crate) fn alloc_clean(&mut self, order: u8, scrub: &mut impl FnMut(Mfn)) -> Option<Mfn> {
+        let (i, dirty) = self
+            .take_block(order, true)
+            .or_else(|| self.take_block(order, false))?;
+        if dirty {
+            let base = self.range.start();
+            let mut budget = u64::MAX;
+            let (cleared, _) = self.meta.scrub_frames(i, i + (1 << order), &mut budget, |j| {
+                scrub(Mfn::new(base.get() + u64::from(j)));
+            });
+            self.dirty_frames -= u64::from(cleared);
+        }
+        Some(self.mfn(i))
+    }
+
+    /// Frees the allocated block `(i, k)`: its frames become dirty and it merges
+    /// with free buddies.
+    #[inline]
+    pub(crate) fn free(&mut self, i: u32, k: u8) -> Result<(), FreeError> {
+        let state = self.meta.state(i);
+        if !state.is_allocated() {
+            return Err(if state.is_reserved() {
+                FreeError::Reserved
+            } else {
+                FreeError::NotAllocated
+            });
+        }
+        if state.order() != k {
+            return Err(FreeError::WrongOrder {
+                allocated: PageOrder::new(state.order()).unwrap_or(PageOrder::ZERO),
+            });
+        }
+        self.dirty_frames += u64::from(self.meta.mark_dirty(i, 1 << k));
+        self.free_frames += 1 << k;
+        self.merge_and_insert(i, k, true, 0);
+        Ok(())
+    }
+
+    /// Inserts the free block `(i, k)`, first merging it with its buddies.
+    #[inline]
+    fn merge_and_insert(&mut self, mut i: u32, mut k: u8, mut dirty: bool, mut first_dirty: u32) {
+        while k < self.max_order {
+            let Some(b) = self.buddy_of(i, k) else { break };
+            let bstate = self.meta.state(b);
+            if !bstate.is_free_of_order(k) {
+                break;
+            }
+            let bdirty = bstate.on_dirty_list();
+            let bfirst = if bdirty { self.meta.first_dirty(b, k) } else { 0 };
+            self.unlink_free(b, k, bdirty);
+            let half = 1u32 << k;
+            if b < i {
+                first_dirty = if bdirty { bfirst } else { half + first_dirty };
+                self.meta.set_state(i, FrameState::TAIL);
+                i = b;
+            } else {
+                first_dirty = if dirty { first_dirty } else { half + bfirst };
+                self.meta.set_state(b, FrameState::TAIL);
+            }
+            dirty |= bdirty;
+            k += 1;
+        }
+        self.push_free(i, k, dirty, if dirty { first_dirty } else { 0 });
+    }
+
+    /// The head and state of the block holding frame `f` (see the invariant in
+    /// `meta`): the first non-`TAIL` frame met while aligning `f` down.
+    fn container(&self, f: u32) -> Option<(u32, FrameState)> {
+        let base = self.range.start().get();
+        let m = base + u64::from(f);
+        for k in 0..=self.max_order {
+            let head = (m & !((1u64 << k) - 1)).checked_sub(base)? as u32;
+            let state = self.meta.state(head);
+            if !state.is_tail() {
+                let end = u64::from(head) + (1u64 << state.order());
+                return (end > u64::from(f)).then_some((head, state));
+            }
+        }
+        None
+    }
+
+    /// Takes the zone-relative frames `[start, end)` out of the free pool.
+    pub(crate) fn reserve(&mut self, start: u32, end: u32) -> Result<(), ReserveError> {
+        // Check every frame first, so that a refusal changes nothing.
+        let mut f = start;
+        while f < end {
+            match self.container(f) {
+                Some((head, state)) if state.is_free() => f = head + (1 << state.order()),
+                _ => return Err(ReserveError::NotFree { mfn: self.mfn(f) }),
+            }
+        }
+        let mut f = start;
+        while f < end {
+            let Some((head, state)) = self.container(f) else {
+                debug_assert!(false, "free block vanished during reserve");
+                break;
+            };
+            let (k, dirty) = (state.order(), state.on_dirty_list());
+            self.unlink_free(head, k, dirty);
+            let block_end = head + (1 << k);
+            let (lo, hi) = (head.max(start), block_end.min(end));
+            self.reinsert_piece(head, lo, dirty);
+            self.reinsert_piece(hi, block_end, dirty);
+            for j in lo..hi {
+                self.meta.set_state(j, FrameState::RESERVED);
+            }
+            self.dirty_frames -= u64::from(self.meta.mark_clean(lo, hi - lo));
+            self.free_frames -= u64::from(hi - lo);
+            self.reserved_frames += u64::from(hi - lo);
+            f = block_end;
+        }
+        Ok(())
+    }
+
+    /// Puts `[from, to)`, a piece of a free block cut by a reservation, back as
+    /// maximal aligned blocks, each on the list its frames' dirty bits call for.
+    fn reinsert_piece(&mut self, from: u32, to: u32, may_be_dirty: bool) {
+        let Some(piece) = FrameRange::from_bounds(self.mfn(from), self.mfn(to)) else {
+            return;
+        };
+        let max = PageOrder::new(self.max_order).unwrap_or(PageOrder::ZERO);
+        for (mfn, order) in piece.aligned_blocks(max) {
+            let i = self.index_in_zone(mfn);
+            let first_dirty = if may_be_dirty {
+                match self.meta.find_dirty(i, 1 << order.get(), u32::MAX) {
+                    Ok(Some(at)) => Some(at - i),
+                    _ => None,
+                }
+            } else {
+                None
+            };
+            self.push_free(i, order.get(), first_dirty.is_some(), first_dirty.unwrap_or(0));
+        }
+    }
+
+    /// Gives the reserved zone-relative frames `[start, end)` back, dirty.
+    pub(crate) fn release(&mut self, start: u32, end: u32) -> Result<(), ReleaseError> {
+        if let Some(f) = (start..end).find(|&f| !self.meta.state(f).is_reserved()) {
+            return Err(ReleaseError::NotReserved { mfn: self.mfn(f) });
+        }
+        let Some(range) = FrameRange::from_bounds(self.mfn(start), self.mfn(end)) else {
+            return Ok(());
+        };
+        let max = PageOrder::new(self.max_order).unwrap_or(PageOrder::ZERO);
+        for (mfn, order) in range.aligned_blocks(max) {
+            let i = self.index_in_zone(mfn);
+            let n = 1u32 << order.get();
+            for j in i + 1..i + n {
+                self.meta.set_state(j, FrameState::TAIL);
+            }
+            self.dirty_frames += u64::from(self.meta.mark_dirty(i, n));
+            self.reserved_frames -= u64::from(n);
+            self.free_frames += u64::from(n);
+            self.merge_and_insert(i, order.get(), true, 0);
+        }
+        Ok(())
+    }
+
+    /// Scrubs dirty free frames, largest blocks first, spending at most
+    /// `budget` units (one per frame scrubbed, one per clean 64-frame word
+    /// skipped). Returns the frames scrubbed.
+    pub(crate) fn scrub(&mut self, budget: &mut u64, scrub: &mut impl FnMut(Mfn)) -> u64 {
+        let base = self.range.start();
+        let mut scrubbed = 0;
+        while *budget > 0 && self.nonempty[DIRTY] != 0 {
+            let k = (31 - self.nonempty[DIRTY].leading_zeros()) as u8;
+            let Some(&i) = self.heads[DIRTY].get(usize::from(k)) else {
+                break;
+            };
+            let first = self.meta.first_dirty(i, k);
+            let end = i + (1 << k);
+            let (cleared, resume) =
+                self.meta
+                    .scrub_frames(i.saturating_add(first).min(end), end, budget, |j| {
+                        scrub(Mfn::new(base.get() + u64::from(j)));
+                    });
+            self.dirty_frames -= u64::from(cleared);
+            scrubbed += u64::from(cleared);
+            match resume {
+                Some(at) => self.meta.set_first_dirty(i, k, at - i),
+                None => {
+                    self.unlink_free(i, k, true);
+                    self.push_free(i, k, false, 0);
+                }
+            }
+        }
+        scrubbed
+    }
+
+    pub(crate) fn free_frames(&self) -> u64 {
+        self.free_frames
+    }
+
+    pub(crate) fn dirty_frames(&self) -> u64 {
+        self.dirty_frames
+    }
+
+    pub(crate) fn reserved_frames(&self) -> u64 {
+        self.reserved_frames
+    }
+
+    /// Free blocks of order `k`.
+    pub(crate) fn free_blocks(&self, k: usize) -> u32 {
+        self.blocks.get(k).copied().unwrap_or(0)
+    }
+
+    /// The order of the largest free block, if any.
+    pub(crate) fn largest_free(&self) -> Option<u8> {
+        let all = self.nonempty[CLEAN] | self.nonempty[DIRTY];
+        (all != 0).then(|| (31 - all.leading_zeros()) as u8)
+    }
+
+    /// Whether the zone holds a clean free block of at least `order`.
+    pub(crate) fn has_clean(&self, order: u8) -> bool {
+        self.nonempty[CLEAN] & (u32::MAX << order) != 0
+    }
+}
