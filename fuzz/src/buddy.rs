@@ -1,0 +1,204 @@
+//! The `buddy` target: operation sequences against a per-frame model.
+//!
+//! Input layout: a max-order byte, two zones (start and length as `u16`s,
+//! kept small so that the model can check every frame), then operations of
+//! one tag byte and its arguments. About one operation in eight is garbage
+//! by construction (arbitrary frames, orders up to 255, huge ranges), and the
+//! checks demand that the allocator refuse it and stay unchanged.
+
+use hvmem_buddy::{BuddyAllocator, Contents, ZoneId, ZonePolicy, metadata_words};
+use hvmem_types::{FrameRange, Mfn, PageOrder};
+
+use crate::bytes::Bytes;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Frame {
+    Hole,
+    Free,
+    Allocated,
+    Reserved,
+}
+
+struct Model {
+    frames: Vec<Frame>,
+    dirty: Vec<bool>,
+    live: Vec<(Mfn, PageOrder)>,
+}
+
+impl Model {
+    fn span(mfn: Mfn, order: PageOrder) -> std::ops::Range<usize> {
+        mfn.get() as usize..(mfn.get() + order.frames()) as usize
+    }
+
+    fn all(&self, r: &FrameRange, what: Frame) -> bool {
+        !r.is_empty()
+            && (r.end().get() as usize) <= self.frames.len()
+            && self.frames[r.start().get() as usize..r.end().get() as usize]
+                .iter()
+                .all(|&f| f == what)
+    }
+
+    fn has_free_block(&self, order: PageOrder) -> bool {
+        let n = order.frames() as usize;
+        self.frames.chunks(n).any(|c| c.len() == n && c.iter().all(|&f| f == Frame::Free))
+    }
+
+    fn take(&mut self, mfn: Mfn, order: PageOrder) {
+        assert!(mfn.is_aligned(order), "{mfn:?} not aligned to {order:?}");
+        for f in Self::span(mfn, order) {
+            assert_eq!(self.frames.get(f), Some(&Frame::Free), "{mfn:?} {order:?} overlaps");
+            self.frames[f] = Frame::Allocated;
+        }
+        self.live.push((mfn, order));
+    }
+
+    fn check(&self, heap: &BuddyAllocator<'_, 2>) {
+        let s = heap.stats();
+        let count = |w| self.frames.iter().filter(|&&f| f == w).count() as u64;
+        assert_eq!(s.free_frames, count(Frame::Free));
+        assert_eq!(s.reserved_frames, count(Frame::Reserved));
+        let dirty = (0..self.frames.len())
+            .filter(|&f| self.frames[f] == Frame::Free && self.dirty[f])
+            .count() as u64;
+        assert_eq!(s.dirty_frames, dirty);
+    }
+}
+
+/// Runs one input. Panics on any disagreement with the model.
+pub fn run(data: &[u8]) {
+    let mut input = Bytes::new(data);
+    let max = PageOrder::new(input.u8() % 19).unwrap_or(PageOrder::ZERO);
+    let z0 = FrameRange::new(Mfn::new(u64::from(input.u16() % 2048)), u64::from(input.u16() % 1024) + 1);
+    let z1 = FrameRange::new(Mfn::new(u64::from(input.u16() % 2048) + 2048), u64::from(input.u16() % 1024) + 1);
+    let (Some(z0), Some(z1)) = (z0, z1) else { return };
+    let contents = if input.u8() & 1 == 0 { Contents::Clean } else { Contents::Dirty };
+    let mut m0 = vec![0u64; metadata_words(z0.len())];
+    let mut m1 = vec![0u64; metadata_words(z1.len())];
+    let mut heap = BuddyAllocator::<2>::new(max).unwrap();
+    heap.add_zone(z0, &mut m0, contents).unwrap();
+    heap.add_zone(z1, &mut m1, contents).unwrap();
+
+    let top = z1.end().get() as usize;
+    let mut model = Model { frames: vec![Frame::Hole; top], dirty: vec![false; top], live: vec![] };
+    for z in [z0, z1] {
+        for f in z.start().get()..z.end().get() {
+            model.frames[f as usize] = Frame::Free;
+            model.dirty[f as usize] = contents == Contents::Dirty;
+        }
+    }
+    model.check(&heap);
+
+    let mut steps = 0;
+    while !input.is_empty() && steps < 4096 {
+        steps += 1;
+        let before = heap.stats();
+        match input.u8() % 9 {
+            0 | 1 => {
+                let order = PageOrder::new(input.u8() % 20).unwrap();
+                let policy = match input.u8() % 4 {
+                    0 => ZonePolicy::Only(ZoneId::new(input.u8() % 3)),
+                    1 => ZonePolicy::Prefer(ZoneId::new(input.u8() % 3)),
+                    _ => ZonePolicy::Any,
+                };
+                match heap.alloc_in(order, policy) {
+                    Ok(mfn) => model.take(mfn, order),
+                    Err(_) => {
+                        if policy == ZonePolicy::Any && order <= max {
+                            assert!(!model.has_free_block(order), "spurious failure {order:?}");
+                        }
+                        assert_eq!(heap.stats(), before);
+                    }
+                }
+            }
+            2 => {
+                let order = PageOrder::new(input.u8() % 20).unwrap();
+                let mut scrubbed = Vec::new();
+                match heap.alloc_clean(order, |m| scrubbed.push(m)) {
+                    Ok(mfn) => {
+                        for m in scrubbed {
+                            assert!(Model::span(mfn, order).contains(&(m.get() as usize)));
+                            model.dirty[m.get() as usize] = false;
+                        }
+                        assert!(Model::span(mfn, order).all(|f| !model.dirty[f]), "dirty frame handed out clean");
+                        model.take(mfn, order);
+                    }
+                    Err(_) => {
+                        assert!(order > max || !model.has_free_block(order));
+                        assert_eq!(heap.stats(), before);
+                    }
+                }
+            }
+            3 | 4 => {
+                if model.live.is_empty() {
+                    continue;
+                }
+                let i = usize::from(input.u16()) % model.live.len();
+                let (mfn, order) = model.live.swap_remove(i);
+                heap.free(mfn, order).unwrap();
+                for f in Model::span(mfn, order) {
+                    model.frames[f] = Frame::Free;
+                    model.dirty[f] = true;
+                }
+            }
+            5 => {
+                // Garbage free: any frame, any order up to 255.
+                let mfn = Mfn::new(if input.u8() & 1 == 0 { u64::from(input.u16()) } else { input.u64() });
+                let k = input.u8();
+                let Some(order) = PageOrder::new(k) else { continue };
+                if model.live.contains(&(mfn, order)) {
+                    continue;
+                }
+                assert!(heap.free(mfn, order).is_err(), "freed {mfn:?} {order:?}");
+                assert_eq!(heap.stats(), before);
+            }
+            6 => {
+                let r = FrameRange::new(Mfn::new(u64::from(input.u16() % 4096)), u64::from(input.u8()));
+                let Some(r) = r else { continue };
+                let ok = model.all(&r, Frame::Free) && [z0, z1].iter().any(|z| z.contains_range(&r));
+                match heap.reserve(r) {
+                    Ok(()) => {
+                        assert!(ok, "reserved {r:?}");
+                        for f in r.start().get()..r.end().get() {
+                            model.frames[f as usize] = Frame::Reserved;
+                        }
+                    }
+                    Err(_) => {
+                        assert!(!ok, "refused to reserve {r:?}");
+                        assert_eq!(heap.stats(), before);
+                    }
+                }
+            }
+            7 => {
+                let r = FrameRange::new(Mfn::new(u64::from(input.u16() % 4096)), u64::from(input.u8()));
+                let Some(r) = r else { continue };
+                let ok = model.all(&r, Frame::Reserved) && [z0, z1].iter().any(|z| z.contains_range(&r));
+                match heap.release(r) {
+                    Ok(()) => {
+                        assert!(ok, "released {r:?}");
+                        for f in r.start().get()..r.end().get() {
+                            model.frames[f as usize] = Frame::Free;
+                            model.dirty[f as usize] = true;
+                        }
+                    }
+                    Err(_) => {
+                        assert!(!ok, "refused to release {r:?}");
+                        assert_eq!(heap.stats(), before);
+                    }
+                }
+            }
+            _ => {
+                let budget = u64::from(input.u16() % 512);
+                let mut scrubbed = Vec::new();
+                let p = heap.scrub(budget, |m| scrubbed.push(m));
+                assert!(p.scrubbed <= budget);
+                for m in scrubbed {
+                    let f = m.get() as usize;
+                    assert_eq!(model.frames[f], Frame::Free, "scrubbed a frame in use");
+                    assert!(model.dirty[f], "scrubbed a clean frame");
+                    model.dirty[f] = false;
+                }
+            }
+        }
+        model.check(&heap);
+    }
+}
