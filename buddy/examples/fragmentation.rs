@@ -3,6 +3,8 @@
 //!
 //! `cargo run --release -p hvmem-buddy --example fragmentation`
 
+#![allow(clippy::expect_used)] // an example: a failure here is a bug to see
+
 use hvmem_buddy::{BuddyAllocator, Contents, DEFAULT_MAX_ORDER, Stats, metadata_words};
 use hvmem_types::{FrameRange, Mfn, PageOrder};
 
@@ -39,9 +41,11 @@ fn main() {
     let node1 = FrameRange::new(Mfn::new(2 << 18), 2 << 18).expect("range");
     let mut meta0 = vec![0u64; metadata_words(node0.len())];
     let mut meta1 = vec![0u64; metadata_words(node1.len())];
-    let mut heap: BuddyAllocator = BuddyAllocator::new(DEFAULT_MAX_ORDER).expect("max order");
-    heap.add_zone(node0, &mut meta0, Contents::Clean).expect("zone");
-    heap.add_zone(node1, &mut meta1, Contents::Clean).expect("zone");
+    let mut heap: BuddyAllocator<'_> = BuddyAllocator::new(DEFAULT_MAX_ORDER).expect("max order");
+    heap.add_zone(node0, &mut meta0, Contents::Clean)
+        .expect("zone");
+    heap.add_zone(node1, &mut meta1, Contents::Clean)
+        .expect("zone");
     heap.reserve(FrameRange::new(Mfn::new(0x300), 0x80).expect("range"))
         .expect("firmware hole");
     report("boot", &heap.stats());
@@ -74,7 +78,10 @@ fn main() {
         heap.free(mfn, order).expect("free what was allocated");
         used -= order.frames();
     }
-    report("after the workload (3 GiB used, then freed down to 1 GiB)", &heap.stats());
+    report(
+        "after the workload (3 GiB used, then freed down to 1 GiB)",
+        &heap.stats(),
+    );
 
     // The idle loop scrubs what the guests left behind, 64 MiB at a time.
     let mut rounds = 0;
@@ -86,5 +93,8 @@ fn main() {
     for (mfn, order) in live.drain(..) {
         heap.free(mfn, order).expect("free what was allocated");
     }
-    report("everything freed (merged back into 1 GiB blocks)", &heap.stats());
+    report(
+        "everything freed (merged back into 1 GiB blocks)",
+        &heap.stats(),
+    );
 }

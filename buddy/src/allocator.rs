@@ -2,9 +2,7 @@
 
 use hvmem_types::{FrameRange, Mfn, PageOrder};
 
-use crate::error::{
-    AddZoneError, AllocError, ConfigError, FreeError, ReleaseError, ReserveError,
-};
+use crate::error::{AddZoneError, AllocError, ConfigError, FreeError, ReleaseError, ReserveError};
 use crate::stats::Stats;
 use crate::zone::Zone;
 use crate::{Contents, MAX_SUPPORTED_ORDER};
@@ -220,7 +218,9 @@ impl<'m, const ZONES: usize> BuddyAllocator<'m, ZONES> {
             }
         });
         match clean {
-            Err(AllocError::OutOfMemory) => self.first_zone(policy, |z| z.alloc_clean(k, &mut scrub)),
+            Err(AllocError::OutOfMemory) => {
+                self.first_zone(policy, |z| z.alloc_clean(k, &mut scrub))
+            }
             other => other,
         }
     }

@@ -96,3 +96,8 @@ pub enum Contents {
     /// Possibly someone's data: scrubbed lazily before clean allocations.
     Dirty,
 }
+
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -147,7 +147,11 @@ impl<'m> FrameMeta<'m> {
         links.fill(u64::from(NIL) | (u64::from(NIL) << 32));
         state.fill(FrameState::TAIL.0);
         dirty.fill(0);
-        Some(Self { links, state, dirty })
+        Some(Self {
+            links,
+            state,
+            dirty,
+        })
     }
 
     #[inline]
@@ -170,7 +174,9 @@ impl<'m> FrameMeta<'m> {
 
     #[inline]
     pub(crate) fn prev(&self, i: u32) -> u32 {
-        self.links.get(i as usize).map_or(NIL, |&w| (w >> 32) as u32)
+        self.links
+            .get(i as usize)
+            .map_or(NIL, |&w| (w >> 32) as u32)
     }
 
     #[inline]
@@ -339,7 +345,10 @@ mod tests {
     fn metadata_stays_under_a_quarter_percent_of_managed_memory() {
         let frames = 1u64 << 18;
         let bytes = metadata_bytes(frames) as u64;
-        assert!(bytes * 400 <= frames * 4096, "{bytes} bytes for {frames} frames");
+        assert!(
+            bytes * 400 <= frames * 4096,
+            "{bytes} bytes for {frames} frames"
+        );
     }
 
     #[test]

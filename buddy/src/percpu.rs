@@ -155,7 +155,10 @@ impl<const N: usize> FrameCache<N> {
     /// Stops at the first frame `heap` refuses (one that was never allocated
     /// from it as a single frame) and returns that error; the refused frame is
     /// dropped from the cache, and the frames not yet drained stay in it.
-    pub fn drain<const Z: usize>(&self, heap: &mut BuddyAllocator<'_, Z>) -> Result<usize, FreeError> {
+    pub fn drain<const Z: usize>(
+        &self,
+        heap: &mut BuddyAllocator<'_, Z>,
+    ) -> Result<usize, FreeError> {
         let mut freed = 0;
         while let Some(mfn) = self.pop() {
             heap.free(mfn, PageOrder::ZERO)?;
@@ -236,7 +239,10 @@ mod loom_tests {
                 let c = Arc::clone(&cache);
                 thread::spawn(move || c.push(Mfn::new(20)).map_err(Mfn::get))
             };
-            let mut all: Vec<u64> = poppers.into_iter().filter_map(|t| t.join().unwrap()).collect();
+            let mut all: Vec<u64> = poppers
+                .into_iter()
+                .filter_map(|t| t.join().unwrap())
+                .collect();
             if let Err(back) = pusher.join().unwrap() {
                 all.push(back);
             }
@@ -264,7 +270,10 @@ mod loom_tests {
                 let c = Arc::clone(&cache);
                 thread::spawn(move || c.pop().map(Mfn::get))
             };
-            let mut all: Vec<u64> = pushers.into_iter().filter_map(|t| t.join().unwrap()).collect();
+            let mut all: Vec<u64> = pushers
+                .into_iter()
+                .filter_map(|t| t.join().unwrap())
+                .collect();
             all.extend(popper.join().unwrap());
             all.extend(cache.pop().map(Mfn::get));
             assert_eq!(sorted(all), [1, 2]);

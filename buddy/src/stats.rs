@@ -104,8 +104,7 @@ impl fmt::Display for Stats {
             self.free_frames,
             self.dirty_frames,
             self.reserved_frames,
-            self.largest_free
-                .map_or(-1, |o| i32::from(o.get()))
+            self.largest_free.map_or(-1, |o| i32::from(o.get()))
         )?;
         writeln!(f, "order  free blocks  unusable index")?;
         for (k, &n) in self.free_blocks.iter().enumerate() {

@@ -1,6 +1,9 @@
 //! Unit tests, each named after the rule it guards, and the model-based
 //! property test.
 
+// Test code: a panic is a failed test.
+#![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
+
 use std::vec;
 use std::vec::Vec;
 
@@ -25,7 +28,12 @@ struct Meta(Vec<Vec<u64>>);
 
 impl Meta {
     fn for_ranges(ranges: &[FrameRange]) -> Self {
-        Self(ranges.iter().map(|r| vec![0; metadata_words(r.len())]).collect())
+        Self(
+            ranges
+                .iter()
+                .map(|r| vec![0; metadata_words(r.len())])
+                .collect(),
+        )
     }
 
     fn heap(&mut self, max: u8, ranges: &[FrameRange], contents: Contents) -> BuddyAllocator<'_> {
@@ -57,7 +65,9 @@ fn zone_edges_are_cut_into_maximal_aligned_blocks() {
     let stats = heap.stats();
     assert_eq!(stats.free_frames, 13);
     assert_eq!(
-        (0..4).map(|k| stats.free_blocks(order(k))).collect::<Vec<_>>(),
+        (0..4)
+            .map(|k| stats.free_blocks(order(k)))
+            .collect::<Vec<_>>(),
         [1, 0, 1, 1]
     );
     assert_eq!(stats.largest_free, Some(order(3)));
@@ -70,9 +80,15 @@ fn order_above_max_order_is_refused() {
     let mut heap = meta.heap(4, &zone, Contents::Clean);
     assert_eq!(
         heap.alloc(order(5)),
-        Err(AllocError::OrderTooLarge { requested: order(5), max: order(4) })
+        Err(AllocError::OrderTooLarge {
+            requested: order(5),
+            max: order(4)
+        })
     );
-    assert!(matches!(heap.free(Mfn::new(0), order(5)), Err(FreeError::OrderTooLarge { .. })));
+    assert!(matches!(
+        heap.free(Mfn::new(0), order(5)),
+        Err(FreeError::OrderTooLarge { .. })
+    ));
     assert!(BuddyAllocator::<1>::new(order(31)).is_err());
 }
 
@@ -81,9 +97,16 @@ fn free_merges_buddies_back_to_the_maximum_order() {
     let zone = [range(0, 1 << 10)];
     let mut meta = Meta::for_ranges(&zone);
     let mut heap = meta.heap(10, &zone, Contents::Clean);
-    let frames: Vec<_> = (0..1 << 10).map(|_| heap.alloc(order(0)).unwrap()).collect();
+    let frames: Vec<_> = (0..1 << 10)
+        .map(|_| heap.alloc(order(0)).unwrap())
+        .collect();
     assert_eq!(heap.alloc(order(0)), Err(AllocError::OutOfMemory));
-    for f in frames.iter().rev().step_by(2).chain(frames.iter().step_by(2)) {
+    for f in frames
+        .iter()
+        .rev()
+        .step_by(2)
+        .chain(frames.iter().step_by(2))
+    {
         heap.free(*f, order(0)).unwrap();
     }
     let stats = heap.stats();
@@ -119,8 +142,18 @@ fn free_with_the_wrong_order_is_refused() {
     let mut meta = Meta::for_ranges(&zone);
     let mut heap = meta.heap(6, &zone, Contents::Clean);
     let a = heap.alloc(order(2)).unwrap();
-    assert_eq!(heap.free(a, order(1)), Err(FreeError::WrongOrder { allocated: order(2) }));
-    assert_eq!(heap.free(a, order(3)), Err(FreeError::WrongOrder { allocated: order(2) }));
+    assert_eq!(
+        heap.free(a, order(1)),
+        Err(FreeError::WrongOrder {
+            allocated: order(2)
+        })
+    );
+    assert_eq!(
+        heap.free(a, order(3)),
+        Err(FreeError::WrongOrder {
+            allocated: order(2)
+        })
+    );
     heap.free(a, order(2)).unwrap();
 }
 
@@ -130,8 +163,14 @@ fn a_frame_inside_an_allocated_block_cannot_be_freed_alone() {
     let mut meta = Meta::for_ranges(&zone);
     let mut heap = meta.heap(6, &zone, Contents::Clean);
     let a = heap.alloc(order(3)).unwrap();
-    assert_eq!(heap.free(a.checked_add(1).unwrap(), order(0)), Err(FreeError::NotAllocated));
-    assert_eq!(heap.free(a.checked_add(4).unwrap(), order(2)), Err(FreeError::NotAllocated));
+    assert_eq!(
+        heap.free(a.checked_add(1).unwrap(), order(0)),
+        Err(FreeError::NotAllocated)
+    );
+    assert_eq!(
+        heap.free(a.checked_add(4).unwrap(), order(2)),
+        Err(FreeError::NotAllocated)
+    );
 }
 
 #[test]
@@ -139,12 +178,24 @@ fn misaligned_and_foreign_frees_are_refused() {
     let zone = [range(16, 40)];
     let mut meta = Meta::for_ranges(&zone);
     let mut heap = meta.heap(6, &zone, Contents::Clean);
-    assert_eq!(heap.free(Mfn::new(18), order(2)), Err(FreeError::Misaligned));
+    assert_eq!(
+        heap.free(Mfn::new(18), order(2)),
+        Err(FreeError::Misaligned)
+    );
     assert_eq!(heap.free(Mfn::new(8), order(0)), Err(FreeError::OutOfRange));
-    assert_eq!(heap.free(Mfn::new(56), order(0)), Err(FreeError::OutOfRange));
+    assert_eq!(
+        heap.free(Mfn::new(56), order(0)),
+        Err(FreeError::OutOfRange)
+    );
     // Aligned, starts inside, ends past the zone.
-    assert_eq!(heap.free(Mfn::new(48), order(4)), Err(FreeError::OutOfRange));
-    assert_eq!(heap.free(Mfn::new(u64::MAX), order(0)), Err(FreeError::OutOfRange));
+    assert_eq!(
+        heap.free(Mfn::new(48), order(4)),
+        Err(FreeError::OutOfRange)
+    );
+    assert_eq!(
+        heap.free(Mfn::new(u64::MAX), order(0)),
+        Err(FreeError::OutOfRange)
+    );
 }
 
 #[test]
@@ -156,7 +207,9 @@ fn reserve_takes_exactly_the_range_and_splits_around_it() {
     let stats = heap.stats();
     assert_eq!((stats.free_frames, stats.reserved_frames), (61, 3));
     // Every frame but 5..8 can still be allocated, one at a time.
-    let mut got: Vec<u64> = (0..61).map(|_| heap.alloc(order(0)).unwrap().get()).collect();
+    let mut got: Vec<u64> = (0..61)
+        .map(|_| heap.alloc(order(0)).unwrap().get())
+        .collect();
     got.sort_unstable();
     let expected: Vec<u64> = (0..64).filter(|f| !(5..8).contains(f)).collect();
     assert_eq!(got, expected);
@@ -169,12 +222,18 @@ fn reserving_allocated_memory_is_refused_and_changes_nothing() {
     let mut heap = meta.heap(6, &zone, Contents::Clean);
     let a = heap.alloc(order(0)).unwrap();
     let before = heap.stats();
-    assert_eq!(heap.reserve(range(0, 64)), Err(ReserveError::NotFree { mfn: a }));
+    assert_eq!(
+        heap.reserve(range(0, 64)),
+        Err(ReserveError::NotFree { mfn: a })
+    );
     assert_eq!(heap.reserve(range(60, 8)), Err(ReserveError::OutOfRange));
     assert_eq!(heap.reserve(range(60, 0)), Err(ReserveError::OutOfRange));
     assert_eq!(heap.stats(), before);
     heap.reserve(range(10, 4)).unwrap();
-    assert_eq!(heap.reserve(range(12, 1)), Err(ReserveError::NotFree { mfn: Mfn::new(12) }));
+    assert_eq!(
+        heap.reserve(range(12, 1)),
+        Err(ReserveError::NotFree { mfn: Mfn::new(12) })
+    );
 }
 
 #[test]
@@ -191,7 +250,10 @@ fn released_frames_come_back_dirty_and_merge() {
     heap.release(range(10, 13)).unwrap();
     heap.release(range(3, 7)).unwrap();
     let stats = heap.stats();
-    assert_eq!((stats.free_frames, stats.dirty_frames, stats.reserved_frames), (64, 20, 0));
+    assert_eq!(
+        (stats.free_frames, stats.dirty_frames, stats.reserved_frames),
+        (64, 20, 0)
+    );
     assert_eq!(stats.free_blocks(order(6)), 1);
 }
 
@@ -221,7 +283,9 @@ fn alloc_clean_never_returns_another_users_data() {
     mem.write(guest, 7, 1);
     heap.free(guest, order(7)).unwrap();
     for k in [7, 3, 0, 4] {
-        let mfn = heap.alloc_clean(order(k), |m| mem.0[m.get() as usize] = 0).unwrap();
+        let mfn = heap
+            .alloc_clean(order(k), |m| mem.0[m.get() as usize] = 0)
+            .unwrap();
         assert!(mem.is_zero(mfn, k), "order {k} at {mfn:?}");
         mem.write(mfn, k, 2);
     }
@@ -243,8 +307,14 @@ fn scrub_honours_its_budget_and_resumes_where_it_stopped() {
         }
     }
     assert_eq!(total, 256);
-    assert!(seen.iter().all(|&n| n == 1), "each frame scrubbed exactly once");
-    assert_eq!(heap.scrub(10, |_| panic!("nothing left to scrub")).scrubbed, 0);
+    assert!(
+        seen.iter().all(|&n| n == 1),
+        "each frame scrubbed exactly once"
+    );
+    assert_eq!(
+        heap.scrub(10, |_| panic!("nothing left to scrub")).scrubbed,
+        0
+    );
 }
 
 #[test]
@@ -270,7 +340,10 @@ fn zone_policy_only_never_falls_back_and_prefer_does() {
     let mut heap = meta.heap(4, &zones, Contents::Clean);
     let z1 = ZoneId::new(1);
     assert!(zones[1].contains(heap.alloc_in(order(4), ZonePolicy::Prefer(z1)).unwrap()));
-    assert_eq!(heap.alloc_in(order(0), ZonePolicy::Only(z1)), Err(AllocError::OutOfMemory));
+    assert_eq!(
+        heap.alloc_in(order(0), ZonePolicy::Only(z1)),
+        Err(AllocError::OutOfMemory)
+    );
     assert!(zones[0].contains(heap.alloc_in(order(0), ZonePolicy::Prefer(z1)).unwrap()));
     assert_eq!(
         heap.alloc_in(order(0), ZonePolicy::Only(ZoneId::new(3))),
@@ -285,18 +358,25 @@ fn zones_are_checked_when_added() {
     // so each attempt gets its own buffer.
     let mut bufs: Vec<Vec<u64>> = (0..6).map(|_| vec![0; metadata_words(32)]).collect();
     bufs[2].pop();
-    let [m1, m2, m3, m4, m5, m6] = &mut bufs[..] else { unreachable!() };
+    let [m1, m2, m3, m4, m5, m6] = &mut bufs[..] else {
+        unreachable!()
+    };
     let mut heap = BuddyAllocator::<2>::new(order(5)).unwrap();
     heap.add_zone(range(0, 32), m1, Contents::Clean).unwrap();
     assert_eq!(
         heap.add_zone(range(31, 32), m2, Contents::Clean),
-        Err(AddZoneError::Overlaps { existing: range(0, 32) })
+        Err(AddZoneError::Overlaps {
+            existing: range(0, 32)
+        })
     );
     assert!(matches!(
         heap.add_zone(range(32, 32), m3, Contents::Clean),
         Err(AddZoneError::MetadataTooSmall { .. })
     ));
-    assert_eq!(heap.add_zone(range(64, 0), m4, Contents::Clean), Err(AddZoneError::Empty));
+    assert_eq!(
+        heap.add_zone(range(64, 0), m4, Contents::Clean),
+        Err(AddZoneError::Empty)
+    );
     heap.add_zone(range(32, 32), m5, Contents::Clean).unwrap();
     assert_eq!(
         heap.add_zone(range(64, 32), m6, Contents::Clean),
@@ -404,7 +484,9 @@ fn check(heap: &BuddyAllocator<'_>, model: &Model) {
         .filter(|&f| model.frames[f] == Frame::Free && model.dirty[f])
         .count() as u64;
     assert_eq!(stats.dirty_frames, dirty_free);
-    let by_blocks: u64 = (0..=model.max).map(|k| stats.free_blocks(order(k)) << k).sum();
+    let by_blocks: u64 = (0..=model.max)
+        .map(|k| stats.free_blocks(order(k)) << k)
+        .sum();
     assert_eq!(by_blocks, stats.free_frames);
 }
 
@@ -412,7 +494,12 @@ fn run_model(max: u8, zones: &[FrameRange], ops: &[Op]) {
     let top = zones.iter().map(|z| z.end().get()).max().unwrap_or(0) as usize;
     let mut meta = Meta::for_ranges(zones);
     let mut heap = meta.heap(max, zones, Contents::Clean);
-    let mut model = Model { frames: vec![Frame::Hole; top], dirty: vec![false; top], live: vec![], max };
+    let mut model = Model {
+        frames: vec![Frame::Hole; top],
+        dirty: vec![false; top],
+        live: vec![],
+        max,
+    };
     for z in zones {
         for f in z.start().get()..z.end().get() {
             model.frames[f as usize] = Frame::Free;
@@ -428,7 +515,10 @@ fn run_model(max: u8, zones: &[FrameRange], ops: &[Op]) {
                     model.take(mfn, k);
                 }
                 Err(e) => {
-                    assert!(k > max || !model.has_free_block(k), "spurious {e:?} for order {k}");
+                    assert!(
+                        k > max || !model.has_free_block(k),
+                        "spurious {e:?} for order {k}"
+                    );
                 }
             },
             Op::AllocClean(k) => {
@@ -479,7 +569,9 @@ fn run_model(max: u8, zones: &[FrameRange], ops: &[Op]) {
                 let all_free = n > 0
                     && (s + n) as usize <= top
                     && zones.iter().any(|z| z.contains_range(&r))
-                    && model.frames[s as usize..(s + n) as usize].iter().all(|&f| f == Frame::Free);
+                    && model.frames[s as usize..(s + n) as usize]
+                        .iter()
+                        .all(|&f| f == Frame::Free);
                 match heap.reserve(r) {
                     Ok(()) => {
                         assert!(all_free);
@@ -554,7 +646,11 @@ fn run_model(max: u8, zones: &[FrameRange], ops: &[Op]) {
         }
     }
     for k in 0..=max {
-        assert_eq!(stats.free_blocks(order(k)), expected[usize::from(k)], "order {k}");
+        assert_eq!(
+            stats.free_blocks(order(k)),
+            expected[usize::from(k)],
+            "order {k}"
+        );
     }
 }
 

@@ -129,7 +129,11 @@ impl<'m> Zone<'m> {
     #[inline]
     fn push_free(&mut self, i: u32, k: u8, dirty: bool, first_dirty: u32) {
         let list = usize::from(dirty);
-        let Some(head) = self.heads.get_mut(list).and_then(|h| h.get_mut(usize::from(k))) else {
+        let Some(head) = self
+            .heads
+            .get_mut(list)
+            .and_then(|h| h.get_mut(usize::from(k)))
+        else {
             return;
         };
         let old = *head;
@@ -155,7 +159,11 @@ impl<'m> Zone<'m> {
         let list = usize::from(dirty);
         let (next, prev) = (self.meta.next(i), self.meta.prev(i));
         if prev == NIL {
-            if let Some(head) = self.heads.get_mut(list).and_then(|h| h.get_mut(usize::from(k))) {
+            if let Some(head) = self
+                .heads
+                .get_mut(list)
+                .and_then(|h| h.get_mut(usize::from(k)))
+            {
                 *head = next;
             }
             if next == NIL {
@@ -194,7 +202,11 @@ impl<'m> Zone<'m> {
         // the callers that ask for it.
         let mut dirty = !clean_only && self.nonempty[DIRTY] & (1 << k) != 0;
         let i = *self.heads.get(usize::from(dirty))?.get(usize::from(k))?;
-        let mut first_dirty = if dirty { self.meta.first_dirty(i, k) } else { 0 };
+        let mut first_dirty = if dirty {
+            self.meta.first_dirty(i, k)
+        } else {
+            0
+        };
         self.unlink_free(i, k, dirty);
         // Keep the lower half, give the upper halves back.
         while k > order {
@@ -235,9 +247,11 @@ impl<'m> Zone<'m> {
         if dirty {
             let base = self.range.start();
             let mut budget = u64::MAX;
-            let (cleared, _) = self.meta.scrub_frames(i, i + (1 << order), &mut budget, |j| {
-                scrub(Mfn::new(base.get() + u64::from(j)));
-            });
+            let (cleared, _) = self
+                .meta
+                .scrub_frames(i, i + (1 << order), &mut budget, |j| {
+                    scrub(Mfn::new(base.get() + u64::from(j)));
+                });
             self.dirty_frames -= u64::from(cleared);
         }
         Some(self.mfn(i))
@@ -276,7 +290,11 @@ impl<'m> Zone<'m> {
                 break;
             }
             let bdirty = bstate.on_dirty_list();
-            let bfirst = if bdirty { self.meta.first_dirty(b, k) } else { 0 };
+            let bfirst = if bdirty {
+                self.meta.first_dirty(b, k)
+            } else {
+                0
+            };
             self.unlink_free(b, k, bdirty);
             let half = 1u32 << k;
             if b < i {
@@ -359,7 +377,12 @@ impl<'m> Zone<'m> {
             } else {
                 None
             };
-            self.push_free(i, order.get(), first_dirty.is_some(), first_dirty.unwrap_or(0));
+            self.push_free(
+                i,
+                order.get(),
+                first_dirty.is_some(),
+                first_dirty.unwrap_or(0),
+            );
         }
     }
 

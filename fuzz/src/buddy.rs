@@ -40,13 +40,19 @@ impl Model {
 
     fn has_free_block(&self, order: PageOrder) -> bool {
         let n = order.frames() as usize;
-        self.frames.chunks(n).any(|c| c.len() == n && c.iter().all(|&f| f == Frame::Free))
+        self.frames
+            .chunks(n)
+            .any(|c| c.len() == n && c.iter().all(|&f| f == Frame::Free))
     }
 
     fn take(&mut self, mfn: Mfn, order: PageOrder) {
         assert!(mfn.is_aligned(order), "{mfn:?} not aligned to {order:?}");
         for f in Self::span(mfn, order) {
-            assert_eq!(self.frames.get(f), Some(&Frame::Free), "{mfn:?} {order:?} overlaps");
+            assert_eq!(
+                self.frames.get(f),
+                Some(&Frame::Free),
+                "{mfn:?} {order:?} overlaps"
+            );
             self.frames[f] = Frame::Allocated;
         }
         self.live.push((mfn, order));
@@ -68,10 +74,22 @@ impl Model {
 pub fn run(data: &[u8]) {
     let mut input = Bytes::new(data);
     let max = PageOrder::new(input.u8() % 19).unwrap_or(PageOrder::ZERO);
-    let z0 = FrameRange::new(Mfn::new(u64::from(input.u16() % 2048)), u64::from(input.u16() % 1024) + 1);
-    let z1 = FrameRange::new(Mfn::new(u64::from(input.u16() % 2048) + 2048), u64::from(input.u16() % 1024) + 1);
-    let (Some(z0), Some(z1)) = (z0, z1) else { return };
-    let contents = if input.u8() & 1 == 0 { Contents::Clean } else { Contents::Dirty };
+    let z0 = FrameRange::new(
+        Mfn::new(u64::from(input.u16() % 2048)),
+        u64::from(input.u16() % 1024) + 1,
+    );
+    let z1 = FrameRange::new(
+        Mfn::new(u64::from(input.u16() % 2048) + 2048),
+        u64::from(input.u16() % 1024) + 1,
+    );
+    let (Some(z0), Some(z1)) = (z0, z1) else {
+        return;
+    };
+    let contents = if input.u8() & 1 == 0 {
+        Contents::Clean
+    } else {
+        Contents::Dirty
+    };
     let mut m0 = vec![0u64; metadata_words(z0.len())];
     let mut m1 = vec![0u64; metadata_words(z1.len())];
     let mut heap = BuddyAllocator::<2>::new(max).unwrap();
@@ -79,7 +97,11 @@ pub fn run(data: &[u8]) {
     heap.add_zone(z1, &mut m1, contents).unwrap();
 
     let top = z1.end().get() as usize;
-    let mut model = Model { frames: vec![Frame::Hole; top], dirty: vec![false; top], live: vec![] };
+    let mut model = Model {
+        frames: vec![Frame::Hole; top],
+        dirty: vec![false; top],
+        live: vec![],
+    };
     for z in [z0, z1] {
         for f in z.start().get()..z.end().get() {
             model.frames[f as usize] = Frame::Free;
@@ -119,7 +141,10 @@ pub fn run(data: &[u8]) {
                             assert!(Model::span(mfn, order).contains(&(m.get() as usize)));
                             model.dirty[m.get() as usize] = false;
                         }
-                        assert!(Model::span(mfn, order).all(|f| !model.dirty[f]), "dirty frame handed out clean");
+                        assert!(
+                            Model::span(mfn, order).all(|f| !model.dirty[f]),
+                            "dirty frame handed out clean"
+                        );
                         model.take(mfn, order);
                     }
                     Err(_) => {
@@ -142,9 +167,15 @@ pub fn run(data: &[u8]) {
             }
             5 => {
                 // Garbage free: any frame, any order up to 255.
-                let mfn = Mfn::new(if input.u8() & 1 == 0 { u64::from(input.u16()) } else { input.u64() });
+                let mfn = Mfn::new(if input.u8() & 1 == 0 {
+                    u64::from(input.u16())
+                } else {
+                    input.u64()
+                });
                 let k = input.u8();
-                let Some(order) = PageOrder::new(k) else { continue };
+                let Some(order) = PageOrder::new(k) else {
+                    continue;
+                };
                 if model.live.contains(&(mfn, order)) {
                     continue;
                 }
@@ -152,9 +183,13 @@ pub fn run(data: &[u8]) {
                 assert_eq!(heap.stats(), before);
             }
             6 => {
-                let r = FrameRange::new(Mfn::new(u64::from(input.u16() % 4096)), u64::from(input.u8()));
+                let r = FrameRange::new(
+                    Mfn::new(u64::from(input.u16() % 4096)),
+                    u64::from(input.u8()),
+                );
                 let Some(r) = r else { continue };
-                let ok = model.all(&r, Frame::Free) && [z0, z1].iter().any(|z| z.contains_range(&r));
+                let ok =
+                    model.all(&r, Frame::Free) && [z0, z1].iter().any(|z| z.contains_range(&r));
                 match heap.reserve(r) {
                     Ok(()) => {
                         assert!(ok, "reserved {r:?}");
@@ -169,9 +204,13 @@ pub fn run(data: &[u8]) {
                 }
             }
             7 => {
-                let r = FrameRange::new(Mfn::new(u64::from(input.u16() % 4096)), u64::from(input.u8()));
+                let r = FrameRange::new(
+                    Mfn::new(u64::from(input.u16() % 4096)),
+                    u64::from(input.u8()),
+                );
                 let Some(r) = r else { continue };
-                let ok = model.all(&r, Frame::Reserved) && [z0, z1].iter().any(|z| z.contains_range(&r));
+                let ok =
+                    model.all(&r, Frame::Reserved) && [z0, z1].iter().any(|z| z.contains_range(&r));
                 match heap.release(r) {
                     Ok(()) => {
                         assert!(ok, "released {r:?}");

@@ -8,7 +8,12 @@
 //! an ordinary test, so every input that ever found a bug stays a regression
 //! test on stable Rust.
 #![forbid(unsafe_code)]
-#![allow(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 
 pub mod buddy;
 mod bytes;

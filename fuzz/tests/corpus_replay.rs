@@ -1,15 +1,22 @@
 //! Replays every checked-in fuzz corpus through its target, as an ordinary
 //! test on stable Rust: `cargo test -p hvmem-fuzz --test corpus_replay`.
 
+#![allow(clippy::unwrap_used, clippy::panic)]
+
 use std::fs;
 use std::path::Path;
 
 /// The targets and their entry points. A target without a corpus directory,
 /// or with an empty one, fails: a replay that replays nothing proves nothing.
-const TARGETS: &[(&str, fn(&[u8]))] = &[("buddy", hvmem_fuzz::buddy::run)];
+const TARGETS: &[(&str, Target)] = &[("buddy", hvmem_fuzz::buddy::run)];
 
-fn replay(name: &str, run: fn(&[u8])) -> usize {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus").join(name);
+/// A target's entry point.
+type Target = fn(&[u8]);
+
+fn replay(name: &str, run: Target) -> usize {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("corpus")
+        .join(name);
     let mut entries: Vec<_> = fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("corpus {}: {e}", dir.display()))
         .map(|e| e.unwrap().path())

@@ -124,7 +124,7 @@ mod tests {
         assert_eq!(Mfn::new(1 << 52).to_phys(), None);
         assert_eq!(
             Mfn::new((1 << 52) - 1).to_phys(),
-            Some(PhysAddr::new(u64::MAX & !0xfff))
+            Some(PhysAddr::new(!0xfff))
         );
         assert_eq!(Gfn::new(2).to_phys(), Some(GuestPhysAddr::new(0x2000)));
     }
