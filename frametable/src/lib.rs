@@ -1,0 +1,116 @@
+//! A frame table for a hypervisor: for every machine frame, who owns it, how
+//! many references exist, and what the frame is currently used as.
+//!
+//! This is what makes memory safe to share with guests (Xen's `page_info`
+//! array, reference section a):
+//!
+//! - **Ownership.** A frame is free, owned by exactly one domain, or owned by
+//!   the host: [`FrameTable::assign`], [`release`](FrameTable::release),
+//!   [`transfer`](FrameTable::transfer) and
+//!   [`relinquish`](FrameTable::relinquish) move it between those states.
+//! - **General references** ([`get_page`](FrameTable::get_page),
+//!   [`put_page`](FrameTable::put_page), guard [`PageRef`]): taken only in
+//!   the name of the frame's owner; the frame is freed when the last goes.
+//! - **Typed references** ([`get_type`](FrameTable::get_type),
+//!   [`put_type`](FrameTable::put_type), guard [`TypedRef`]): one
+//!   [`FrameType`] at a time, changing only at type count zero, so a frame is
+//!   never both writable and a page table. A page-table type is validated on
+//!   its first reference and de-validated after its last, through a
+//!   [`Validator`]; validation can be preempted and resumed.
+//! - **Pinning** ([`pin`](FrameTable::pin), [`unpin`](FrameTable::unpin))
+//!   holds a page-table type without a mapping.
+//!
+//! Counts saturate into errors, never wrap; every refused operation leaves
+//! the frame unchanged. Every operation is a lock-free compare-and-swap loop
+//! on the frame's two atomic words; the [`frame`] module states the protocol:
+//! what values each word holds and which memory ordering each access uses.
+//!
+//! The table is `#![no_std]` and allocates nothing: the embedder provides one
+//! [`FrameInfo`] (24 bytes) per frame of the ranges it covers, holes between
+//! ranges cost nothing.
+//!
+//! # Example
+//!
+//! ```
+//! use hvmem_frametable::{FrameError, FrameInfo, FrameTable, FrameType, Owner, TrustContents};
+//! use hvmem_types::{DomId, FrameRange, Mfn};
+//!
+//! // Two ranges of RAM with a hole between them.
+//! static FRAMES: [FrameInfo; 6] = [const { FrameInfo::new() }; 6];
+//! let ranges = [
+//!     FrameRange::new(Mfn::new(0x100), 4).unwrap(),
+//!     FrameRange::new(Mfn::new(0x200), 2).unwrap(),
+//! ];
+//! let table = FrameTable::new(&FRAMES, &ranges)?;
+//! let guest = Owner::Domain(DomId::new(1));
+//! let other = Owner::Domain(DomId::new(2));
+//! let frame = Mfn::new(0x201);
+//!
+//! table.assign(frame, guest)?;
+//! // References are taken in the owner's name only.
+//! assert_eq!(table.get_page(frame, other), Err(FrameError::WrongOwner { mfn: frame }));
+//!
+//! // A writable mapping holds a writable type reference...
+//! let mapping = table.get_typed_ref(frame, guest, FrameType::Writable, &TrustContents)?;
+//! // ...so the frame cannot become a page table meanwhile.
+//! assert!(matches!(
+//!     table.get_typed_ref(frame, guest, FrameType::L1, &TrustContents),
+//!     Err(FrameError::TypeConflict { held: FrameType::Writable, .. })
+//! ));
+//! drop(mapping);
+//!
+//! // Once the writable use is gone, the type may change.
+//! table.pin(frame, guest, FrameType::L1, &TrustContents)?;
+//! assert!(table.state(frame)?.pinned);
+//! assert_eq!(table.pin(frame, guest, FrameType::L1, &TrustContents),
+//!            Err(FrameError::AlreadyPinned { mfn: frame }));
+//! let _ = table.unpin(frame, guest, &TrustContents)?;
+//!
+//! // The guest gives the frame back; it is free again.
+//! let _ = table.release(frame, guest)?;
+//! assert_eq!(table.state(frame)?.owner, None);
+//! assert_eq!(table.state(Mfn::new(0x150)), Err(FrameError::OutOfRange { mfn: Mfn::new(0x150) }));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Features
+//!
+//! - `model`: the reference model and operation decoder that the crate's
+//!   property test and the `frametable` fuzz target check the table against.
+#![no_std]
+#![deny(missing_docs)]
+#![deny(unsafe_code)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+#[cfg(test)]
+extern crate std;
+
+pub mod frame;
+mod error;
+mod frame_type;
+mod guard;
+mod owner;
+mod ownership;
+mod pin;
+mod refcount;
+mod sync;
+mod table;
+mod typed;
+mod validator;
+
+#[cfg(any(test, feature = "model"))]
+pub mod model;
+
+#[cfg(all(test, loom))]
+mod loom_tests;
+
+pub use error::{FrameError, LayoutError};
+pub use frame::{FrameInfo, FrameState};
+pub use frame_type::FrameType;
+pub use guard::{PageRef, TypedRef};
+pub use owner::Owner;
+pub use ownership::{RelinquishCursor, RelinquishProgress};
+pub use table::{FreeSink, FrameTable, IgnoreFreed, PutOutcome};
+pub use validator::{
+    InvalidEntry, TableFrame, TrustContents, ValidatedEntries, Validation, Validator,
+};

@@ -1,0 +1,331 @@
+//! Ownership: assigning free frames, releasing them, moving them between
+//! owners, and taking back every frame of a dying domain.
+//!
+//! Conservation: every frame is free, or owned by exactly one domain, or by
+//! the host. The owner lives in the count word, so each change below is one
+//! CAS from one of those states to another; there is no moment where a frame
+//! has two owners, and none where an owned frame has a count of zero.
+//!
+//! Assignment and moves go through a short "claimed" state in which the
+//! claimant alone resets the frame's type word before publishing the new
+//! owner (Xen resets `type_info` when it allocates a frame), so no stale type
+//! or `validated` flag follows a frame to a new owner. Nobody waits on a
+//! claim: every other operation sees an unowned frame and fails at once.
+
+use hvmem_types::{DomId, Mfn};
+
+use crate::frame::{CountWord, TypeWord};
+use crate::sync::Ordering;
+use crate::typed::TypeDrop;
+use crate::{
+    FrameError, FrameInfo, FrameTable, Owner, PutOutcome, TableFrame, ValidatedEntries, Validator,
+};
+
+impl FrameTable<'_> {
+    /// Gives the free frame `mfn` to `owner`, with its allocation reference
+    /// (general count 1) and no type (Xen `assign_pages`, per frame).
+    ///
+    /// The caller decides whether the owner may receive frames (not dying,
+    /// within its limits); the frame table only keeps the frame's state.
+    ///
+    /// # Errors
+    ///
+    /// - [`FrameError::ReservedDomain`]: `owner` is a reserved domain id.
+    /// - [`FrameError::OutOfRange`]: the table does not cover `mfn`.
+    /// - [`FrameError::AlreadyOwned`]: the frame is not free.
+    pub fn assign(&self, mfn: Mfn, owner: Owner) -> Result<(), FrameError> {
+        if !owner.is_valid() {
+            return Err(FrameError::ReservedDomain { owner });
+        }
+        let frame = self.frame(mfn)?;
+        // Acquire: the previous owner's last accesses happen before ours.
+        frame
+            .count
+            .compare_exchange(
+                CountWord::FREE.0,
+                CountWord::CLAIMED.0,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            )
+            .map_err(|_| FrameError::AlreadyOwned { mfn })?;
+        Self::publish_owner(frame, owner);
+        Ok(())
+    }
+
+    /// Drops the allocation reference `owner` holds on `mfn` (the guest gives
+    /// the frame back, Xen `decrease_reservation`). The frame is freed now if
+    /// nobody else holds a reference, or later by the last
+    /// [`put_page`](Self::put_page).
+    ///
+    /// # Errors
+    ///
+    /// - [`FrameError::OutOfRange`]: the table does not cover `mfn`.
+    /// - [`FrameError::Unowned`] / [`FrameError::WrongOwner`]: `owner` does
+    ///   not own the frame.
+    /// - [`FrameError::NotAllocated`]: the allocation reference is already
+    ///   gone.
+    /// - [`FrameError::TypeStillReferenced`]: it is the last reference but a
+    ///   type reference remains.
+    pub fn release(&self, mfn: Mfn, owner: Owner) -> Result<PutOutcome, FrameError> {
+        let frame = self.frame(mfn)?;
+        self.drop_allocation(frame, mfn, owner)
+    }
+
+    /// Moves `mfn` from `from` to `to` (grant transfer, ballooning): only a
+    /// frame that holds nothing but its allocation reference can move, and it
+    /// arrives untyped, still with its allocation reference (Xen
+    /// `steal_page` followed by an assignment).
+    ///
+    /// # Errors
+    ///
+    /// - [`FrameError::ReservedDomain`]: `to` is a reserved domain id.
+    /// - [`FrameError::OutOfRange`]: the table does not cover `mfn`.
+    /// - [`FrameError::Unowned`] / [`FrameError::WrongOwner`]: `from` does not
+    ///   own the frame.
+    /// - [`FrameError::NotAllocated`]: the allocation reference is gone.
+    /// - [`FrameError::InUse`]: other references are held.
+    pub fn transfer(&self, mfn: Mfn, from: Owner, to: Owner) -> Result<(), FrameError> {
+        if !to.is_valid() {
+            return Err(FrameError::ReservedDomain { owner: to });
+        }
+        let frame = self.frame(mfn)?;
+        let mut current = CountWord(frame.count.load(Ordering::Relaxed));
+        loop {
+            Self::check_owner(current, mfn, from)?;
+            if !current.allocated() {
+                return Err(FrameError::NotAllocated { mfn });
+            }
+            if current.count() != 1 {
+                return Err(FrameError::InUse { mfn });
+            }
+            // Acquire: every earlier user's accesses happen before the new
+            // owner's.
+            match frame.count.compare_exchange_weak(
+                current.0,
+                CountWord::CLAIMED.0,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(seen) => current = CountWord(seen),
+            }
+        }
+        Self::publish_owner(frame, to);
+        Ok(())
+    }
+
+    /// Takes back the frames of the dying domain `dom`, at most `budget`
+    /// records per call so that a large domain never holds a CPU for long
+    /// (Xen's preemptible `relinquish_memory`).
+    ///
+    /// For each of its frames, in order: the pin is dropped (de-validating
+    /// the table if that was its last type reference), a preempted validation
+    /// is abandoned (the validator releases the entries it had validated),
+    /// and the allocation reference is dropped. A frame that nobody else
+    /// references is freed; one that others still reference (a foreign
+    /// mapping, a grant) stays owned by `dom` until their last
+    /// [`put_page`](Self::put_page) frees it. The domain's vCPUs must be
+    /// stopped and no new frames assigned to it.
+    ///
+    /// Call again with the same cursor until it returns
+    /// [`RelinquishProgress::Done`]; the cursor counts what happened.
+    pub fn relinquish<V: Validator + ?Sized>(
+        &self,
+        dom: DomId,
+        cursor: &mut RelinquishCursor,
+        budget: u64,
+        validator: &V,
+    ) -> RelinquishProgress {
+        let owner = Owner::Domain(dom);
+        // A zero budget still makes progress, so a caller's retry loop ends.
+        let mut left = budget.max(1);
+        loop {
+            let Some((mfn, frame)) = self.frame_in_span(cursor.span, cursor.offset) else {
+                if cursor.span >= self.spans().len() {
+                    return RelinquishProgress::Done;
+                }
+                cursor.span += 1;
+                cursor.offset = 0;
+                continue;
+            };
+            if left == 0 {
+                return RelinquishProgress::Preempted;
+            }
+            left -= 1;
+            cursor.offset += 1;
+            match self.relinquish_frame(frame, mfn, owner, validator) {
+                Some(PutOutcome::Freed) => cursor.freed += 1,
+                Some(PutOutcome::StillReferenced) => cursor.still_referenced += 1,
+                None => {}
+            }
+        }
+    }
+
+    /// One frame of [`relinquish`](Self::relinquish); `None` if `owner` does
+    /// not own it.
+    fn relinquish_frame<V: Validator + ?Sized>(
+        &self,
+        frame: &FrameInfo,
+        mfn: Mfn,
+        owner: Owner,
+        validator: &V,
+    ) -> Option<PutOutcome> {
+        // Hold a reference throughout, as Xen does: the frame cannot be
+        // freed and handed to another owner between the steps below.
+        self.get_ref(frame, mfn, owner).ok()?;
+        if self
+            .put_type_ref(frame, mfn, validator, TypeDrop::Pin)
+            .is_ok()
+        {
+            // The pin's general reference; ours keeps the frame.
+            let _ = self.put_ref(frame, mfn);
+        }
+        self.abandon_partial(frame, mfn, owner, validator);
+        let _ = self.drop_allocation(frame, mfn, owner);
+        // Ours: the last one frees the frame. It cannot be refused: the type
+        // references left are backed by other holders' general references.
+        self.put_ref(frame, mfn).ok()
+    }
+
+    /// Ends a preempted validation without finishing it: takes the validate
+    /// lock from the partial state, lets the validator release what the
+    /// validated entries hold, and drops the partial state's reference.
+    fn abandon_partial<V: Validator + ?Sized>(
+        &self,
+        frame: &FrameInfo,
+        mfn: Mfn,
+        owner: Owner,
+        validator: &V,
+    ) {
+        let mut current = TypeWord(frame.type_info.load(Ordering::Relaxed));
+        loop {
+            if !current.partial() {
+                return;
+            }
+            // Clearing `partial` keeps the count at 1: the validate lock.
+            // Acquire: the preempted validator's work is visible.
+            match frame.type_info.compare_exchange_weak(
+                current.0,
+                current.without(TypeWord::PARTIAL).0,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(seen) => current = TypeWord(seen),
+            }
+        }
+        let validated = frame.resume_at.load(Ordering::Relaxed);
+        if validated > 0 {
+            let table_frame = TableFrame {
+                mfn,
+                owner,
+                frame_type: current.frame_type(),
+            };
+            validator.devalidate(self, table_frame, ValidatedEntries::Below(validated));
+        }
+        frame.resume_at.store(0, Ordering::Relaxed);
+        // Release: the de-validation happens before the type can change.
+        frame.type_info.fetch_sub(1, Ordering::Release);
+        let _ = self.put_ref(frame, mfn);
+    }
+
+    pub(crate) fn drop_allocation(
+        &self,
+        frame: &FrameInfo,
+        mfn: Mfn,
+        owner: Owner,
+    ) -> Result<PutOutcome, FrameError> {
+        let mut current = CountWord(frame.count.load(Ordering::Relaxed));
+        loop {
+            Self::check_owner(current, mfn, owner)?;
+            if !current.allocated() {
+                return Err(FrameError::NotAllocated { mfn });
+            }
+            let (next, success) = if current.count() == 1 {
+                if TypeWord(frame.type_info.load(Ordering::Acquire)).count() != 0 {
+                    return Err(FrameError::TypeStillReferenced { mfn });
+                }
+                (CountWord::FREE, Ordering::AcqRel)
+            } else {
+                (current.without_allocation(), Ordering::Release)
+            };
+            match frame
+                .count
+                .compare_exchange_weak(current.0, next.0, success, Ordering::Relaxed)
+            {
+                Ok(_) if next == CountWord::FREE => {
+                    self.sink.frame_freed(mfn);
+                    return Ok(PutOutcome::Freed);
+                }
+                Ok(_) => return Ok(PutOutcome::StillReferenced),
+                Err(seen) => current = CountWord(seen),
+            }
+        }
+    }
+
+    fn check_owner(current: CountWord, mfn: Mfn, owner: Owner) -> Result<(), FrameError> {
+        match current.owner() {
+            Some(held) if held == owner => Ok(()),
+            Some(_) => Err(FrameError::WrongOwner { mfn }),
+            None => Err(FrameError::Unowned { mfn }),
+        }
+    }
+
+    /// Resets the claimed frame's type and publishes `owner` with the
+    /// allocation reference.
+    fn publish_owner(frame: &FrameInfo, owner: Owner) {
+        // Relaxed: only the claimant touches the type word of a claimed
+        // frame, and the `Release` below publishes it with the owner.
+        frame.type_info.store(0, Ordering::Relaxed);
+        frame.resume_at.store(0, Ordering::Relaxed);
+        frame
+            .count
+            .store(CountWord::allocated_to(owner).0, Ordering::Release);
+    }
+}
+
+/// Where a [`FrameTable::relinquish`] stopped, and what it has done so far.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct RelinquishCursor {
+    span: usize,
+    offset: u64,
+    freed: u64,
+    still_referenced: u64,
+}
+
+impl RelinquishCursor {
+    /// A cursor at the first frame of the table.
+    #[must_use]
+    pub const fn new() -> Self {
+        Self {
+            span: 0,
+            offset: 0,
+            freed: 0,
+            still_referenced: 0,
+        }
+    }
+
+    /// Frames of the domain freed so far (each also went to the table's
+    /// [`FreeSink`](crate::FreeSink)).
+    #[must_use]
+    pub const fn freed(&self) -> u64 {
+        self.freed
+    }
+
+    /// Frames of the domain that others still reference: they stay owned by
+    /// it until the last reference goes.
+    #[must_use]
+    pub const fn still_referenced(&self) -> u64 {
+        self.still_referenced
+    }
+}
+
+/// Whether a [`FrameTable::relinquish`] has visited every frame.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[must_use = "a preempted relinquish must be called again"]
+pub enum RelinquishProgress {
+    /// Every frame is visited.
+    Done,
+    /// The budget ran out; call again with the same cursor.
+    Preempted,
+}

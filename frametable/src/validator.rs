@@ -1,0 +1,137 @@
+//! The seam to whoever understands a frame's contents.
+//!
+//! The frame table knows counts, owners and types, not what a page-table entry
+//! looks like. When a frame takes a type that [needs
+//! validation](crate::FrameType::needs_validation) for the first time (type
+//! count 0 -> 1, or a resume after preemption), the table calls
+//! [`Validator::validate`]; when the last reference of a page-table type goes,
+//! it calls [`Validator::devalidate`]. The pagetable crate implements this
+//! trait: validating a table takes, for every present entry, a general
+//! reference (and for a table entry a type reference of the next level down)
+//! on the frame the entry points at, through the same [`FrameTable`];
+//! de-validating drops them (reference a.8).
+//!
+//! The table calls the validator only while it holds the frame's validate
+//! lock: for a given frame, calls never overlap, and no other CPU can take
+//! (or change) the frame's type until the call returns.
+
+use core::fmt;
+
+use hvmem_types::Mfn;
+
+use crate::{FrameTable, FrameType, Owner};
+
+/// The frame being (de)validated.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct TableFrame {
+    /// Its machine frame number.
+    pub mfn: Mfn,
+    /// Its owner (the domain whose entries are being checked).
+    pub owner: Owner,
+    /// The type being validated, or dropped.
+    pub frame_type: FrameType,
+}
+
+/// How far a validation call got.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Validation {
+    /// Every entry is checked and holds its references: the frame is valid.
+    Complete,
+    /// The call stopped before `next_entry` to keep the CPU responsive; the
+    /// entries below it hold their references. The next get of the same type
+    /// calls [`Validator::validate`] again with `start_entry == next_entry`.
+    ///
+    /// `next_entry == 0` means nothing was done (Xen `-EINTR`): the type
+    /// count returns to 0 rather than entering the partial state.
+    Preempted {
+        /// The first entry not yet validated.
+        next_entry: u32,
+    },
+}
+
+/// The entry a validator refused.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct InvalidEntry {
+    /// Its index in the frame.
+    pub index: u32,
+}
+
+impl fmt::Display for InvalidEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "entry {}", self.index)
+    }
+}
+
+/// Which entries hold references when [`Validator::devalidate`] is called.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ValidatedEntries {
+    /// A fully validated frame: every present entry.
+    All,
+    /// A partial validation being abandoned (its owner is being destroyed):
+    /// the entries below this index.
+    Below(u32),
+}
+
+/// Checks a frame's contents for a type, and undoes that check.
+///
+/// # Contract
+///
+/// - [`validate`](Self::validate) starts at `start_entry` (0 for a fresh
+///   validation, the `next_entry` it returned last time for a resume). On
+///   `Ok(Complete)` every entry holds its references. On
+///   `Ok(Preempted { next_entry })` the entries below `next_entry` hold their
+///   references and `next_entry >= start_entry`. On `Err`, it has released the
+///   references of *every* entry it validated, in this call and in earlier
+///   preempted calls: the frame goes back to holding nothing. (Xen keeps a
+///   failed L2..L4 validation partial and releases later; hvmem releases at
+///   once, so a failed get leaves no state behind.)
+/// - [`devalidate`](Self::devalidate) releases the references the named
+///   entries hold, and cannot fail. It is only called for page-table types.
+/// - Both may call back into `table` for *other* frames (taking or dropping
+///   references on the frames the entries point at); calling back for the
+///   frame being (de)validated fails with
+///   [`ValidationInProgress`](crate::FrameError::ValidationInProgress) or a
+///   type conflict, as it would on another CPU.
+/// - A validator that lets a frame's entries reference the frame itself, or
+///   form any other cycle (Xen's linear page tables), must break the cycle
+///   itself: the table never forces a de-validation.
+///
+/// The first call for a type change (`start_entry == 0`) is also where an
+/// embedder flushes stale writable TLB entries for the frame, before any
+/// entry is trusted (reference a.6).
+pub trait Validator {
+    /// Validates the entries of `frame` from `start_entry` on.
+    ///
+    /// # Errors
+    ///
+    /// The first entry that cannot be validated, after releasing every
+    /// reference this validation took.
+    fn validate(
+        &self,
+        table: &FrameTable<'_>,
+        frame: TableFrame,
+        start_entry: u32,
+    ) -> Result<Validation, InvalidEntry>;
+
+    /// Releases the references held by `entries` of `frame`.
+    fn devalidate(&self, table: &FrameTable<'_>, frame: TableFrame, entries: ValidatedEntries);
+}
+
+/// A validator that accepts every frame at once and holds no references: for
+/// embedders (or tests) that use only types without contents to check, or
+/// that check contents elsewhere.
+#[derive(Clone, Copy, Default, Debug)]
+pub struct TrustContents;
+
+impl Validator for TrustContents {
+    fn validate(
+        &self,
+        _table: &FrameTable<'_>,
+        _frame: TableFrame,
+        _start_entry: u32,
+    ) -> Result<Validation, InvalidEntry> {
+        Ok(Validation::Complete)
+    }
+
+    fn devalidate(&self, _table: &FrameTable<'_>, _frame: TableFrame, _entries: ValidatedEntries) {}
+}
