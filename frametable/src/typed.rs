@@ -280,3 +280,330 @@ impl FrameTable<'_> {
         }
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use core::cell::Cell;
+
+    use hvmem_types::{DomId, FrameRange};
+
+    use super::*;
+    use crate::{InvalidEntry, PutOutcome, RelinquishCursor, RelinquishProgress, TrustContents};
+
+    const D1: Owner = Owner::Domain(DomId::new(1));
+    const MFN: Mfn = Mfn::new(0x40);
+
+    /// Validates `entries` entries, `chunk` per call, refusing `bad`; counts
+    /// calls and the entries whose references it holds.
+    struct Scripted {
+        entries: u32,
+        chunk: u32,
+        bad: Option<u32>,
+        validations: Cell<u32>,
+        devalidations: Cell<u32>,
+        held: Cell<u32>,
+    }
+
+    impl Scripted {
+        fn new(chunk: u32, bad: Option<u32>) -> Self {
+            Self {
+                entries: 4,
+                chunk,
+                bad,
+                validations: Cell::new(0),
+                devalidations: Cell::new(0),
+                held: Cell::new(0),
+            }
+        }
+    }
+
+    impl Validator for Scripted {
+        fn validate(
+            &self,
+            _table: &FrameTable<'_>,
+            _frame: TableFrame,
+            start_entry: u32,
+        ) -> Result<Validation, InvalidEntry> {
+            assert_eq!(self.held.get(), start_entry);
+            let end = (start_entry + self.chunk).min(self.entries);
+            if let Some(index) = self.bad.filter(|&bad| bad < end) {
+                self.held.set(0);
+                return Err(InvalidEntry { index });
+            }
+            self.held.set(end);
+            if end == self.entries {
+                self.validations.set(self.validations.get() + 1);
+                Ok(Validation::Complete)
+            } else {
+                Ok(Validation::Preempted { next_entry: end })
+            }
+        }
+
+        fn devalidate(&self, _table: &FrameTable<'_>, _frame: TableFrame, entries: ValidatedEntries) {
+            if entries == ValidatedEntries::All {
+                assert_eq!(self.held.get(), self.entries);
+                self.devalidations.set(self.devalidations.get() + 1);
+            }
+            self.held.set(0);
+        }
+    }
+
+    fn with_frame(test: impl FnOnce(&FrameTable<'_>)) {
+        let frames: [FrameInfo; 4] = Default::default();
+        let table = FrameTable::new(&frames, &[FrameRange::new(Mfn::new(0x40), 4).unwrap()]).unwrap();
+        table.assign(MFN, D1).unwrap();
+        table.get_page(MFN, D1).unwrap();
+        test(&table);
+    }
+
+    #[test]
+    fn type_changes_only_at_type_count_zero() {
+        with_frame(|table| {
+            table.get_type(MFN, FrameType::GrantShared, &TrustContents).unwrap();
+            assert_eq!(
+                table.get_type(MFN, FrameType::SegmentDescriptor, &TrustContents),
+                Err(FrameError::TypeConflict {
+                    mfn: MFN,
+                    held: FrameType::GrantShared,
+                    wanted: FrameType::SegmentDescriptor
+                })
+            );
+            table.put_type(MFN, &TrustContents).unwrap();
+            table.get_type(MFN, FrameType::SegmentDescriptor, &TrustContents).unwrap();
+            assert_eq!(table.state(MFN).unwrap().frame_type, FrameType::SegmentDescriptor);
+        });
+    }
+
+    #[test]
+    fn frame_is_never_writable_and_a_page_table() {
+        with_frame(|table| {
+            let validator = Scripted::new(4, None);
+            table.get_type(MFN, FrameType::Writable, &validator).unwrap();
+            let before = table.state(MFN).unwrap();
+            assert!(matches!(
+                table.get_type(MFN, FrameType::L1, &validator),
+                Err(FrameError::TypeConflict { held: FrameType::Writable, .. })
+            ));
+            assert_eq!(table.state(MFN).unwrap(), before);
+            table.put_type(MFN, &validator).unwrap();
+            table.get_type(MFN, FrameType::L1, &validator).unwrap();
+            assert!(matches!(
+                table.get_type(MFN, FrameType::Writable, &validator),
+                Err(FrameError::TypeConflict { held: FrameType::L1, .. })
+            ));
+            assert_eq!(validator.validations.get(), 1);
+        });
+    }
+
+    #[test]
+    fn page_table_is_validated_once_per_first_reference() {
+        with_frame(|table| {
+            let validator = Scripted::new(4, None);
+            for _ in 0..3 {
+                table.get_type(MFN, FrameType::L2, &validator).unwrap();
+            }
+            assert_eq!(validator.validations.get(), 1);
+            assert_eq!(table.state(MFN).unwrap().type_refs, 3);
+            for _ in 0..3 {
+                table.put_type(MFN, &validator).unwrap();
+            }
+            // The last reference de-validated it; the next use checks again.
+            assert_eq!(validator.devalidations.get(), 1);
+            let state = table.state(MFN).unwrap();
+            assert_eq!((state.type_refs, state.validated), (0, false));
+            table.get_type(MFN, FrameType::L2, &validator).unwrap();
+            assert_eq!(validator.validations.get(), 2);
+        });
+    }
+
+    #[test]
+    fn writable_and_descriptor_types_keep_validation_at_type_count_zero() {
+        with_frame(|table| {
+            let validator = Scripted::new(4, None);
+            table.get_type(MFN, FrameType::SegmentDescriptor, &validator).unwrap();
+            table.put_type(MFN, &validator).unwrap();
+            let state = table.state(MFN).unwrap();
+            assert_eq!((state.type_refs, state.validated), (0, true));
+            table.get_type(MFN, FrameType::SegmentDescriptor, &validator).unwrap();
+            assert_eq!(validator.validations.get(), 1);
+            assert_eq!(validator.devalidations.get(), 0);
+        });
+    }
+
+    #[test]
+    fn preempted_validation_resumes_where_it_stopped() {
+        with_frame(|table| {
+            let validator = Scripted::new(3, None);
+            assert_eq!(
+                table.get_type(MFN, FrameType::L3, &validator),
+                Err(FrameError::Preempted { mfn: MFN })
+            );
+            let partial = table.state(MFN).unwrap();
+            assert!(partial.partial && !partial.validated);
+            // The partial state holds the type count and one general reference.
+            assert_eq!((partial.type_refs, partial.refs), (1, 3));
+            // Another type cannot take the frame meanwhile.
+            assert!(matches!(
+                table.get_type(MFN, FrameType::Writable, &validator),
+                Err(FrameError::TypeConflict { .. })
+            ));
+            table.get_type(MFN, FrameType::L3, &validator).unwrap();
+            let done = table.state(MFN).unwrap();
+            assert!(done.validated && !done.partial);
+            assert_eq!((done.type_refs, done.refs), (1, 2));
+            assert_eq!(validator.validations.get(), 1);
+        });
+    }
+
+    #[test]
+    fn validation_preempted_before_any_entry_leaves_the_frame_unused() {
+        with_frame(|table| {
+            let validator = Scripted::new(0, None);
+            let before = table.state(MFN).unwrap();
+            assert_eq!(
+                table.get_type(MFN, FrameType::L1, &validator),
+                Err(FrameError::Preempted { mfn: MFN })
+            );
+            let after = table.state(MFN).unwrap();
+            assert_eq!((after.type_refs, after.partial, after.refs), (0, false, before.refs));
+        });
+    }
+
+    #[test]
+    fn invalid_entry_leaves_no_type_reference_behind() {
+        with_frame(|table| {
+            let validator = Scripted::new(2, Some(3));
+            assert_eq!(
+                table.get_type(MFN, FrameType::L4, &validator),
+                Err(FrameError::Preempted { mfn: MFN })
+            );
+            assert_eq!(
+                table.get_type(MFN, FrameType::L4, &validator),
+                Err(FrameError::Invalid { mfn: MFN, entry: InvalidEntry { index: 3 } })
+            );
+            let state = table.state(MFN).unwrap();
+            assert_eq!((state.type_refs, state.partial, state.validated), (0, false, false));
+            assert_eq!(state.refs, 2);
+            assert_eq!(validator.held.get(), 0);
+            // Nothing holds the type: it may change.
+            table.get_type(MFN, FrameType::Writable, &validator).unwrap();
+        });
+    }
+
+    #[test]
+    fn type_count_saturates_into_an_error() {
+        with_frame(|table| {
+            table.get_type(MFN, FrameType::Writable, &TrustContents).unwrap();
+            let frame = table.frame(MFN).unwrap();
+            let word = TypeWord(frame.type_info.load(Ordering::Relaxed)).with_count(TypeWord::COUNT_MAX);
+            frame.type_info.store(word.0, Ordering::Relaxed);
+            assert_eq!(
+                table.get_type(MFN, FrameType::Writable, &TrustContents),
+                Err(FrameError::TypeCountOverflow { mfn: MFN })
+            );
+            assert_eq!(table.state(MFN).unwrap().type_refs, TypeWord::COUNT_MAX);
+        });
+    }
+
+    #[test]
+    fn put_type_without_get_is_refused() {
+        with_frame(|table| {
+            assert_eq!(
+                table.put_type(MFN, &TrustContents),
+                Err(FrameError::NotTypeReferenced { mfn: MFN })
+            );
+            // The pin's reference is not a caller's to drop either.
+            table.pin(MFN, D1, FrameType::L1, &TrustContents).unwrap();
+            let pinned = table.state(MFN).unwrap();
+            assert_eq!(
+                table.put_type(MFN, &TrustContents),
+                Err(FrameError::NotTypeReferenced { mfn: MFN })
+            );
+            assert_eq!(table.state(MFN).unwrap(), pinned);
+        });
+    }
+
+    #[test]
+    fn get_type_needs_a_general_reference() {
+        let frames: [FrameInfo; 1] = Default::default();
+        let table = FrameTable::new(&frames, &[FrameRange::new(MFN, 1).unwrap()]).unwrap();
+        assert_eq!(
+            table.get_type(MFN, FrameType::Writable, &TrustContents),
+            Err(FrameError::Unowned { mfn: MFN })
+        );
+        table.assign(MFN, D1).unwrap();
+        assert_eq!(
+            table.get_type(MFN, FrameType::Writable, &TrustContents),
+            Err(FrameError::NotReferenced { mfn: MFN })
+        );
+    }
+
+    /// De-validates by looking at the frame from "another CPU" first.
+    struct RacingLook;
+
+    impl Validator for RacingLook {
+        fn validate(&self, _: &FrameTable<'_>, _: TableFrame, _: u32) -> Result<Validation, InvalidEntry> {
+            Ok(Validation::Complete)
+        }
+
+        fn devalidate(&self, table: &FrameTable<'_>, frame: TableFrame, _: ValidatedEntries) {
+            table.get_page(frame.mfn, frame.owner).unwrap();
+            assert_eq!(
+                table.get_type(frame.mfn, FrameType::Writable, &TrustContents),
+                Err(FrameError::TypeConflict {
+                    mfn: frame.mfn,
+                    held: frame.frame_type,
+                    wanted: FrameType::Writable
+                })
+            );
+            assert_eq!(
+                table.get_type(frame.mfn, frame.frame_type, &TrustContents),
+                Err(FrameError::ValidationInProgress { mfn: frame.mfn })
+            );
+            assert_eq!(table.put_page(frame.mfn), Ok(PutOutcome::StillReferenced));
+        }
+    }
+
+    /// XSA-401: while the last page-table reference de-validates the frame,
+    /// its count must not read as zero (the type could change under the
+    /// de-validation) nor as a validated reference (a getter would use a
+    /// half-torn-down table).
+    #[test]
+    fn xsa_401_type_cannot_change_while_the_last_reference_devalidates() {
+        with_frame(|table| {
+            table.get_type(MFN, FrameType::L1, &RacingLook).unwrap();
+            table.put_type(MFN, &RacingLook).unwrap();
+            let state = table.state(MFN).unwrap();
+            assert_eq!((state.type_refs, state.validated), (0, false));
+            table.get_type(MFN, FrameType::Writable, &TrustContents).unwrap();
+        });
+    }
+
+    /// XSA-299: a preempted (restartable) type change must keep exactly one
+    /// extra general reference for its partial state, hand it to whoever
+    /// finishes or abandons the validation, and drop it exactly once.
+    #[test]
+    fn xsa_299_partial_validation_reference_is_dropped_exactly_once() {
+        with_frame(|table| {
+            let validator = Scripted::new(1, None);
+            for _ in 0..2 {
+                assert_eq!(
+                    table.get_type(MFN, FrameType::L2, &validator),
+                    Err(FrameError::Preempted { mfn: MFN })
+                );
+                assert_eq!(table.state(MFN).unwrap().refs, 3);
+            }
+            // The domain dies mid-validation: relinquish abandons it.
+            let mut cursor = RelinquishCursor::new();
+            assert_eq!(
+                table.relinquish(DomId::new(1), &mut cursor, 64, &validator),
+                RelinquishProgress::Done
+            );
+            assert_eq!(validator.held.get(), 0);
+            let state = table.state(MFN).unwrap();
+            assert_eq!((state.refs, state.type_refs, state.partial), (1, 0, false));
+            assert_eq!(cursor.still_referenced(), 1);
+            assert_eq!(table.put_page(MFN), Ok(PutOutcome::Freed));
+        });
+    }
+}
