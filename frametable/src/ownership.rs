@@ -235,7 +235,10 @@ impl FrameTable<'_> {
         mfn: Mfn,
         owner: Owner,
     ) -> Result<PutOutcome, FrameError> {
-        let mut current = CountWord(frame.count.load(Ordering::Relaxed));
+        // Acquire, also on CAS failure: the value seen may be the one that
+        // makes this put the last, and then every earlier put (each a
+        // `Release`) must happen before the type count is read below.
+        let mut current = CountWord(frame.count.load(Ordering::Acquire));
         loop {
             Self::check_owner(current, mfn, owner)?;
             if !current.allocated() {
@@ -251,7 +254,7 @@ impl FrameTable<'_> {
             };
             match frame
                 .count
-                .compare_exchange_weak(current.0, next.0, success, Ordering::Relaxed)
+                .compare_exchange_weak(current.0, next.0, success, Ordering::Acquire)
             {
                 Ok(_) if next == CountWord::FREE => {
                     self.sink.frame_freed(mfn);

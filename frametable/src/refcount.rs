@@ -80,7 +80,10 @@ impl FrameTable<'_> {
     }
 
     pub(crate) fn put_ref(&self, frame: &FrameInfo, mfn: Mfn) -> Result<PutOutcome, FrameError> {
-        let mut current = CountWord(frame.count.load(Ordering::Relaxed));
+        // Acquire, also on CAS failure: the value seen may be the one that
+        // makes this put the last, and then every earlier put (each a
+        // `Release`) must happen before the type count is read below.
+        let mut current = CountWord(frame.count.load(Ordering::Acquire));
         loop {
             if current.owner().is_none() || current.user_refs() == 0 {
                 return Err(FrameError::NotReferenced { mfn });
@@ -97,7 +100,7 @@ impl FrameTable<'_> {
             };
             match frame
                 .count
-                .compare_exchange_weak(current.0, next.0, success, Ordering::Relaxed)
+                .compare_exchange_weak(current.0, next.0, success, Ordering::Acquire)
             {
                 Ok(_) if next == CountWord::FREE => {
                     self.sink.frame_freed(mfn);
