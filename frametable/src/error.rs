@@ -123,7 +123,9 @@ impl fmt::Display for FrameError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::OutOfRange { mfn } => write!(f, "{mfn} is not covered by the frame table"),
-            Self::ReservedDomain { owner } => write!(f, "{owner} is a reserved id and owns no frame"),
+            Self::ReservedDomain { owner } => {
+                write!(f, "{owner} is a reserved id and owns no frame")
+            }
             Self::Unowned { mfn } => write!(f, "{mfn} is free"),
             Self::WrongOwner { mfn } => write!(f, "{mfn} belongs to another owner"),
             Self::AlreadyOwned { mfn } => write!(f, "{mfn} is already owned"),

@@ -178,7 +178,8 @@ impl CountWord {
     pub(crate) const fn allocated_to(owner: Owner) -> Self {
         let base = match owner {
             Owner::Domain(dom) => {
-                ((dom.get() as u64) << Self::DOMID_SHIFT) | (Self::STATE_DOMAIN << Self::STATE_SHIFT)
+                ((dom.get() as u64) << Self::DOMID_SHIFT)
+                    | (Self::STATE_DOMAIN << Self::STATE_SHIFT)
             }
             Owner::Host => Self::STATE_HOST << Self::STATE_SHIFT,
         };
@@ -346,6 +347,7 @@ impl FrameState {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -367,7 +369,10 @@ mod tests {
         assert!(!word.allocated());
         assert_eq!(word.count(), 2);
         assert_eq!(word.owner(), Some(Owner::Domain(DomId::new(0x7fef))));
-        assert_eq!(CountWord::allocated_to(Owner::Host).owner(), Some(Owner::Host));
+        assert_eq!(
+            CountWord::allocated_to(Owner::Host).owner(),
+            Some(Owner::Host)
+        );
         assert_eq!(CountWord::FREE.owner(), None);
         assert_eq!(CountWord::CLAIMED.owner(), None);
     }

@@ -120,6 +120,7 @@ impl fmt::Display for FrameType {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -166,3 +166,85 @@ impl<'a> FrameTable<'a> {
         Ok(TypedRef::from_raw(self, validator, page.into_raw()))
     }
 }
+
+#[cfg(all(test, not(loom)))]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use core::sync::atomic::{AtomicU64, Ordering};
+
+    use hvmem_types::{DomId, FrameRange};
+
+    use super::*;
+    use crate::{FrameInfo, FreeSink, TrustContents};
+
+    const D1: Owner = Owner::Domain(DomId::new(1));
+    const MFN: Mfn = Mfn::new(0x30);
+
+    struct LastFreed(AtomicU64);
+
+    impl FreeSink for LastFreed {
+        fn frame_freed(&self, mfn: Mfn) {
+            self.0.store(mfn.get(), Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn guards_drop_their_references_and_the_last_one_frees() {
+        let frames: [FrameInfo; 1] = Default::default();
+        let sink = LastFreed(AtomicU64::new(0));
+        let table = FrameTable::new(&frames, &[FrameRange::new(MFN, 1).unwrap()])
+            .unwrap()
+            .with_free_sink(&sink);
+        table.assign(MFN, D1).unwrap();
+        let page = table.get_page_ref(MFN, D1).unwrap();
+        {
+            let typed = table
+                .get_typed_ref(MFN, D1, FrameType::Writable, &TrustContents)
+                .unwrap();
+            assert_eq!(typed.mfn(), MFN);
+            let state = table.state(MFN).unwrap();
+            assert_eq!((state.refs, state.type_refs), (3, 1));
+        }
+        let state = table.state(MFN).unwrap();
+        assert_eq!((state.refs, state.type_refs), (2, 0));
+        assert_eq!(table.release(MFN, D1), Ok(PutOutcome::StillReferenced));
+        assert_eq!(sink.0.load(Ordering::Relaxed), 0);
+        drop(page);
+        assert_eq!(sink.0.load(Ordering::Relaxed), MFN.get());
+        assert_eq!(table.state(MFN).unwrap().owner, None);
+    }
+
+    #[test]
+    fn raw_references_round_trip_through_hardware_structures() {
+        let frames: [FrameInfo; 1] = Default::default();
+        let table = FrameTable::new(&frames, &[FrameRange::new(MFN, 1).unwrap()]).unwrap();
+        table.assign(MFN, D1).unwrap();
+        let typed = table
+            .get_typed_ref(MFN, D1, FrameType::GrantShared, &TrustContents)
+            .unwrap();
+        // Stored in, say, an IOMMU entry: the references stay held.
+        let raw = typed.into_raw();
+        assert_eq!(table.state(MFN).unwrap().type_refs, 1);
+        let typed = TypedRef::from_raw(&table, &TrustContents, raw);
+        assert_eq!(typed.put(), PutOutcome::StillReferenced);
+        let state = table.state(MFN).unwrap();
+        assert_eq!((state.refs, state.type_refs), (1, 0));
+    }
+
+    #[test]
+    fn typed_guard_that_cannot_take_its_type_keeps_no_reference() {
+        let frames: [FrameInfo; 1] = Default::default();
+        let table = FrameTable::new(&frames, &[FrameRange::new(MFN, 1).unwrap()]).unwrap();
+        table.assign(MFN, D1).unwrap();
+        let writable = table
+            .get_typed_ref(MFN, D1, FrameType::Writable, &TrustContents)
+            .unwrap();
+        assert!(matches!(
+            table.get_typed_ref(MFN, D1, FrameType::L1, &TrustContents),
+            Err(FrameError::TypeConflict { .. })
+        ));
+        assert_eq!(table.state(MFN).unwrap().refs, 2);
+        drop(writable);
+        assert_eq!(table.state(MFN).unwrap().refs, 1);
+    }
+}

@@ -85,8 +85,8 @@
 #[cfg(test)]
 extern crate std;
 
-pub mod frame;
 mod error;
+pub mod frame;
 mod frame_type;
 mod guard;
 mod owner;
@@ -110,7 +110,7 @@ pub use frame_type::FrameType;
 pub use guard::{PageRef, TypedRef};
 pub use owner::Owner;
 pub use ownership::{RelinquishCursor, RelinquishProgress};
-pub use table::{FreeSink, FrameTable, IgnoreFreed, PutOutcome};
+pub use table::{FrameTable, FreeSink, IgnoreFreed, PutOutcome};
 pub use validator::{
     InvalidEntry, TableFrame, TrustContents, ValidatedEntries, Validation, Validator,
 };

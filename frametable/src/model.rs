@@ -145,15 +145,38 @@ impl Op {
         let byte = |i: usize| bytes.get(i).copied().unwrap_or(0);
         let (a, b, c) = (byte(1), byte(2), byte(3));
         match byte(0) % 11 {
-            0 => Self::Assign { mfn: mfn(a), owner: owner(b) },
-            1 => Self::Release { mfn: mfn(a), owner: owner(b) },
-            2 => Self::Transfer { mfn: mfn(a), from: owner(b), to: owner(c) },
-            3 => Self::GetPage { mfn: mfn(a), owner: owner(b) },
+            0 => Self::Assign {
+                mfn: mfn(a),
+                owner: owner(b),
+            },
+            1 => Self::Release {
+                mfn: mfn(a),
+                owner: owner(b),
+            },
+            2 => Self::Transfer {
+                mfn: mfn(a),
+                from: owner(b),
+                to: owner(c),
+            },
+            3 => Self::GetPage {
+                mfn: mfn(a),
+                owner: owner(b),
+            },
             4 => Self::PutPage { mfn: mfn(a) },
-            5 => Self::GetType { mfn: mfn(a), ty: frame_type(b) },
+            5 => Self::GetType {
+                mfn: mfn(a),
+                ty: frame_type(b),
+            },
             6 => Self::PutType { mfn: mfn(a) },
-            7 => Self::Pin { mfn: mfn(a), owner: owner(b), ty: frame_type(c) },
-            8 => Self::Unpin { mfn: mfn(a), owner: owner(b) },
+            7 => Self::Pin {
+                mfn: mfn(a),
+                owner: owner(b),
+                ty: frame_type(c),
+            },
+            8 => Self::Unpin {
+                mfn: mfn(a),
+                owner: owner(b),
+            },
             9 => Self::Relinquish {
                 dom: DomId::new(1 + u16::from(a % 4)),
                 budget: 1 + u64::from(b % 7),
@@ -242,7 +265,9 @@ impl TestValidator {
         Self {
             // Frames start out validating at different paces, so preemption
             // happens without a reconfiguration first.
-            config: array::from_fn(|index| AtomicU32::new([ENTRIES, 1, 2, 0][index % 4] | 0xff << 8)),
+            config: array::from_fn(|index| {
+                AtomicU32::new([ENTRIES, 1, 2, 0][index % 4] | 0xff << 8)
+            }),
             held: array::from_fn(|_| AtomicU32::new(0)),
             validations: array::from_fn(|_| AtomicU64::new(0)),
             devalidations: array::from_fn(|_| AtomicU64::new(0)),
@@ -271,7 +296,12 @@ impl Validator for TestValidator {
         let state = table.state(frame.mfn).expect("covered frame");
         // The validate lock: count 1, neither validated nor partial.
         assert_eq!(
-            (state.type_refs, state.validated, state.partial, state.frame_type),
+            (
+                state.type_refs,
+                state.validated,
+                state.partial,
+                state.frame_type
+            ),
             (1, false, false, frame.frame_type),
             "validator called without the validate lock on {}",
             frame.mfn
@@ -280,7 +310,11 @@ impl Validator for TestValidator {
         let held = &self.held[index];
         let counts = frame.frame_type.is_page_table();
         if counts {
-            assert_eq!(held.load(Ordering::Relaxed), start_entry, "entries held on resume");
+            assert_eq!(
+                held.load(Ordering::Relaxed),
+                start_entry,
+                "entries held on resume"
+            );
         }
         let (chunk, bad) = self.config(index);
         let result = simulate(start_entry, chunk, bad);
@@ -302,7 +336,12 @@ impl Validator for TestValidator {
         let index = index_of(frame.mfn).expect("devalidating a frame outside the table");
         let state = table.state(frame.mfn).expect("covered frame");
         assert_eq!(
-            (state.type_refs, state.validated, state.partial, state.frame_type),
+            (
+                state.type_refs,
+                state.validated,
+                state.partial,
+                state.frame_type
+            ),
             (1, false, false, frame.frame_type),
             "devalidate called without the validate lock on {}",
             frame.mfn
@@ -370,7 +409,10 @@ impl ModelFrame {
     };
 
     fn refs(&self) -> u64 {
-        u64::from(self.allocated) + self.user_refs + u64::from(self.pinned) + u64::from(self.partial)
+        u64::from(self.allocated)
+            + self.user_refs
+            + u64::from(self.pinned)
+            + u64::from(self.partial)
     }
 
     fn type_refs(&self) -> u64 {
@@ -411,7 +453,12 @@ impl ModelFrame {
 
     /// Xen's get_page_type state machine, for a caller holding a general
     /// reference.
-    fn get_type(&mut self, mfn: Mfn, ty: FrameType, config: (u32, Option<u32>)) -> Result<(), FrameError> {
+    fn get_type(
+        &mut self,
+        mfn: Mfn,
+        ty: FrameType,
+        config: (u32, Option<u32>),
+    ) -> Result<(), FrameError> {
         let start = if self.type_refs() == 0 {
             if self.ty != ty {
                 self.ty = ty;
@@ -426,7 +473,11 @@ impl ModelFrame {
             }
             0
         } else if self.ty != ty {
-            return Err(FrameError::TypeConflict { mfn, held: self.ty, wanted: ty });
+            return Err(FrameError::TypeConflict {
+                mfn,
+                held: self.ty,
+                wanted: ty,
+            });
         } else if self.validated {
             self.user_types += 1;
             return Ok(());
@@ -482,27 +533,47 @@ type Outcome = Result<Option<PutOutcome>, FrameError>;
 impl Harness<'_> {
     fn apply(&mut self, op: Op) {
         let (expected, actual) = match op {
-            Op::Assign { mfn, owner } => (self.model_assign(mfn, owner), self.table.assign(mfn, owner).map(|()| None)),
-            Op::Release { mfn, owner } => (self.model_release(mfn, owner), self.table.release(mfn, owner).map(Some)),
+            Op::Assign { mfn, owner } => (
+                self.model_assign(mfn, owner),
+                self.table.assign(mfn, owner).map(|()| None),
+            ),
+            Op::Release { mfn, owner } => (
+                self.model_release(mfn, owner),
+                self.table.release(mfn, owner).map(Some),
+            ),
             Op::Transfer { mfn, from, to } => (
                 self.model_transfer(mfn, from, to),
                 self.table.transfer(mfn, from, to).map(|()| None),
             ),
-            Op::GetPage { mfn, owner } => (self.model_get_page(mfn, owner), self.table.get_page(mfn, owner).map(|()| None)),
+            Op::GetPage { mfn, owner } => (
+                self.model_get_page(mfn, owner),
+                self.table.get_page(mfn, owner).map(|()| None),
+            ),
             Op::PutPage { mfn } => match self.model_put_page(mfn) {
                 Some(expected) => (expected, self.table.put_page(mfn).map(Some)),
                 None => return,
             },
             Op::GetType { mfn, ty } => match self.model_get_type(mfn, ty) {
-                Some(expected) => (expected, self.table.get_type(mfn, ty, self.validator).map(|()| None)),
+                Some(expected) => (
+                    expected,
+                    self.table.get_type(mfn, ty, self.validator).map(|()| None),
+                ),
                 None => return,
             },
-            Op::PutType { mfn } => (self.model_put_type(mfn), self.table.put_type(mfn, self.validator).map(|()| None)),
+            Op::PutType { mfn } => (
+                self.model_put_type(mfn),
+                self.table.put_type(mfn, self.validator).map(|()| None),
+            ),
             Op::Pin { mfn, owner, ty } => (
                 self.model_pin(mfn, owner, ty),
-                self.table.pin(mfn, owner, ty, self.validator).map(|()| None),
+                self.table
+                    .pin(mfn, owner, ty, self.validator)
+                    .map(|()| None),
             ),
-            Op::Unpin { mfn, owner } => (self.model_unpin(mfn, owner), self.table.unpin(mfn, owner, self.validator).map(Some)),
+            Op::Unpin { mfn, owner } => (
+                self.model_unpin(mfn, owner),
+                self.table.unpin(mfn, owner, self.validator).map(Some),
+            ),
             Op::Relinquish { dom, budget } => {
                 self.relinquish(dom, budget);
                 return;
@@ -659,7 +730,9 @@ impl Harness<'_> {
     fn relinquish(&mut self, dom: DomId, budget: u64) {
         let mut cursor = RelinquishCursor::new();
         let mut calls = 0;
-        while self.table.relinquish(dom, &mut cursor, budget, self.validator)
+        while self
+            .table
+            .relinquish(dom, &mut cursor, budget, self.validator)
             == RelinquishProgress::Preempted
         {
             calls += 1;
@@ -721,7 +794,10 @@ impl Harness<'_> {
                 assert!(state.frame_type.is_page_table() && state.type_refs > 0);
             }
             if state.validated && state.frame_type.is_page_table() {
-                assert!(state.type_refs > 0, "validated page table {mfn} without a user");
+                assert!(
+                    state.type_refs > 0,
+                    "validated page table {mfn} without a user"
+                );
             }
             assert_eq!(
                 self.validator.validations[index].load(Ordering::Relaxed),
@@ -739,7 +815,11 @@ impl Harness<'_> {
                 "frees of {mfn}"
             );
         }
-        let free = self.model.iter().filter(|frame| frame.owner.is_none()).count();
+        let free = self
+            .model
+            .iter()
+            .filter(|frame| frame.owner.is_none())
+            .count();
         assert_eq!(owned + free, FRAMES);
     }
 }
@@ -748,7 +828,8 @@ impl Harness<'_> {
 /// on the first divergence or broken invariant.
 pub fn run(data: &[u8]) {
     let frames: [FrameInfo; FRAMES] = array::from_fn(|_| FrameInfo::new());
-    let ranges = RANGES.map(|(start, len)| FrameRange::new(Mfn::new(start), len).expect("small range"));
+    let ranges =
+        RANGES.map(|(start, len)| FrameRange::new(Mfn::new(start), len).expect("small range"));
     let validator = TestValidator::new();
     let sink = CountingSink {
         frees: array::from_fn(|_| AtomicU64::new(0)),
@@ -783,7 +864,13 @@ mod tests {
         let seen: Vec<_> = (0..11u8).map(|code| Op::decode(&[code, 6, 0, 0])).collect();
         assert!(matches!(seen[0], Op::Assign { mfn, .. } if mfn == Mfn::new(OUTSIDE[0])));
         assert!(matches!(seen[10], Op::Configure { .. }));
-        assert_eq!(Op::decode(&[]), Op::Assign { mfn: Mfn::new(0x100), owner: owner(0) });
+        assert_eq!(
+            Op::decode(&[]),
+            Op::Assign {
+                mfn: Mfn::new(0x100),
+                owner: owner(0)
+            }
+        );
     }
 
     #[test]

@@ -332,3 +332,149 @@ pub enum RelinquishProgress {
     /// The budget ran out; call again with the same cursor.
     Preempted,
 }
+
+#[cfg(all(test, not(loom)))]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use hvmem_types::FrameRange;
+
+    use super::*;
+    use crate::{FrameType, TrustContents};
+
+    const D1: Owner = Owner::Domain(DomId::new(1));
+    const D2: Owner = Owner::Domain(DomId::new(2));
+
+    fn mfn(n: u64) -> Mfn {
+        Mfn::new(0x80 + n)
+    }
+
+    fn with_table(test: impl FnOnce(&FrameTable<'_>)) {
+        let frames: [FrameInfo; 8] = Default::default();
+        let table = FrameTable::new(&frames, &[FrameRange::new(mfn(0), 8).unwrap()]).unwrap();
+        test(&table);
+    }
+
+    #[test]
+    fn assign_refuses_reserved_domains_and_owned_frames() {
+        with_table(|table| {
+            let io = Owner::Domain(DomId::IO);
+            assert_eq!(
+                table.assign(mfn(0), io),
+                Err(FrameError::ReservedDomain { owner: io })
+            );
+            table.assign(mfn(0), D1).unwrap();
+            assert_eq!(
+                table.assign(mfn(0), D2),
+                Err(FrameError::AlreadyOwned { mfn: mfn(0) })
+            );
+            let state = table.state(mfn(0)).unwrap();
+            assert_eq!(
+                (state.owner, state.allocated, state.refs),
+                (Some(D1), true, 1)
+            );
+        });
+    }
+
+    #[test]
+    fn release_frees_only_when_no_other_reference_remains() {
+        with_table(|table| {
+            table.assign(mfn(0), D1).unwrap();
+            assert_eq!(
+                table.release(mfn(0), D2),
+                Err(FrameError::WrongOwner { mfn: mfn(0) })
+            );
+            assert_eq!(table.release(mfn(0), D1), Ok(PutOutcome::Freed));
+            assert_eq!(
+                table.release(mfn(0), D1),
+                Err(FrameError::Unowned { mfn: mfn(0) })
+            );
+
+            table.assign(mfn(1), D1).unwrap();
+            table.get_page(mfn(1), D1).unwrap();
+            assert_eq!(table.release(mfn(1), D1), Ok(PutOutcome::StillReferenced));
+            assert_eq!(
+                table.release(mfn(1), D1),
+                Err(FrameError::NotAllocated { mfn: mfn(1) })
+            );
+            assert_eq!(table.put_page(mfn(1)), Ok(PutOutcome::Freed));
+        });
+    }
+
+    #[test]
+    fn transfer_moves_only_an_unreferenced_frame_and_it_arrives_untyped() {
+        with_table(|table| {
+            table.assign(mfn(0), D1).unwrap();
+            table.get_page(mfn(0), D1).unwrap();
+            table
+                .get_type(mfn(0), FrameType::Writable, &TrustContents)
+                .unwrap();
+            let before = table.state(mfn(0)).unwrap();
+            assert_eq!(
+                table.transfer(mfn(0), D1, D2),
+                Err(FrameError::InUse { mfn: mfn(0) })
+            );
+            assert_eq!(table.state(mfn(0)).unwrap(), before);
+            table.put_type(mfn(0), &TrustContents).unwrap();
+            let _ = table.put_page(mfn(0)).unwrap();
+
+            assert_eq!(
+                table.transfer(mfn(0), D2, D1),
+                Err(FrameError::WrongOwner { mfn: mfn(0) })
+            );
+            table.transfer(mfn(0), D1, Owner::Host).unwrap();
+            let moved = table.state(mfn(0)).unwrap();
+            assert_eq!(
+                (moved.owner, moved.refs, moved.allocated),
+                (Some(Owner::Host), 1, true)
+            );
+            assert_eq!(
+                (moved.frame_type, moved.validated),
+                (FrameType::None, false)
+            );
+            assert_eq!(
+                table.get_page(mfn(0), D1),
+                Err(FrameError::WrongOwner { mfn: mfn(0) })
+            );
+        });
+    }
+
+    #[test]
+    fn relinquish_frees_unreferenced_frames_and_leaves_referenced_ones() {
+        with_table(|table| {
+            for n in 0..6 {
+                table
+                    .assign(mfn(n), if n % 2 == 0 { D1 } else { D2 })
+                    .unwrap();
+            }
+            // A pinned table, and a frame a foreign domain still maps.
+            table
+                .pin(mfn(0), D1, FrameType::L4, &TrustContents)
+                .unwrap();
+            table.get_page(mfn(2), D1).unwrap();
+
+            let mut cursor = RelinquishCursor::new();
+            let mut calls = 0;
+            while table.relinquish(DomId::new(1), &mut cursor, 3, &TrustContents)
+                == RelinquishProgress::Preempted
+            {
+                calls += 1;
+            }
+            assert_eq!(calls, 2, "8 frames, 3 per call");
+            assert_eq!((cursor.freed(), cursor.still_referenced()), (2, 1));
+            for n in [0, 4] {
+                assert_eq!(table.state(mfn(n)).unwrap().owner, None);
+            }
+            let mapped = table.state(mfn(2)).unwrap();
+            assert_eq!(
+                (mapped.owner, mapped.allocated, mapped.refs),
+                (Some(D1), false, 1)
+            );
+            assert_eq!(table.put_page(mfn(2)), Ok(PutOutcome::Freed));
+            // The other domain's frames are untouched.
+            for n in [1, 3, 5] {
+                let state = table.state(mfn(n)).unwrap();
+                assert_eq!((state.owner, state.refs), (Some(D2), 1));
+            }
+        });
+    }
+}

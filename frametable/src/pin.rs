@@ -81,3 +81,118 @@ impl FrameTable<'_> {
         self.put_ref(frame, mfn)
     }
 }
+
+#[cfg(all(test, not(loom)))]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use hvmem_types::{DomId, FrameRange};
+
+    use super::*;
+    use crate::TrustContents;
+
+    const D1: Owner = Owner::Domain(DomId::new(1));
+    const MFN: Mfn = Mfn::new(0x20);
+
+    fn with_frame(test: impl FnOnce(&FrameTable<'_>)) {
+        let frames: [FrameInfo; 1] = Default::default();
+        let table = FrameTable::new(&frames, &[FrameRange::new(MFN, 1).unwrap()]).unwrap();
+        table.assign(MFN, D1).unwrap();
+        test(&table);
+    }
+
+    use crate::FrameInfo;
+
+    #[test]
+    fn pin_holds_one_general_and_one_type_reference() {
+        with_frame(|table| {
+            table.pin(MFN, D1, FrameType::L2, &TrustContents).unwrap();
+            let state = table.state(MFN).unwrap();
+            assert!(state.pinned && state.validated);
+            assert_eq!(
+                (state.refs, state.type_refs, state.frame_type),
+                (2, 1, FrameType::L2)
+            );
+        });
+    }
+
+    #[test]
+    fn double_pin_is_refused_with_state_unchanged() {
+        with_frame(|table| {
+            table.pin(MFN, D1, FrameType::L1, &TrustContents).unwrap();
+            let pinned = table.state(MFN).unwrap();
+            assert_eq!(
+                table.pin(MFN, D1, FrameType::L1, &TrustContents),
+                Err(FrameError::AlreadyPinned { mfn: MFN })
+            );
+            assert!(matches!(
+                table.pin(MFN, D1, FrameType::L2, &TrustContents),
+                Err(FrameError::TypeConflict { .. })
+            ));
+            assert_eq!(table.state(MFN).unwrap(), pinned);
+        });
+    }
+
+    #[test]
+    fn unpin_of_an_unpinned_frame_is_refused() {
+        with_frame(|table| {
+            let before = table.state(MFN).unwrap();
+            assert_eq!(
+                table.unpin(MFN, D1, &TrustContents),
+                Err(FrameError::NotPinned { mfn: MFN })
+            );
+            assert_eq!(table.state(MFN).unwrap(), before);
+        });
+    }
+
+    #[test]
+    fn only_page_tables_can_be_pinned() {
+        with_frame(|table| {
+            for ty in [
+                FrameType::Writable,
+                FrameType::SegmentDescriptor,
+                FrameType::None,
+            ] {
+                assert_eq!(
+                    table.pin(MFN, D1, ty, &TrustContents),
+                    Err(FrameError::NotPinnable { frame_type: ty })
+                );
+            }
+            table
+                .pin(MFN, D1, FrameType::Stage2, &TrustContents)
+                .unwrap();
+        });
+    }
+
+    #[test]
+    fn only_the_owner_pins_and_unpins() {
+        with_frame(|table| {
+            let d2 = Owner::Domain(DomId::new(2));
+            assert_eq!(
+                table.pin(MFN, d2, FrameType::L1, &TrustContents),
+                Err(FrameError::WrongOwner { mfn: MFN })
+            );
+            table.pin(MFN, D1, FrameType::L1, &TrustContents).unwrap();
+            assert_eq!(
+                table.unpin(MFN, d2, &TrustContents),
+                Err(FrameError::WrongOwner { mfn: MFN })
+            );
+            assert!(table.state(MFN).unwrap().pinned);
+        });
+    }
+
+    #[test]
+    fn unpin_drops_the_validation_and_frees_a_released_frame() {
+        with_frame(|table| {
+            table.pin(MFN, D1, FrameType::L3, &TrustContents).unwrap();
+            assert_eq!(table.release(MFN, D1), Ok(PutOutcome::StillReferenced));
+            // Pinned: the table stays validated without any mapping.
+            assert!(table.state(MFN).unwrap().validated);
+            assert_eq!(table.unpin(MFN, D1, &TrustContents), Ok(PutOutcome::Freed));
+            let state = table.state(MFN).unwrap();
+            assert_eq!(
+                (state.owner, state.pinned, state.validated),
+                (None, false, false)
+            );
+        });
+    }
+}

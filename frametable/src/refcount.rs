@@ -124,6 +124,7 @@ impl FrameTable<'_> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::frame::FrameState;
@@ -136,17 +137,27 @@ mod tests {
 
     fn with_table(test: impl FnOnce(&FrameTable<'_>)) {
         let frames: [FrameInfo; 2] = Default::default();
-        let table = FrameTable::new(&frames, &[FrameRange::new(Mfn::new(0x10), 2).unwrap()]).unwrap();
+        let table =
+            FrameTable::new(&frames, &[FrameRange::new(Mfn::new(0x10), 2).unwrap()]).unwrap();
         test(&table);
     }
 
     #[test]
     fn get_page_requires_the_named_owner() {
         with_table(|table| {
-            assert_eq!(table.get_page(MFN, D1), Err(FrameError::Unowned { mfn: MFN }));
+            assert_eq!(
+                table.get_page(MFN, D1),
+                Err(FrameError::Unowned { mfn: MFN })
+            );
             table.assign(MFN, D1).unwrap();
-            assert_eq!(table.get_page(MFN, D2), Err(FrameError::WrongOwner { mfn: MFN }));
-            assert_eq!(table.get_page(MFN, Owner::Host), Err(FrameError::WrongOwner { mfn: MFN }));
+            assert_eq!(
+                table.get_page(MFN, D2),
+                Err(FrameError::WrongOwner { mfn: MFN })
+            );
+            assert_eq!(
+                table.get_page(MFN, Owner::Host),
+                Err(FrameError::WrongOwner { mfn: MFN })
+            );
             assert_eq!(table.state(MFN).unwrap().refs, 1);
             table.get_page(MFN, D1).unwrap();
             assert_eq!(table.state(MFN).unwrap().refs, 2);
@@ -156,10 +167,16 @@ mod tests {
     #[test]
     fn put_without_get_is_refused() {
         with_table(|table| {
-            assert_eq!(table.put_page(MFN), Err(FrameError::NotReferenced { mfn: MFN }));
+            assert_eq!(
+                table.put_page(MFN),
+                Err(FrameError::NotReferenced { mfn: MFN })
+            );
             table.assign(MFN, D1).unwrap();
             // Only the allocation reference is held: it is not put_page's to drop.
-            assert_eq!(table.put_page(MFN), Err(FrameError::NotReferenced { mfn: MFN }));
+            assert_eq!(
+                table.put_page(MFN),
+                Err(FrameError::NotReferenced { mfn: MFN })
+            );
             assert_eq!(table.state(MFN).unwrap().refs, 1);
         });
     }
@@ -174,7 +191,10 @@ mod tests {
             table.get_page(MFN, D1).unwrap();
             let at_limit = table.state(MFN).unwrap();
             assert_eq!(at_limit.refs, CountWord::COUNT_MAX - 1);
-            assert_eq!(table.get_page(MFN, D1), Err(FrameError::CountOverflow { mfn: MFN }));
+            assert_eq!(
+                table.get_page(MFN, D1),
+                Err(FrameError::CountOverflow { mfn: MFN })
+            );
             assert_eq!(table.state(MFN).unwrap(), at_limit);
             assert_eq!(at_limit.owner, Some(D1));
         });
@@ -189,7 +209,10 @@ mod tests {
             assert_eq!(table.put_page(MFN), Ok(PutOutcome::Freed));
             let state = table.state(MFN).unwrap();
             assert_eq!((state.owner, state.refs), (None, 0));
-            assert_eq!(table.put_page(MFN), Err(FrameError::NotReferenced { mfn: MFN }));
+            assert_eq!(
+                table.put_page(MFN),
+                Err(FrameError::NotReferenced { mfn: MFN })
+            );
         });
     }
 
@@ -198,10 +221,15 @@ mod tests {
         with_table(|table| {
             table.assign(MFN, D1).unwrap();
             table.get_page(MFN, D1).unwrap();
-            table.get_type(MFN, FrameType::Writable, &TrustContents).unwrap();
+            table
+                .get_type(MFN, FrameType::Writable, &TrustContents)
+                .unwrap();
             let _ = table.release(MFN, D1).unwrap();
             let before: FrameState = table.state(MFN).unwrap();
-            assert_eq!(table.put_page(MFN), Err(FrameError::TypeStillReferenced { mfn: MFN }));
+            assert_eq!(
+                table.put_page(MFN),
+                Err(FrameError::TypeStillReferenced { mfn: MFN })
+            );
             assert_eq!(table.state(MFN).unwrap(), before);
             table.put_type(MFN, &TrustContents).unwrap();
             assert_eq!(table.put_page(MFN), Ok(PutOutcome::Freed));

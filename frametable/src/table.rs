@@ -176,7 +176,10 @@ impl<'a> FrameTable<'a> {
     /// The record at `offset` into `span`, with its frame number.
     pub(crate) fn frame_in_span(&self, span: usize, offset: u64) -> Option<(Mfn, &'a FrameInfo)> {
         let span = self.spans().get(span)?;
-        let raw = span.start.checked_add(offset).filter(|&raw| raw < span.end)?;
+        let raw = span
+            .start
+            .checked_add(offset)
+            .filter(|&raw| raw < span.end)?;
         let frame = self.frames.get(span.base + offset as usize)?;
         Some((Mfn::new(raw), frame))
     }
@@ -193,6 +196,7 @@ impl fmt::Debug for FrameTable<'_> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::Owner;
@@ -213,7 +217,9 @@ mod tests {
         for hole in [0, 0xff, 0x104, 0x1ff, 0x202, u64::MAX] {
             assert_eq!(
                 table.state(Mfn::new(hole)),
-                Err(FrameError::OutOfRange { mfn: Mfn::new(hole) })
+                Err(FrameError::OutOfRange {
+                    mfn: Mfn::new(hole)
+                })
             );
         }
     }
@@ -223,8 +229,13 @@ mod tests {
         let frames: [FrameInfo; 6] = Default::default();
         let table = FrameTable::new(&frames, &[range(0x100, 4), range(0x200, 2)]).unwrap();
         table.assign(Mfn::new(0x103), Owner::Host).unwrap();
-        table.assign(Mfn::new(0x200), Owner::Domain(DomId::new(1))).unwrap();
-        assert_eq!(table.state(Mfn::new(0x103)).unwrap().owner, Some(Owner::Host));
+        table
+            .assign(Mfn::new(0x200), Owner::Domain(DomId::new(1)))
+            .unwrap();
+        assert_eq!(
+            table.state(Mfn::new(0x103)).unwrap().owner,
+            Some(Owner::Host)
+        );
         assert_eq!(table.state(Mfn::new(0x102)).unwrap().owner, None);
         assert_eq!(table.state(Mfn::new(0x201)).unwrap().owner, None);
     }
@@ -238,7 +249,10 @@ mod tests {
         );
         assert_eq!(
             FrameTable::new(&frames, &[range(0x100, 4), range(0x200, 1)]).unwrap_err(),
-            LayoutError::StorageTooSmall { needed: 5, provided: 4 }
+            LayoutError::StorageTooSmall {
+                needed: 5,
+                provided: 4
+            }
         );
         let many = [range(0, 1); FrameTable::MAX_RANGES + 1];
         assert_eq!(

@@ -12,8 +12,8 @@ use hvmem_types::Mfn;
 use crate::frame::{CountWord, TypeWord};
 use crate::sync::Ordering;
 use crate::{
-    FrameError, FrameInfo, FrameTable, FrameType, Owner, TableFrame, ValidatedEntries,
-    Validation, Validator,
+    FrameError, FrameInfo, FrameTable, FrameType, Owner, TableFrame, ValidatedEntries, Validation,
+    Validator,
 };
 
 /// Which type reference a put drops.
@@ -282,6 +282,7 @@ impl FrameTable<'_> {
 }
 
 #[cfg(all(test, not(loom)))]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use core::cell::Cell;
 
@@ -339,7 +340,12 @@ mod tests {
             }
         }
 
-        fn devalidate(&self, _table: &FrameTable<'_>, _frame: TableFrame, entries: ValidatedEntries) {
+        fn devalidate(
+            &self,
+            _table: &FrameTable<'_>,
+            _frame: TableFrame,
+            entries: ValidatedEntries,
+        ) {
             if entries == ValidatedEntries::All {
                 assert_eq!(self.held.get(), self.entries);
                 self.devalidations.set(self.devalidations.get() + 1);
@@ -350,7 +356,8 @@ mod tests {
 
     fn with_frame(test: impl FnOnce(&FrameTable<'_>)) {
         let frames: [FrameInfo; 4] = Default::default();
-        let table = FrameTable::new(&frames, &[FrameRange::new(Mfn::new(0x40), 4).unwrap()]).unwrap();
+        let table =
+            FrameTable::new(&frames, &[FrameRange::new(Mfn::new(0x40), 4).unwrap()]).unwrap();
         table.assign(MFN, D1).unwrap();
         table.get_page(MFN, D1).unwrap();
         test(&table);
@@ -359,7 +366,9 @@ mod tests {
     #[test]
     fn type_changes_only_at_type_count_zero() {
         with_frame(|table| {
-            table.get_type(MFN, FrameType::GrantShared, &TrustContents).unwrap();
+            table
+                .get_type(MFN, FrameType::GrantShared, &TrustContents)
+                .unwrap();
             assert_eq!(
                 table.get_type(MFN, FrameType::SegmentDescriptor, &TrustContents),
                 Err(FrameError::TypeConflict {
@@ -369,8 +378,13 @@ mod tests {
                 })
             );
             table.put_type(MFN, &TrustContents).unwrap();
-            table.get_type(MFN, FrameType::SegmentDescriptor, &TrustContents).unwrap();
-            assert_eq!(table.state(MFN).unwrap().frame_type, FrameType::SegmentDescriptor);
+            table
+                .get_type(MFN, FrameType::SegmentDescriptor, &TrustContents)
+                .unwrap();
+            assert_eq!(
+                table.state(MFN).unwrap().frame_type,
+                FrameType::SegmentDescriptor
+            );
         });
     }
 
@@ -378,18 +392,26 @@ mod tests {
     fn frame_is_never_writable_and_a_page_table() {
         with_frame(|table| {
             let validator = Scripted::new(4, None);
-            table.get_type(MFN, FrameType::Writable, &validator).unwrap();
+            table
+                .get_type(MFN, FrameType::Writable, &validator)
+                .unwrap();
             let before = table.state(MFN).unwrap();
             assert!(matches!(
                 table.get_type(MFN, FrameType::L1, &validator),
-                Err(FrameError::TypeConflict { held: FrameType::Writable, .. })
+                Err(FrameError::TypeConflict {
+                    held: FrameType::Writable,
+                    ..
+                })
             ));
             assert_eq!(table.state(MFN).unwrap(), before);
             table.put_type(MFN, &validator).unwrap();
             table.get_type(MFN, FrameType::L1, &validator).unwrap();
             assert!(matches!(
                 table.get_type(MFN, FrameType::Writable, &validator),
-                Err(FrameError::TypeConflict { held: FrameType::L1, .. })
+                Err(FrameError::TypeConflict {
+                    held: FrameType::L1,
+                    ..
+                })
             ));
             assert_eq!(validator.validations.get(), 1);
         });
@@ -420,11 +442,15 @@ mod tests {
     fn writable_and_descriptor_types_keep_validation_at_type_count_zero() {
         with_frame(|table| {
             let validator = Scripted::new(4, None);
-            table.get_type(MFN, FrameType::SegmentDescriptor, &validator).unwrap();
+            table
+                .get_type(MFN, FrameType::SegmentDescriptor, &validator)
+                .unwrap();
             table.put_type(MFN, &validator).unwrap();
             let state = table.state(MFN).unwrap();
             assert_eq!((state.type_refs, state.validated), (0, true));
-            table.get_type(MFN, FrameType::SegmentDescriptor, &validator).unwrap();
+            table
+                .get_type(MFN, FrameType::SegmentDescriptor, &validator)
+                .unwrap();
             assert_eq!(validator.validations.get(), 1);
             assert_eq!(validator.devalidations.get(), 0);
         });
@@ -465,7 +491,10 @@ mod tests {
                 Err(FrameError::Preempted { mfn: MFN })
             );
             let after = table.state(MFN).unwrap();
-            assert_eq!((after.type_refs, after.partial, after.refs), (0, false, before.refs));
+            assert_eq!(
+                (after.type_refs, after.partial, after.refs),
+                (0, false, before.refs)
+            );
         });
     }
 
@@ -479,23 +508,34 @@ mod tests {
             );
             assert_eq!(
                 table.get_type(MFN, FrameType::L4, &validator),
-                Err(FrameError::Invalid { mfn: MFN, entry: InvalidEntry { index: 3 } })
+                Err(FrameError::Invalid {
+                    mfn: MFN,
+                    entry: InvalidEntry { index: 3 }
+                })
             );
             let state = table.state(MFN).unwrap();
-            assert_eq!((state.type_refs, state.partial, state.validated), (0, false, false));
+            assert_eq!(
+                (state.type_refs, state.partial, state.validated),
+                (0, false, false)
+            );
             assert_eq!(state.refs, 2);
             assert_eq!(validator.held.get(), 0);
             // Nothing holds the type: it may change.
-            table.get_type(MFN, FrameType::Writable, &validator).unwrap();
+            table
+                .get_type(MFN, FrameType::Writable, &validator)
+                .unwrap();
         });
     }
 
     #[test]
     fn type_count_saturates_into_an_error() {
         with_frame(|table| {
-            table.get_type(MFN, FrameType::Writable, &TrustContents).unwrap();
+            table
+                .get_type(MFN, FrameType::Writable, &TrustContents)
+                .unwrap();
             let frame = table.frame(MFN).unwrap();
-            let word = TypeWord(frame.type_info.load(Ordering::Relaxed)).with_count(TypeWord::COUNT_MAX);
+            let word =
+                TypeWord(frame.type_info.load(Ordering::Relaxed)).with_count(TypeWord::COUNT_MAX);
             frame.type_info.store(word.0, Ordering::Relaxed);
             assert_eq!(
                 table.get_type(MFN, FrameType::Writable, &TrustContents),
@@ -542,7 +582,12 @@ mod tests {
     struct RacingLook;
 
     impl Validator for RacingLook {
-        fn validate(&self, _: &FrameTable<'_>, _: TableFrame, _: u32) -> Result<Validation, InvalidEntry> {
+        fn validate(
+            &self,
+            _: &FrameTable<'_>,
+            _: TableFrame,
+            _: u32,
+        ) -> Result<Validation, InvalidEntry> {
             Ok(Validation::Complete)
         }
 
@@ -575,7 +620,9 @@ mod tests {
             table.put_type(MFN, &RacingLook).unwrap();
             let state = table.state(MFN).unwrap();
             assert_eq!((state.type_refs, state.validated), (0, false));
-            table.get_type(MFN, FrameType::Writable, &TrustContents).unwrap();
+            table
+                .get_type(MFN, FrameType::Writable, &TrustContents)
+                .unwrap();
         });
     }
 

@@ -135,3 +135,141 @@ impl Validator for TrustContents {
 
     fn devalidate(&self, _table: &FrameTable<'_>, _frame: TableFrame, _entries: ValidatedEntries) {}
 }
+
+#[cfg(all(test, not(loom)))]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use hvmem_types::{DomId, FrameRange};
+
+    use super::*;
+    use crate::{FrameError, FrameInfo, PutOutcome};
+
+    const D1: Owner = Owner::Domain(DomId::new(1));
+    const ROOT: Mfn = Mfn::new(0x50);
+    const CHILDREN: [Mfn; 2] = [Mfn::new(0x51), Mfn::new(0x52)];
+
+    /// What the pagetable crate will do: an L2 frame's entries point at L1
+    /// frames; validating an entry takes a general and an L1 type reference
+    /// on its target, de-validating drops them. One entry per call, so the
+    /// validation is preempted and resumed.
+    struct TwoLevel;
+
+    impl Validator for TwoLevel {
+        fn validate(
+            &self,
+            table: &FrameTable<'_>,
+            frame: TableFrame,
+            start_entry: u32,
+        ) -> Result<Validation, InvalidEntry> {
+            if frame.frame_type != FrameType::L2 {
+                return Ok(Validation::Complete);
+            }
+            let Some(&target) = CHILDREN.get(start_entry as usize) else {
+                return Ok(Validation::Complete);
+            };
+            let taken = table.get_page(target, frame.owner).and_then(|()| {
+                table
+                    .get_type(target, FrameType::L1, self)
+                    .inspect_err(|_| {
+                        let _ = table.put_page(target);
+                    })
+            });
+            if taken.is_err() {
+                // Release the entries validated by earlier calls too.
+                self.devalidate(table, frame, ValidatedEntries::Below(start_entry));
+                return Err(InvalidEntry { index: start_entry });
+            }
+            Ok(Validation::Preempted {
+                next_entry: start_entry + 1,
+            })
+        }
+
+        fn devalidate(&self, table: &FrameTable<'_>, frame: TableFrame, entries: ValidatedEntries) {
+            if frame.frame_type != FrameType::L2 {
+                return;
+            }
+            let count = match entries {
+                ValidatedEntries::All => CHILDREN.len(),
+                ValidatedEntries::Below(n) => n as usize,
+            };
+            for &target in &CHILDREN[..count] {
+                table.put_type(target, self).unwrap();
+                let _ = table.put_page(target).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn page_table_entries_hold_references_on_their_targets() {
+        let frames: [FrameInfo; 3] = Default::default();
+        let table = FrameTable::new(&frames, &[FrameRange::new(ROOT, 3).unwrap()]).unwrap();
+        for mfn in [ROOT, CHILDREN[0], CHILDREN[1]] {
+            table.assign(mfn, D1).unwrap();
+        }
+        // Two entries, one per call: preempted twice, then complete.
+        assert_eq!(
+            table.pin(ROOT, D1, FrameType::L2, &TwoLevel),
+            Err(FrameError::Preempted { mfn: ROOT })
+        );
+        assert_eq!(
+            table.pin(ROOT, D1, FrameType::L2, &TwoLevel),
+            Err(FrameError::Preempted { mfn: ROOT })
+        );
+        table.pin(ROOT, D1, FrameType::L2, &TwoLevel).unwrap();
+        for child in CHILDREN {
+            let state = table.state(child).unwrap();
+            assert_eq!(
+                (state.frame_type, state.type_refs, state.refs),
+                (FrameType::L1, 1, 2)
+            );
+            // A table the guest uses as L1 cannot be mapped writable.
+            table.get_page(child, D1).unwrap();
+            assert!(matches!(
+                table.get_type(child, FrameType::Writable, &TwoLevel),
+                Err(FrameError::TypeConflict {
+                    held: FrameType::L1,
+                    ..
+                })
+            ));
+            let _ = table.put_page(child).unwrap();
+        }
+        // Unpinning the root drops its validation, which drops the children's.
+        let _ = table.unpin(ROOT, D1, &TwoLevel).unwrap();
+        for child in CHILDREN {
+            let state = table.state(child).unwrap();
+            assert_eq!(
+                (state.type_refs, state.refs, state.validated),
+                (0, 1, false)
+            );
+        }
+        assert_eq!(table.release(CHILDREN[0], D1), Ok(PutOutcome::Freed));
+    }
+
+    #[test]
+    fn failed_entry_releases_every_reference_taken_so_far() {
+        let frames: [FrameInfo; 3] = Default::default();
+        let table = FrameTable::new(&frames, &[FrameRange::new(ROOT, 3).unwrap()]).unwrap();
+        table.assign(ROOT, D1).unwrap();
+        table.assign(CHILDREN[0], D1).unwrap();
+        // The second child belongs to someone else: its entry is invalid.
+        table
+            .assign(CHILDREN[1], Owner::Domain(DomId::new(2)))
+            .unwrap();
+        table.get_page(ROOT, D1).unwrap();
+        assert_eq!(
+            table.get_type(ROOT, FrameType::L2, &TwoLevel),
+            Err(FrameError::Preempted { mfn: ROOT })
+        );
+        assert_eq!(
+            table.get_type(ROOT, FrameType::L2, &TwoLevel),
+            Err(FrameError::Invalid {
+                mfn: ROOT,
+                entry: InvalidEntry { index: 1 }
+            })
+        );
+        let child = table.state(CHILDREN[0]).unwrap();
+        assert_eq!((child.refs, child.type_refs), (1, 0));
+        let root = table.state(ROOT).unwrap();
+        assert_eq!((root.refs, root.type_refs, root.partial), (2, 0, false));
+    }
+}
