@@ -65,8 +65,10 @@ fn get_put(c: &mut Criterion) {
     });
     group.bench_function("frametable", |b| {
         b.iter(|| {
-            table.get_page(black_box(MFN), black_box(OWNER)).expect("get");
-            black_box(table.put_page(black_box(MFN)).expect("put"));
+            table
+                .get_page(black_box(MFN), black_box(OWNER))
+                .expect("get");
+            let _ = black_box(table.put_page(black_box(MFN)).expect("put"));
         });
     });
     group.finish();
@@ -127,7 +129,7 @@ fn contended_get_put(c: &mut Criterion) {
         b.iter_custom(|iters| {
             on_two_threads(iters, &|| {
                 table.get_page(MFN, OWNER).expect("get");
-                black_box(table.put_page(MFN).expect("put"));
+                let _ = black_box(table.put_page(MFN).expect("put"));
             })
         });
     });

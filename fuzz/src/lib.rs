@@ -16,4 +16,5 @@
 )]
 
 pub mod buddy;
+pub mod frametable;
 mod bytes;

@@ -8,7 +8,10 @@ use std::path::Path;
 
 /// The targets and their entry points. A target without a corpus directory,
 /// or with an empty one, fails: a replay that replays nothing proves nothing.
-const TARGETS: &[(&str, Target)] = &[("buddy", hvmem_fuzz::buddy::run)];
+const TARGETS: &[(&str, Target)] = &[
+    ("buddy", hvmem_fuzz::buddy::run),
+    ("frametable", hvmem_fuzz::frametable::run),
+];
 
 /// A target's entry point.
 type Target = fn(&[u8]);
