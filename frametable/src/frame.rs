@@ -43,8 +43,13 @@
 //! - Assignment claims a free frame with `Acquire` (so the previous owner's
 //!   last accesses happen before the new owner's) and publishes the owned word
 //!   with `Release`.
-//! - CAS failures and the first load of each loop are `Relaxed`: the CAS
-//!   itself re-checks the value, and nothing else is read on its strength.
+//! - Puts load the word, and re-read it on CAS failure, with `Acquire`: when
+//!   the value seen makes this put the last, every earlier put must happen
+//!   before the type count is read to refuse a free with type references
+//!   left (loom found the `Relaxed` version of this wanting).
+//! - Elsewhere CAS failures and the first load of each loop are `Relaxed`:
+//!   the CAS itself re-checks the value, and nothing else is read on its
+//!   strength.
 //!
 //! # The type word: type, flags, type count
 //!

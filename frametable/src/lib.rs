@@ -114,3 +114,8 @@ pub use table::{FrameTable, FreeSink, IgnoreFreed, PutOutcome};
 pub use validator::{
     InvalidEntry, TableFrame, TrustContents, ValidatedEntries, Validation, Validator,
 };
+
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
