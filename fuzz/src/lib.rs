@@ -16,5 +16,5 @@
 )]
 
 pub mod buddy;
-pub mod frametable;
 mod bytes;
+pub mod frametable;
