@@ -83,13 +83,22 @@
 //!   type clears `partial` without bumping the count and resumes at the entry
 //!   stored in the resume point (reference a.6 step 5).
 //!
-//! Orderings on the type word: gets and puts succeed with `AcqRel`. The
-//! `Acquire` half makes the validator's work (the references it took, the
-//! entries it checked) visible to every later holder; the `Release` half
-//! publishes it. The validator's result is published by a `Release`
-//! read-modify-write (setting `validated` or `partial`, or dropping the lock).
-//! The resume point is `Relaxed`: only the holder of the validate lock
-//! touches it, and the lock's `Release`/`Acquire` pair orders those accesses.
+//! Orderings on the type word:
+//!
+//! - A get succeeds with `AcqRel`: the `Acquire` half makes the validator's
+//!   work (the references it took, the entries it checked) visible to the
+//!   new holder; the `Release` half orders a type change after it.
+//! - A put succeeds with `Release`, so the holder's use of the type happens
+//!   before a later type change. The last put of a page table takes the
+//!   validate lock with `AcqRel` instead: every other holder's use happens
+//!   before the de-validation.
+//! - The end of a validation or de-validation is a `Release`
+//!   read-modify-write (setting `validated` or `partial`, or dropping the
+//!   lock's count), paired with the `Acquire` of the next get or of whoever
+//!   takes over a partial state.
+//! - The resume point is `Relaxed`: only the holder of the validate lock
+//!   touches it, and the lock's `Release`/`Acquire` pair orders those
+//!   accesses.
 //!
 //! [`DomId`]: hvmem_types::DomId
 
