@@ -36,7 +36,10 @@ use crate::sync::{AtomicU64, AtomicUsize, Ordering};
 
 const EMPTY: u64 = u64::MAX;
 
-/// A lock-free cache of up to `N` single frames. See the [module docs](self).
+/// A lock-free cache of up to `N` single frames.
+///
+/// Any thread may push and pop; each slot is claimed by a compare-exchange from
+/// empty and emptied by a swap, so no frame is lost or handed out twice.
 #[derive(Debug)]
 pub struct FrameCache<const N: usize> {
     slots: [AtomicU64; N],

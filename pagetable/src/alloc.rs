@@ -1,0 +1,109 @@
+//! Table frames: where they come from, and the reservation that makes every
+//! update all or nothing.
+//!
+//! An update first counts the tables it will need (a dry run over the live
+//! tables), then takes that many frames from the [`TableAllocator`] before it
+//! changes anything. If the allocator runs dry, the frames already taken go
+//! back and the update fails with the tables untouched. The commit step draws
+//! from the reservation and cannot run out. Reserved frames are chained
+//! through their own first entry, so a reservation of any size needs no
+//! storage of its own.
+
+use core::sync::atomic::Ordering;
+
+use hvmem_types::PhysAddr;
+
+use crate::mem::PhysMem;
+
+/// Where table frames come from and go back to.
+pub trait TableAllocator {
+    /// A frame for a table (its contents need not be zero; the editor clears
+    /// it), or `None` when memory is exhausted.
+    fn alloc_table(&mut self) -> Option<PhysAddr>;
+
+    /// A table frame the editor no longer uses.
+    ///
+    /// A table that was reachable from a live root may still be cached in
+    /// paging-structure caches until the [`TlbFlush`](crate::TlbFlush) of the
+    /// update that freed it has been carried out: the allocator must not reuse
+    /// the frame before then (queue it, as Linux defers table freeing).
+    fn free_table(&mut self, table: PhysAddr);
+}
+
+/// Frames taken for one update, chained through their entry 0.
+#[derive(Debug)]
+pub(crate) struct Reservation {
+    head: Option<u64>,
+    len: usize,
+    entries: usize,
+}
+
+impl Reservation {
+    pub(crate) const fn empty(entries: usize) -> Self {
+        Self {
+            head: None,
+            len: 0,
+            entries,
+        }
+    }
+
+    /// Frames still reserved.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Takes `count` zeroed frames, or none at all.
+    pub(crate) fn take_frames(
+        count: usize,
+        entries: usize,
+        mem: &impl PhysMem,
+        alloc: &mut impl TableAllocator,
+    ) -> Result<Self, ReserveFailure> {
+        let mut r = Self::empty(entries);
+        while r.len < count {
+            let Some(frame) = alloc.alloc_table() else {
+                r.release(mem, alloc);
+                return Err(ReserveFailure::OutOfMemory);
+            };
+            let Some(table) = mem.table(frame, entries) else {
+                alloc.free_table(frame);
+                r.release(mem, alloc);
+                return Err(ReserveFailure::NotAccessible(frame));
+            };
+            for e in table {
+                e.store(0, Ordering::Relaxed);
+            }
+            if let Some(first) = table.first() {
+                // Link: next frame + 1, so that 0 means "end" even for frame 0.
+                first.store(r.head.map_or(0, |h| h + 1), Ordering::Relaxed);
+            }
+            r.head = Some(frame.get());
+            r.len += 1;
+        }
+        Ok(r)
+    }
+
+    /// A zeroed frame from the reservation.
+    pub(crate) fn take(&mut self, mem: &impl PhysMem) -> Option<u64> {
+        let frame = self.head?;
+        let first = mem.table(PhysAddr::new(frame), self.entries)?.first()?;
+        let next = first.swap(0, Ordering::Relaxed);
+        self.head = next.checked_sub(1);
+        self.len -= 1;
+        Some(frame)
+    }
+
+    /// Gives every frame still reserved back to the allocator.
+    pub(crate) fn release(mut self, mem: &impl PhysMem, alloc: &mut impl TableAllocator) {
+        while let Some(frame) = self.take(mem) {
+            alloc.free_table(PhysAddr::new(frame));
+        }
+    }
+}
+
+/// Why a reservation failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ReserveFailure {
+    OutOfMemory,
+    NotAccessible(PhysAddr),
+}

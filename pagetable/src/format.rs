@@ -1,0 +1,119 @@
+//! What the editor needs to know about a page-table format.
+//!
+//! The editor is one algorithm over a radix tree; a [`Format`] supplies the
+//! geometry (levels, bits per level, the root's size), which levels may hold
+//! leaves, and the encoding of entries. Levels are numbered from the bottom:
+//! level 0 is the last-level table whose entries map the smallest pages
+//! (x86 PT, AArch64 level 3), level 1 the one above (x86 PD, AArch64 level 2),
+//! and so on up to the root at `levels() - 1`. [`Format::level_name`] gives the
+//! architecture's own name for each.
+
+use crate::attrs::{AttrError, Attributes};
+
+/// An address the format translates: a virtual address for stage-1 formats,
+/// a guest-physical address for stage-2 / EPT.
+pub trait InputAddress: Copy + core::fmt::Debug {
+    /// The raw address.
+    fn raw(self) -> u64;
+    /// Wraps a raw address.
+    fn from_raw(raw: u64) -> Self;
+}
+
+impl InputAddress for hvmem_types::VirtAddr {
+    fn raw(self) -> u64 {
+        self.get()
+    }
+    fn from_raw(raw: u64) -> Self {
+        Self::new(raw)
+    }
+}
+
+impl InputAddress for hvmem_types::GuestPhysAddr {
+    fn raw(self) -> u64 {
+        self.get()
+    }
+    fn from_raw(raw: u64) -> Self {
+        Self::new(raw)
+    }
+}
+
+/// An entry as the editor understands it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Descriptor {
+    /// Not valid: translations through it fault.
+    Invalid,
+    /// Points to the next-level table at this physical address.
+    Table(u64),
+    /// Maps a block or page at this physical address.
+    Leaf(u64, Attributes),
+    /// Valid, but not something a conforming walker accepts at this level
+    /// (reserved bits, a leaf where none may be, a misaligned address).
+    Malformed,
+}
+
+/// A page-table format: geometry and entry encoding.
+///
+/// Implemented by [`X86Paging`](crate::X86Paging), [`Ept`](crate::Ept).
+pub trait Format {
+    /// The kind of address this format translates.
+    type Input: InputAddress;
+
+    /// Number of levels, counting the root.
+    fn levels(&self) -> u8;
+
+    /// log2 of the table and smallest page size (12 for 4 KiB).
+    fn granule_shift(&self) -> u32;
+
+    /// Entries in a table below the root.
+    fn entries(&self) -> usize {
+        1 << (self.granule_shift() - 3)
+    }
+
+    /// Entries in the root table (more than [`entries`](Self::entries) with
+    /// concatenated roots, fewer when the input size does not fill it).
+    fn root_entries(&self) -> usize {
+        self.entries()
+    }
+
+    /// log2 of the size an entry at `level` maps.
+    fn level_shift(&self, level: u8) -> u32 {
+        self.granule_shift() + (self.granule_shift() - 3) * u32::from(level)
+    }
+
+    /// The architecture's name of a level, e.g. `"PD"` or `"L2"`.
+    fn level_name(&self, level: u8) -> &'static str;
+
+    /// Translates an input address to the index space the tables cover
+    /// (`0 .. 2^input_bits`), or `None` if the address is not translatable
+    /// by this format (non-canonical, beyond the input size).
+    fn input_to_index(&self, input: u64) -> Option<u64>;
+
+    /// The input address of an index (the inverse of `input_to_index`).
+    fn index_to_input(&self, index: u64) -> u64;
+
+    /// The width of physical addresses the tables may hold.
+    fn output_bits(&self) -> u32;
+
+    /// Whether an entry at `level` may be a leaf.
+    fn leaf_allowed(&self, level: u8) -> bool;
+
+    /// Decodes a raw entry read at `level`.
+    fn decode(&self, raw: u64, level: u8) -> Descriptor;
+
+    /// The raw entry for a pointer to the next-level table at `table`.
+    fn encode_table(&self, table: u64, level: u8) -> u64;
+
+    /// The raw leaf entry mapping `pa` with `attrs` at `level`.
+    ///
+    /// # Errors
+    ///
+    /// An [`AttrError`] if the format cannot express `attrs` there.
+    fn encode_leaf(&self, pa: u64, attrs: &Attributes, level: u8) -> Result<u64, AttrError>;
+
+    /// The rights a table entry at `level` leaves to the entries below it
+    /// (x86 ANDs R/W and U/S and ORs XD down the walk). The editor writes
+    /// table entries that restrict nothing; guest-written ones may.
+    fn table_limits(&self, _raw: u64, _level: u8) -> crate::Access {
+        crate::Access::all()
+    }
+}

@@ -1,0 +1,508 @@
+//! The page-table handle: a root, a format, and the public operations.
+
+use core::ops::ControlFlow;
+use core::sync::atomic::Ordering;
+
+use hvmem_types::{PageSize, PhysAddr};
+
+use crate::alloc::{Reservation, ReserveFailure, TableAllocator};
+use crate::attrs::Attributes;
+use crate::edit::{Edit, Editor};
+use crate::error::{MapError, ProtectError, RangeError, TableError, TranslateError, UnmapError};
+use crate::flush::TlbFlush;
+use crate::format::{Format, InputAddress};
+use crate::mem::PhysMem;
+use crate::walk::{self, Translation, Visit};
+
+/// Which levels a mapping may place leaves at (bit `n` = level `n`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeafSizes(u8);
+
+impl LeafSizes {
+    /// Every leaf size the format supports: the largest that fit are used.
+    pub const ANY: Self = Self(u8::MAX);
+
+    /// Only leaves at `level` (a forced size).
+    #[must_use]
+    pub const fn only_level(level: u8) -> Self {
+        Self(if level < 8 { 1 << level } else { 0 })
+    }
+
+    /// Only leaves of this size, for formats with a 4 KiB granule (x86, EPT,
+    /// AArch64 4K): 4 KiB is level 0, 2 MiB level 1, 1 GiB level 2.
+    #[must_use]
+    pub const fn only(size: PageSize) -> Self {
+        Self::only_level(match size {
+            PageSize::Size4K => 0,
+            PageSize::Size2M => 1,
+            PageSize::Size1G => 2,
+        })
+    }
+
+    /// Leaves at `level` or below (at most that size, the largest that fit).
+    #[must_use]
+    pub const fn up_to_level(level: u8) -> Self {
+        Self(if level < 7 {
+            (1 << (level + 1)) - 1
+        } else {
+            u8::MAX
+        })
+    }
+
+    pub(crate) const fn allows(self, level: u8) -> bool {
+        level < 8 && self.0 & (1 << level) != 0
+    }
+}
+
+/// How [`PageTable::map`] treats what is already there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MapOptions {
+    /// The leaf sizes the mapping may use.
+    pub sizes: LeafSizes,
+    /// Replace existing mappings in the range instead of refusing.
+    pub replace: bool,
+    /// Afterwards, merge tables of uniform contiguous leaves in the range
+    /// into larger leaves.
+    pub merge: bool,
+}
+
+impl Default for MapOptions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MapOptions {
+    /// The largest leaves that fit, refusing to overwrite, no merging.
+    #[must_use]
+    pub const fn new() -> Self {
+        Self {
+            sizes: LeafSizes::ANY,
+            replace: false,
+            merge: false,
+        }
+    }
+
+    /// The same options with other leaf sizes.
+    #[must_use]
+    pub const fn sizes(mut self, sizes: LeafSizes) -> Self {
+        self.sizes = sizes;
+        self
+    }
+
+    /// The same options, replacing existing mappings.
+    #[must_use]
+    pub const fn replacing(mut self) -> Self {
+        self.replace = true;
+        self
+    }
+
+    /// The same options, merging afterwards.
+    #[must_use]
+    pub const fn merging(mut self) -> Self {
+        self.merge = true;
+        self
+    }
+}
+
+/// A page table of format `F`: its root table and the format.
+///
+/// The handle holds no memory of its own: tables are reached through a
+/// [`PhysMem`] and come from a [`TableAllocator`] passed to each operation.
+/// Operations that change the tables take `&mut self`: the embedder
+/// serialises editors (hardware walkers and A/D updates may run concurrently;
+/// every entry is accessed atomically).
+#[derive(Debug)]
+pub struct PageTable<F: Format> {
+    format: F,
+    root: u64,
+}
+
+impl<F: Format> PageTable<F> {
+    /// A new, empty table with a root from `alloc`.
+    ///
+    /// # Errors
+    ///
+    /// [`MapError::OutOfMemory`] if `alloc` has no frame,
+    /// [`MapError::Table`] if the frame is not accessible through `mem`.
+    pub fn new(
+        format: F,
+        mem: &impl PhysMem,
+        alloc: &mut impl TableAllocator,
+    ) -> Result<Self, MapError> {
+        let mut r = Reservation::take_frames(1, format.root_entries(), mem, alloc)
+            .map_err(reserve_error::<MapError>)?;
+        let root = r.take(mem).ok_or(MapError::OutOfMemory)?;
+        Ok(Self { format, root })
+    }
+
+    /// A handle on existing tables rooted at `root` (a guest's CR3 or EPTP
+    /// table, tables built elsewhere). Operations check every entry they
+    /// meet, so malformed tables produce errors, never undefined behaviour.
+    #[must_use]
+    pub fn from_root(format: F, root: PhysAddr) -> Self {
+        Self {
+            format,
+            root: root.get(),
+        }
+    }
+
+    /// The root table's physical address (for CR3, EPTP, TTBR, VTTBR).
+    #[must_use]
+    pub fn root(&self) -> PhysAddr {
+        PhysAddr::new(self.root)
+    }
+
+    /// The format.
+    #[must_use]
+    pub fn format(&self) -> &F {
+        &self.format
+    }
+
+    /// Checks an input range and returns it in index space.
+    fn index_range(&self, input: F::Input, len: u64, align: u64) -> Result<(u64, u64), RangeError> {
+        let start_raw = input.raw();
+        if start_raw % align != 0 || len % align != 0 {
+            return Err(RangeError::Misaligned);
+        }
+        if len == 0 {
+            let start = self
+                .format
+                .input_to_index(start_raw)
+                .ok_or(RangeError::OutOfRange)?;
+            return Ok((start, start));
+        }
+        let last_raw = start_raw
+            .checked_add(len - 1)
+            .ok_or(RangeError::OutOfRange)?;
+        let start = self
+            .format
+            .input_to_index(start_raw)
+            .ok_or(RangeError::OutOfRange)?;
+        let last = self
+            .format
+            .input_to_index(last_raw)
+            .ok_or(RangeError::OutOfRange)?;
+        // Both ends translatable and contiguous in index space: the range
+        // does not cross the canonical hole.
+        if last < start || last - start != len - 1 {
+            return Err(RangeError::OutOfRange);
+        }
+        Ok((start, last + 1))
+    }
+
+    fn smallest_leaf(&self, sizes: LeafSizes) -> Option<u8> {
+        (0..self.format.levels()).find(|&l| sizes.allows(l) && self.format.leaf_allowed(l))
+    }
+
+    /// Maps `len` bytes at `input` to the physical range at `pa` with
+    /// `attrs`, using the largest leaves `options.sizes` allows that fit the
+    /// alignment of both addresses.
+    ///
+    /// All or nothing: every table the mapping needs is reserved from `alloc`
+    /// before any entry changes. Returns the translations to invalidate
+    /// (those replaced, and large leaves split at the edges).
+    ///
+    /// # Errors
+    ///
+    /// The tables are unchanged on every error:
+    /// - [`MapError::Range`]: misaligned for the smallest allowed leaf,
+    ///   untranslatable input, physical range beyond the output size, or no
+    ///   allowed leaf size,
+    /// - [`MapError::Attributes`]: the format cannot express `attrs`,
+    /// - [`MapError::AlreadyMapped`]: something is mapped there and
+    ///   `options.replace` is off,
+    /// - [`MapError::OutOfMemory`]: `alloc` ran out,
+    /// - [`MapError::Table`]: an inaccessible table or malformed entry.
+    #[allow(clippy::too_many_arguments)] // where, to what, how long, how, and the two resources
+    pub fn map(
+        &mut self,
+        mem: &impl PhysMem,
+        alloc: &mut impl TableAllocator,
+        input: F::Input,
+        pa: PhysAddr,
+        len: u64,
+        attrs: &Attributes,
+        options: MapOptions,
+    ) -> Result<TlbFlush, MapError> {
+        let smallest = self
+            .smallest_leaf(options.sizes)
+            .ok_or(RangeError::NoLeafSize)?;
+        let align = 1u64 << self.format.level_shift(smallest);
+        let (start, end) = self.index_range(input, len, align)?;
+        if pa.get() % align != 0 {
+            return Err(RangeError::Misaligned.into());
+        }
+        let pa_end = pa
+            .get()
+            .checked_add(len)
+            .ok_or(RangeError::OutputOutOfRange)?;
+        if self.format.output_bits() < 64 && pa_end > 1u64 << self.format.output_bits() {
+            return Err(RangeError::OutputOutOfRange.into());
+        }
+        for level in 0..self.format.levels() {
+            if options.sizes.allows(level) && self.format.leaf_allowed(level) {
+                self.format
+                    .encode_leaf(0, attrs, level)
+                    .map_err(MapError::Attributes)?;
+            }
+        }
+        let edit = Edit::Map {
+            pa: pa.get(),
+            start,
+            attrs: *attrs,
+            sizes: options.sizes,
+            replace: options.replace,
+        };
+        let flush = self
+            .run(mem, alloc, start, end, &edit)
+            .map_err(|e| match e {
+                EditFailure::Reserve(r) => reserve_error(r),
+                EditFailure::Table(t) => MapError::Table(t),
+                EditFailure::Mapped(at) => MapError::AlreadyMapped { at },
+            })?;
+        if options.merge {
+            Ok(flush.merge(self.merge_index(mem, alloc, start, end)))
+        } else {
+            Ok(flush)
+        }
+    }
+
+    /// Removes every translation in `len` bytes at `input`. A large leaf
+    /// only partly inside is split first; tables left empty are freed to
+    /// `alloc` (see [`TableAllocator::free_table`] for when they may be
+    /// reused).
+    ///
+    /// # Errors
+    ///
+    /// The tables are unchanged on every error:
+    /// - [`UnmapError::Range`]: not 4 KiB aligned (the smallest page), or
+    ///   untranslatable,
+    /// - [`UnmapError::OutOfMemory`]: a split needed a table `alloc` lacked,
+    /// - [`UnmapError::Table`]: an inaccessible table or malformed entry.
+    pub fn unmap(
+        &mut self,
+        mem: &impl PhysMem,
+        alloc: &mut impl TableAllocator,
+        input: F::Input,
+        len: u64,
+    ) -> Result<TlbFlush, UnmapError> {
+        let align = 1u64 << self.format.granule_shift();
+        let (start, end) = self.index_range(input, len, align)?;
+        self.run(mem, alloc, start, end, &Edit::Unmap)
+            .map_err(|e| match e {
+                EditFailure::Reserve(ReserveFailure::OutOfMemory) => UnmapError::OutOfMemory,
+                EditFailure::Reserve(ReserveFailure::NotAccessible(table)) => {
+                    UnmapError::Table(TableError::NotAccessible { table })
+                }
+                EditFailure::Table(t) => UnmapError::Table(t),
+                // Only a map without `replace` refuses mapped entries.
+                EditFailure::Mapped(at) => {
+                    UnmapError::Table(TableError::Malformed { at, level: 0 })
+                }
+            })
+    }
+
+    /// Gives every translation in `len` bytes at `input` the attributes
+    /// `attrs`, keeping its physical address. Holes stay holes; a large leaf
+    /// only partly inside is split first.
+    ///
+    /// # Errors
+    ///
+    /// The tables are unchanged on every error:
+    /// - [`ProtectError::Range`]: not 4 KiB aligned, or untranslatable,
+    /// - [`ProtectError::Attributes`]: the format cannot express `attrs` at
+    ///   a level where the range has a leaf,
+    /// - [`ProtectError::OutOfMemory`]: a split needed a table `alloc` lacked,
+    /// - [`ProtectError::Table`]: an inaccessible table or malformed entry.
+    pub fn protect(
+        &mut self,
+        mem: &impl PhysMem,
+        alloc: &mut impl TableAllocator,
+        input: F::Input,
+        len: u64,
+        attrs: &Attributes,
+    ) -> Result<TlbFlush, ProtectError> {
+        let align = 1u64 << self.format.granule_shift();
+        let (start, end) = self.index_range(input, len, align)?;
+        for level in 0..self.format.levels() {
+            if self.format.leaf_allowed(level) {
+                self.format
+                    .encode_leaf(0, attrs, level)
+                    .map_err(ProtectError::Attributes)?;
+            }
+        }
+        self.run(mem, alloc, start, end, &Edit::Protect { attrs: *attrs })
+            .map_err(|e| match e {
+                EditFailure::Reserve(ReserveFailure::OutOfMemory) => ProtectError::OutOfMemory,
+                EditFailure::Reserve(ReserveFailure::NotAccessible(table)) => {
+                    ProtectError::Table(TableError::NotAccessible { table })
+                }
+                EditFailure::Table(t) => ProtectError::Table(t),
+                // Only a map without `replace` refuses mapped entries.
+                EditFailure::Mapped(at) => {
+                    ProtectError::Table(TableError::Malformed { at, level: 0 })
+                }
+            })
+    }
+
+    /// Replaces every table in `len` bytes at `input` whose entries are all
+    /// leaves with contiguous physical addresses and identical attributes by
+    /// one larger leaf, where the format allows one, and frees the table.
+    /// Never allocates; malformed or inaccessible parts are left alone.
+    ///
+    /// # Errors
+    ///
+    /// [`RangeError`] for a misaligned or untranslatable range.
+    pub fn merge(
+        &mut self,
+        mem: &impl PhysMem,
+        alloc: &mut impl TableAllocator,
+        input: F::Input,
+        len: u64,
+    ) -> Result<TlbFlush, RangeError> {
+        let align = 1u64 << self.format.granule_shift();
+        let (start, end) = self.index_range(input, len, align)?;
+        Ok(self.merge_index(mem, alloc, start, end))
+    }
+
+    fn merge_index(
+        &mut self,
+        mem: &impl PhysMem,
+        alloc: &mut impl TableAllocator,
+        start: u64,
+        end: u64,
+    ) -> TlbFlush {
+        let mut editor = Editor::new(&self.format, mem, Reservation::empty(self.format.entries()));
+        editor.merge(self.root, self.top_level(), 0, start, end, alloc);
+        editor.finish(mem, alloc)
+    }
+
+    fn top_level(&self) -> u8 {
+        self.format.levels().saturating_sub(1)
+    }
+
+    /// Plans, reserves, commits.
+    fn run(
+        &mut self,
+        mem: &impl PhysMem,
+        alloc: &mut impl TableAllocator,
+        start: u64,
+        end: u64,
+        edit: &Edit,
+    ) -> Result<TlbFlush, EditFailure> {
+        if start == end {
+            return Ok(TlbFlush::NONE);
+        }
+        let planner = Editor::new(&self.format, mem, Reservation::empty(self.format.entries()));
+        let needed = planner
+            .plan(
+                crate::edit::Node::Real(self.root),
+                self.top_level(),
+                0,
+                start,
+                end,
+                edit,
+            )
+            .map_err(|e| match e {
+                crate::edit::PlanError::Table(t) => EditFailure::Table(t),
+                crate::edit::PlanError::Mapped(at) => EditFailure::Mapped(at),
+            })?;
+        let reservation = Reservation::take_frames(needed, self.format.entries(), mem, alloc)
+            .map_err(EditFailure::Reserve)?;
+        let mut editor = Editor::new(&self.format, mem, reservation);
+        editor.commit(self.root, self.top_level(), 0, start, end, edit, alloc);
+        Ok(editor.finish(mem, alloc))
+    }
+
+    /// The translation of `input`: the physical address, the leaf's level
+    /// and size, and the attributes combined over every level of the walk.
+    ///
+    /// # Errors
+    ///
+    /// [`TranslateError`] if the address is out of range, not mapped, or the
+    /// walk meets an inaccessible table or a malformed entry. The walk reads
+    /// at most one entry per level, so any table contents terminate.
+    pub fn translate(
+        &self,
+        mem: &impl PhysMem,
+        input: F::Input,
+    ) -> Result<Translation, TranslateError> {
+        let index = self
+            .format
+            .input_to_index(input.raw())
+            .ok_or(TranslateError::OutOfRange)?;
+        walk::translate(&self.format, mem, self.root, index)
+    }
+
+    /// Calls `visit` for each table, leaf, hole and malformed entry that
+    /// covers part of `len` bytes at `input`, top down and in address order,
+    /// until it returns `Break`. The walk is bounded by the levels and the
+    /// range, whatever the tables contain.
+    ///
+    /// # Errors
+    ///
+    /// [`RangeError`] for an untranslatable range.
+    pub fn visit(
+        &self,
+        mem: &impl PhysMem,
+        input: F::Input,
+        len: u64,
+        mut visit: impl FnMut(Visit) -> ControlFlow<()>,
+    ) -> Result<(), RangeError> {
+        let (start, end) = self.index_range(input, len, 1)?;
+        let _ = walk::visit(
+            &self.format,
+            mem,
+            self.root,
+            self.top_level(),
+            0,
+            start,
+            end,
+            &mut visit,
+        );
+        Ok(())
+    }
+
+    /// Frees every table, the root included, to `alloc`; returns the flush
+    /// of the whole address space.
+    pub fn destroy(self, mem: &impl PhysMem, alloc: &mut impl TableAllocator) -> TlbFlush {
+        let editor = Editor::new(&self.format, mem, Reservation::empty(self.format.entries()));
+        editor.free_subtree(self.root, self.top_level(), alloc);
+        TlbFlush::ALL
+    }
+
+    /// Reads the raw entry covering `input` at `level` (for diagnostics and
+    /// tests).
+    #[must_use]
+    pub fn raw_entry(&self, mem: &impl PhysMem, input: F::Input, level: u8) -> Option<u64> {
+        let index = self.format.input_to_index(input.raw())?;
+        walk::entry_at(&self.format, mem, self.root, index, level)
+            .map(|e| e.load(Ordering::Acquire))
+    }
+}
+
+/// Why the planning or reservation step stopped an update.
+enum EditFailure {
+    Reserve(ReserveFailure),
+    Table(TableError),
+    Mapped(u64),
+}
+
+fn reserve_error<E: From<TableError> + OutOfMemory>(r: ReserveFailure) -> E {
+    match r {
+        ReserveFailure::OutOfMemory => E::out_of_memory(),
+        ReserveFailure::NotAccessible(table) => TableError::NotAccessible { table }.into(),
+    }
+}
+
+trait OutOfMemory {
+    fn out_of_memory() -> Self;
+}
+
+impl OutOfMemory for MapError {
+    fn out_of_memory() -> Self {
+        Self::OutOfMemory
+    }
+}

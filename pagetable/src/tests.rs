@@ -1,0 +1,911 @@
+//! Unit tests named after the rules they guard, and the model-based
+//! property test of the editor.
+
+// Test code: a panic is a failed test.
+#![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
+
+use core::ops::ControlFlow;
+use core::sync::atomic::{AtomicU64, Ordering};
+use std::collections::BTreeSet;
+use std::vec;
+use std::vec::Vec;
+
+use hvmem_types::{GuestPhysAddr, PageSize, PhysAddr, VirtAddr};
+use proptest::prelude::*;
+
+use crate::{
+    Access, AttrError, Attributes, Ept, LeafSizes, MapError, MapOptions, MemoryType, PageTable,
+    PhysMem, RangeError, SliceMem, TableAllocator, TableError, TranslateError, UnmapError, Visit,
+    X86Paging,
+};
+
+const ARENA_BASE: u64 = 0x100_0000;
+const KIB4: u64 = 0x1000;
+const MIB2: u64 = 0x20_0000;
+const GIB1: u64 = 0x4000_0000;
+
+/// Table frames from an arena, with a cap and a record of what is out.
+struct Frames {
+    free: Vec<u64>,
+    live: BTreeSet<u64>,
+    cap: usize,
+}
+
+impl Frames {
+    fn new(frames: usize) -> Self {
+        Self {
+            free: (0..frames as u64)
+                .rev()
+                .map(|i| ARENA_BASE + i * KIB4)
+                .collect(),
+            live: BTreeSet::new(),
+            cap: usize::MAX,
+        }
+    }
+}
+
+impl TableAllocator for Frames {
+    fn alloc_table(&mut self) -> Option<PhysAddr> {
+        if self.live.len() >= self.cap {
+            return None;
+        }
+        let f = self.free.pop()?;
+        // Dirty the frame: the editor must clear what it takes.
+        assert!(self.live.insert(f));
+        Some(PhysAddr::new(f))
+    }
+
+    fn free_table(&mut self, table: PhysAddr) {
+        assert!(
+            self.live.remove(&table.get()),
+            "double free of table {table}"
+        );
+        self.free.push(table.get());
+    }
+}
+
+struct Machine {
+    words: Vec<AtomicU64>,
+    frames: Frames,
+}
+
+impl Machine {
+    fn new(frames: usize) -> Self {
+        Self {
+            // Garbage everywhere: tables must be cleared before use.
+            words: (0..frames * 512)
+                .map(|i| AtomicU64::new(0xdead_beef_0000_0001 ^ i as u64))
+                .collect(),
+            frames: Frames::new(frames),
+        }
+    }
+
+    /// The words of every table frame in use: what a failed update must
+    /// leave alone. (Frames it reserved and gave back may be cleared.)
+    fn snapshot(&self) -> Vec<(u64, u64)> {
+        self.frames
+            .live
+            .iter()
+            .flat_map(|&f| {
+                let first = ((f - ARENA_BASE) / 8) as usize;
+                (first..first + 512).map(move |i| (f, i as u64))
+            })
+            .map(|(f, i)| (f, self.words[i as usize].load(Ordering::Relaxed)))
+            .collect()
+    }
+}
+
+fn va(raw: u64) -> VirtAddr {
+    VirtAddr::new(raw)
+}
+
+fn pa(raw: u64) -> PhysAddr {
+    PhysAddr::new(raw)
+}
+
+fn x86(m: &mut Machine) -> PageTable<X86Paging> {
+    let mem = SliceMem::new(PhysAddr::new(ARENA_BASE), &m.words);
+    PageTable::new(X86Paging::four_level(), &mem, &mut m.frames).unwrap()
+}
+
+fn leaf_sizes(pt: &PageTable<X86Paging>, mem: &impl PhysMem, start: u64, len: u64) -> Vec<u64> {
+    let mut sizes = Vec::new();
+    pt.visit(mem, va(start), len, |v| {
+        if let Visit::Leaf { size, .. } = v {
+            sizes.push(size);
+        }
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    sizes
+}
+
+/// Counts the tables reachable from the root, the root included.
+fn live_tables<F: crate::Format>(pt: &PageTable<F>, mem: &impl PhysMem, span: u64) -> usize {
+    let mut n = 1;
+    pt.visit(mem, F::Input::from_raw(0), span, |v| {
+        if matches!(v, Visit::Table { .. }) {
+            n += 1;
+        }
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    n
+}
+
+use crate::InputAddress;
+
+#[test]
+fn map_uses_the_largest_leaves_that_fit() {
+    let mut m = Machine::new(64);
+    let mut pt = x86(&mut m);
+    let mem = SliceMem::new(PhysAddr::new(ARENA_BASE), &m.words);
+    // From 1 GiB - 4 KiB to 2 GiB + 2 MiB + 4 KiB: 4K, 1G, 2M, 4K.
+    let start = GIB1 - KIB4;
+    let len = KIB4 + GIB1 + MIB2 + KIB4;
+    let f = pt
+        .map(
+            &mem,
+            &mut m.frames,
+            va(start),
+            pa(start),
+            len,
+            &Attributes::DATA,
+            MapOptions::new(),
+        )
+        .unwrap();
+    assert!(f.is_empty());
+    assert_eq!(leaf_sizes(&pt, &mem, start, len), [KIB4, GIB1, MIB2, KIB4]);
+}
+
+#[test]
+fn forced_size_maps_only_that_size() {
+    let mut m = Machine::new(64);
+    let mut pt = x86(&mut m);
+    let mem = SliceMem::new(PhysAddr::new(ARENA_BASE), &m.words);
+    let opts = MapOptions::new().sizes(LeafSizes::only(PageSize::Size2M));
+    let _flush = pt
+        .map(
+            &mem,
+            &mut m.frames,
+            va(GIB1),
+            pa(GIB1),
+            GIB1,
+            &Attributes::DATA,
+            opts,
+        )
+        .unwrap();
+    let sizes = leaf_sizes(&pt, &mem, GIB1, GIB1);
+    assert_eq!(sizes.len(), 512);
+    assert!(sizes.iter().all(|&s| s == MIB2));
+    // A forced size refuses addresses not aligned to it.
+    assert_eq!(
+        pt.map(
+            &mem,
+            &mut m.frames,
+            va(KIB4),
+            pa(0),
+            MIB2,
+            &Attributes::DATA,
+            opts
+        ),
+        Err(MapError::Range(RangeError::Misaligned))
+    );
+}
+
+#[test]
+fn overmap_is_refused_without_partial_success() {
+    let mut m = Machine::new(64);
+    let mut pt = x86(&mut m);
+    let mem = SliceMem::new(PhysAddr::new(ARENA_BASE), &m.words);
+    let _flush = pt
+        .map(
+            &mem,
+            &mut m.frames,
+            va(0x40_3000),
+            pa(0x9000),
+            KIB4,
+            &Attributes::DATA,
+            MapOptions::new(),
+        )
+        .unwrap();
+    let before = m.snapshot();
+    let live = m.frames.live.len();
+    let err = pt.map(
+        &mem,
+        &mut m.frames,
+        va(0x40_0000),
+        pa(0),
+        0x10_0000,
+        &Attributes::DATA,
+        MapOptions::new(),
+    );
+    assert_eq!(err, Err(MapError::AlreadyMapped { at: 0x40_3000 }));
+    assert!(m.snapshot() == before);
+    assert_eq!(m.frames.live.len(), live);
+}
+
+#[test]
+fn replacing_a_mapping_reports_the_old_translation_for_flushing() {
+    let mut m = Machine::new(64);
+    let mut pt = x86(&mut m);
+    let mem = SliceMem::new(PhysAddr::new(ARENA_BASE), &m.words);
+    let _flush = pt
+        .map(
+            &mem,
+            &mut m.frames,
+            va(0x40_0000),
+            pa(0),
+            MIB2,
+            &Attributes::DATA,
+            MapOptions::new(),
+        )
+        .unwrap();
+    let flush = pt
+        .map(
+            &mem,
+            &mut m.frames,
+            va(0x40_1000),
+            pa(0x7000),
+            KIB4,
+            &Attributes::READ_ONLY,
+            MapOptions::new().replacing(),
+        )
+        .unwrap();
+    assert!(
+        flush.covers(0x40_0000) && flush.covers(0x5f_f000),
+        "the split 2 MiB leaf"
+    );
+    assert!(flush.tables_changed());
+    let t = pt.translate(&mem, va(0x40_1abc)).unwrap();
+    assert_eq!((t.output, t.attributes.access), (pa(0x7abc), Access::READ));
+    assert_eq!(
+        pt.translate(&mem, va(0x40_2000)).unwrap().output,
+        pa(0x2000)
+    );
+}
+
+#[test]
+fn out_of_memory_leaves_the_tables_exactly_as_before() {
+    let mut m = Machine::new(64);
+    let mut pt = x86(&mut m);
+    let mem = SliceMem::new(PhysAddr::new(ARENA_BASE), &m.words);
+    let _flush = pt
+        .map(
+            &mem,
+            &mut m.frames,
+            va(0),
+            pa(0),
+            KIB4,
+            &Attributes::DATA,
+            MapOptions::new(),
+        )
+        .unwrap();
+    let before = m.snapshot();
+    let live = m.frames.live.clone();
+    // 8 MiB of 4 KiB pages in a fresh 1 GiB region needs 1 PD + 4 PTs.
+    m.frames.cap = live.len() + 4;
+    let opts = MapOptions::new().sizes(LeafSizes::only(PageSize::Size4K));
+    let err = pt.map(
+        &mem,
+        &mut m.frames,
+        va(GIB1),
+        pa(0),
+        0x80_0000,
+        &Attributes::DATA,
+        opts,
+    );
+    assert_eq!(err, Err(MapError::OutOfMemory));
+    assert!(m.snapshot() == before);
+    assert_eq!(m.frames.live, live);
+    m.frames.cap = live.len() + 5;
+    let _flush = pt
+        .map(
+            &mem,
+            &mut m.frames,
+            va(GIB1),
+            pa(0),
+            0x80_0000,
+            &Attributes::DATA,
+            opts,
+        )
+        .unwrap();
+}
+
+#[test]
+fn unmap_splits_a_partly_covered_large_leaf() {
+    let mut m = Machine::new(64);
+    let mut pt = x86(&mut m);
+    let mem = SliceMem::new(PhysAddr::new(ARENA_BASE), &m.words);
+    let _flush = pt
+        .map(
+            &mem,
+            &mut m.frames,
+            va(0),
+            pa(GIB1),
+            GIB1,
+            &Attributes::DATA,
+            MapOptions::new(),
+        )
+        .unwrap();
+    let flush = pt
+        .unmap(&mem, &mut m.frames, va(MIB2 + KIB4), KIB4)
+        .unwrap();
+    assert!(flush.covers(0) && flush.covers(GIB1 - 1));
+    assert_eq!(
+        pt.translate(&mem, va(MIB2 + KIB4)),
+        Err(TranslateError::NotMapped { level: 0 })
+    );
+    assert_eq!(
+        pt.translate(&mem, va(MIB2)).unwrap().output,
+        pa(GIB1 + MIB2)
+    );
+    assert_eq!(pt.translate(&mem, va(MIB2 * 3)).unwrap().size, MIB2);
+    // With no frame to split into, the unmap is refused and nothing changes.
+    let before = m.snapshot();
+    m.frames.cap = m.frames.live.len();
+    assert_eq!(
+        pt.unmap(&mem, &mut m.frames, va(MIB2 * 5), KIB4),
+        Err(UnmapError::OutOfMemory)
+    );
+    assert!(m.snapshot() == before);
+}
+
+#[test]
+fn unmap_frees_every_table_it_empties() {
+    let mut m = Machine::new(64);
+    let mut pt = x86(&mut m);
+    let mem = SliceMem::new(PhysAddr::new(ARENA_BASE), &m.words);
+    let opts = MapOptions::new().sizes(LeafSizes::only(PageSize::Size4K));
+    let _flush = pt
+        .map(
+            &mem,
+            &mut m.frames,
+            va(0x7f00_0000_0000),
+            pa(0),
+            0x40_0000,
+            &Attributes::DATA,
+            opts,
+        )
+        .unwrap();
+    assert_eq!(m.frames.live.len(), 1 + 1 + 1 + 2);
+    let flush = pt
+        .unmap(&mem, &mut m.frames, va(0x7f00_0000_0000), 0x40_0000)
+        .unwrap();
+    assert!(flush.tables_changed());
+    assert_eq!(m.frames.live.len(), 1, "only the root is left");
+}
+
+#[test]
+fn protect_changes_attributes_and_splits_at_the_edges() {
+    let mut m = Machine::new(64);
+    let mut pt = x86(&mut m);
+    let mem = SliceMem::new(PhysAddr::new(ARENA_BASE), &m.words);
+    let _flush = pt
+        .map(
+            &mem,
+            &mut m.frames,
+            va(0),
+            pa(0),
+            2 * MIB2,
+            &Attributes::DATA,
+            MapOptions::new(),
+        )
+        .unwrap();
+    let ro = Attributes::READ_ONLY.with_memory_type(MemoryType::Uncacheable);
+    let flush = pt
+        .protect(&mem, &mut m.frames, va(MIB2 - KIB4), 2 * KIB4, &ro)
+        .unwrap();
+    assert!(flush.covers(0) && flush.covers(MIB2));
+    assert_eq!(
+        pt.translate(&mem, va(MIB2 - KIB4))
+            .unwrap()
+            .attributes
+            .memory_type,
+        MemoryType::Uncacheable
+    );
+    assert_eq!(
+        pt.translate(&mem, va(MIB2)).unwrap().attributes.access,
+        Access::READ
+    );
+    assert_eq!(
+        pt.translate(&mem, va(MIB2 + KIB4)).unwrap().attributes,
+        Attributes::DATA
+    );
+    assert_eq!(
+        pt.translate(&mem, va(MIB2 + KIB4)).unwrap().output,
+        pa(MIB2 + KIB4)
+    );
+}
+
+#[test]
+fn merge_folds_a_uniform_table_back_into_a_large_leaf() {
+    let mut m = Machine::new(64);
+    let mut pt = x86(&mut m);
+    let mem = SliceMem::new(PhysAddr::new(ARENA_BASE), &m.words);
+    let opts = MapOptions::new().sizes(LeafSizes::only(PageSize::Size4K));
+    let _flush = pt
+        .map(
+            &mem,
+            &mut m.frames,
+            va(MIB2),
+            pa(4 * MIB2),
+            MIB2,
+            &Attributes::DATA,
+            opts,
+        )
+        .unwrap();
+    let tables = m.frames.live.len();
+    let flush = pt.merge(&mem, &mut m.frames, va(0), GIB1).unwrap();
+    assert!(flush.covers(MIB2));
+    assert_eq!(m.frames.live.len(), tables - 1);
+    let t = pt.translate(&mem, va(MIB2 + 0x1234)).unwrap();
+    assert_eq!((t.output, t.size), (pa(4 * MIB2 + 0x1234), MIB2));
+    // A table whose leaves differ in one attribute stays.
+    let _flush = pt
+        .protect(&mem, &mut m.frames, va(MIB2), KIB4, &Attributes::READ_ONLY)
+        .unwrap();
+    let flush = pt.merge(&mem, &mut m.frames, va(0), GIB1).unwrap();
+    assert!(flush.is_empty());
+    assert_eq!(pt.translate(&mem, va(MIB2 + KIB4)).unwrap().size, KIB4);
+}
+
+#[test]
+fn bad_ranges_are_refused_before_any_table_is_touched() {
+    let mut m = Machine::new(16);
+    let mut pt = x86(&mut m);
+    let mem = SliceMem::new(PhysAddr::new(ARENA_BASE), &m.words);
+    let d = Attributes::DATA;
+    let o = MapOptions::new();
+    let mut try_map =
+        |v: u64, p: u64, len: u64| pt.map(&mem, &mut m.frames, va(v), pa(p), len, &d, o);
+    assert_eq!(
+        try_map(0x1001, 0, KIB4),
+        Err(MapError::Range(RangeError::Misaligned))
+    );
+    assert_eq!(
+        try_map(0, 0x10, KIB4),
+        Err(MapError::Range(RangeError::Misaligned))
+    );
+    assert_eq!(
+        try_map(0, 0, 0x800),
+        Err(MapError::Range(RangeError::Misaligned))
+    );
+    assert_eq!(
+        try_map(0x8000_0000_0000, 0, KIB4),
+        Err(MapError::Range(RangeError::OutOfRange)),
+        "non-canonical"
+    );
+    assert_eq!(
+        try_map(0x7fff_ffff_f000, 0, 2 * KIB4),
+        Err(MapError::Range(RangeError::OutOfRange)),
+        "crosses the hole"
+    );
+    assert_eq!(
+        try_map(0xffff_ffff_ffff_f000, 0, 2 * KIB4),
+        Err(MapError::Range(RangeError::OutOfRange)),
+        "wraps"
+    );
+    assert_eq!(
+        try_map(0, 1 << 52, KIB4),
+        Err(MapError::Range(RangeError::OutputOutOfRange))
+    );
+    let mut pt46 = PageTable::from_root(
+        X86Paging::four_level().with_max_phys_bits(46).unwrap(),
+        pt.root(),
+    );
+    assert_eq!(
+        pt46.map(&mem, &mut m.frames, va(0), pa(1 << 46), KIB4, &d, o),
+        Err(MapError::Range(RangeError::OutputOutOfRange))
+    );
+    let wo = Attributes::new(Access::WRITE);
+    assert_eq!(
+        pt.map(&mem, &mut m.frames, va(0), pa(0), KIB4, &wo, o),
+        Err(MapError::Attributes(AttrError::Access(Access::WRITE)))
+    );
+    assert_eq!(m.frames.live.len(), 1);
+}
+
+#[test]
+fn map_last_address_of_the_upper_half() {
+    let mut m = Machine::new(16);
+    let mut pt = x86(&mut m);
+    let mem = SliceMem::new(PhysAddr::new(ARENA_BASE), &m.words);
+    let top = 0xffff_ffff_ffff_f000;
+    let _flush = pt
+        .map(
+            &mem,
+            &mut m.frames,
+            va(top),
+            pa(0x5000),
+            KIB4,
+            &Attributes::DATA,
+            MapOptions::new(),
+        )
+        .unwrap();
+    assert_eq!(pt.translate(&mem, va(u64::MAX)).unwrap().output, pa(0x5fff));
+    let flush = pt.unmap(&mem, &mut m.frames, va(top), KIB4).unwrap();
+    assert!(flush.covers(top));
+}
+
+#[test]
+fn translate_combines_rights_over_the_walk() {
+    let mut m = Machine::new(16);
+    let mut pt = x86(&mut m);
+    let mem = SliceMem::new(PhysAddr::new(ARENA_BASE), &m.words);
+    let user = Attributes::new(Access::READ | Access::WRITE | Access::USER | Access::EXECUTE);
+    let _flush = pt
+        .map(
+            &mem,
+            &mut m.frames,
+            va(0),
+            pa(0),
+            KIB4,
+            &user,
+            MapOptions::new(),
+        )
+        .unwrap();
+    // A guest clears R/W and sets XD in the PML4E: the page is read-only and
+    // not executable, whatever the leaf says.
+    let pml4e = mem.table(pt.root(), 512).unwrap().first().unwrap();
+    pml4e.fetch_and(!0b10, Ordering::Relaxed);
+    pml4e.fetch_or(1 << 63, Ordering::Relaxed);
+    assert_eq!(
+        pt.translate(&mem, va(0)).unwrap().attributes.access,
+        Access::READ | Access::USER
+    );
+}
+
+#[test]
+fn walking_cyclic_or_garbage_tables_terminates() {
+    let mut m = Machine::new(16);
+    let pt = x86(&mut m);
+    let mem = SliceMem::new(PhysAddr::new(ARENA_BASE), &m.words);
+    let root = mem.table(pt.root(), 512).unwrap();
+    // Every entry points back to the root; one points outside memory.
+    for e in root {
+        e.store(pt.root().get() | 0x7, Ordering::Relaxed);
+    }
+    root[1].store(0x7fff_0000_0007, Ordering::Relaxed);
+    // A self-referencing table is a legal recursive mapping: the walk ends at
+    // the last level, on the root frame itself.
+    assert_eq!(
+        pt.translate(&mem, va(0x234)).unwrap().output,
+        pa(pt.root().get() + 0x234)
+    );
+    assert!(matches!(
+        pt.translate(&mem, va(0x80_0000_0000)),
+        Err(TranslateError::Table(TableError::NotAccessible { .. }))
+    ));
+    let mut visits = 0;
+    pt.visit(&mem, va(0), u64::MAX >> 17, |_| {
+        visits += 1;
+        if visits < 10_000 {
+            ControlFlow::Continue(())
+        } else {
+            ControlFlow::Break(())
+        }
+    })
+    .unwrap();
+    assert_eq!(visits, 10_000);
+}
+
+#[test]
+fn five_level_tables_map_above_the_48_bit_space() {
+    let mut m = Machine::new(16);
+    let mem = SliceMem::new(PhysAddr::new(ARENA_BASE), &m.words);
+    let mut pt = PageTable::new(X86Paging::five_level(), &mem, &mut m.frames).unwrap();
+    let high = 0xff11_2233_4455_6000;
+    let _flush = pt
+        .map(
+            &mem,
+            &mut m.frames,
+            va(high),
+            pa(0x9000),
+            KIB4,
+            &Attributes::DATA,
+            MapOptions::new(),
+        )
+        .unwrap();
+    assert_eq!(
+        pt.translate(&mem, va(high + 0x677)).unwrap().output,
+        pa(0x9677)
+    );
+    assert_eq!(m.frames.live.len(), 5);
+}
+
+#[test]
+fn ept_maps_guest_physical_memory_with_stage_2_rights() {
+    let mut m = Machine::new(16);
+    let mem = SliceMem::new(PhysAddr::new(ARENA_BASE), &m.words);
+    let mut ept = PageTable::new(Ept::four_level(), &mem, &mut m.frames).unwrap();
+    let rwx = Attributes::new(Access::READ | Access::WRITE | Access::EXECUTE);
+    let _flush = ept
+        .map(
+            &mem,
+            &mut m.frames,
+            GuestPhysAddr::new(0),
+            pa(GIB1),
+            GIB1,
+            &rwx,
+            MapOptions::new(),
+        )
+        .unwrap();
+    let t = ept
+        .translate(&mem, GuestPhysAddr::new(0x1234_5678))
+        .unwrap();
+    assert_eq!(
+        (t.output, t.size, t.level),
+        (pa(GIB1 + 0x1234_5678), GIB1, 2)
+    );
+    assert_eq!(
+        ept.map(
+            &mem,
+            &mut m.frames,
+            GuestPhysAddr::new(1 << 48),
+            pa(0),
+            KIB4,
+            &rwx,
+            MapOptions::new()
+        ),
+        Err(MapError::Range(RangeError::OutOfRange))
+    );
+}
+
+#[test]
+fn destroy_frees_every_table() {
+    let mut m = Machine::new(64);
+    let mut pt = x86(&mut m);
+    let mem = SliceMem::new(PhysAddr::new(ARENA_BASE), &m.words);
+    let opts = MapOptions::new().sizes(LeafSizes::only(PageSize::Size4K));
+    let _flush = pt
+        .map(
+            &mem,
+            &mut m.frames,
+            va(0),
+            pa(0),
+            0x40_0000,
+            &Attributes::DATA,
+            opts,
+        )
+        .unwrap();
+    let flush = pt.destroy(&mem, &mut m.frames);
+    assert!(flush.is_flush_all());
+    assert!(m.frames.live.is_empty());
+}
+
+// ---- The model-based property test ----------------------------------------
+
+/// 16 MiB of input addresses: 4096 pages, eight 2 MiB slots.
+const WINDOW_PAGES: u64 = 4096;
+const WINDOW: u64 = 0x7f00_0000_0000;
+
+const ATTRS: [Attributes; 4] = [
+    Attributes::DATA,
+    Attributes::CODE,
+    Attributes::READ_ONLY,
+    Attributes::new(Access::READ.union(Access::WRITE).union(Access::USER)),
+];
+
+#[derive(Clone, Debug)]
+enum Op {
+    Map {
+        page: u64,
+        pages: u64,
+        frame: u64,
+        attrs: usize,
+        sizes: u8,
+        replace: bool,
+        merge: bool,
+    },
+    Unmap {
+        page: u64,
+        pages: u64,
+    },
+    Protect {
+        page: u64,
+        pages: u64,
+        attrs: usize,
+    },
+    Merge {
+        page: u64,
+        pages: u64,
+    },
+    /// The next operation gets at most this many new tables.
+    Starve(usize),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let span = (0..WINDOW_PAGES, 1u64..1200);
+    prop_oneof![
+        4 => (span.clone(), 0u64..8192, 0..ATTRS.len(), 0u8..3, any::<bool>(), any::<bool>())
+            .prop_map(|((page, pages), frame, attrs, sizes, replace, merge)| {
+                // Mostly 2 MiB-aligned starts, so that large leaves happen.
+                let (page, frame) = if frame % 3 == 0 { (page & !511, frame & !511) } else { (page, frame) };
+                Op::Map { page, pages, frame, attrs, sizes, replace, merge }
+            }),
+        2 => span.clone().prop_map(|(page, pages)| Op::Unmap { page, pages }),
+        2 => (span.clone(), 0..ATTRS.len()).prop_map(|((page, pages), attrs)| Op::Protect { page, pages, attrs }),
+        1 => span.prop_map(|(page, pages)| Op::Merge { page, pages }),
+        1 => (0usize..3).prop_map(Op::Starve),
+    ]
+}
+
+type Model = Vec<Option<(u64, Attributes)>>;
+
+fn check(pt: &PageTable<X86Paging>, mem: &impl PhysMem, model: &Model) {
+    for (page, want) in model.iter().enumerate() {
+        let got = pt.translate(mem, va(WINDOW + page as u64 * KIB4));
+        match want {
+            None => assert!(
+                matches!(got, Err(TranslateError::NotMapped { .. })),
+                "page {page}: {got:?}"
+            ),
+            Some((frame, attrs)) => {
+                let t = got.unwrap_or_else(|e| panic!("page {page}: {e:?}"));
+                assert_eq!(
+                    (t.output.get() / KIB4, t.attributes),
+                    (*frame, *attrs),
+                    "page {page}"
+                );
+            }
+        }
+    }
+}
+
+fn run_model(ops: &[Op]) {
+    let mut m = Machine::new(64);
+    let mut pt = x86(&mut m);
+    let mem = SliceMem::new(PhysAddr::new(ARENA_BASE), &m.words);
+    let mut model: Model = vec![None; WINDOW_PAGES as usize];
+    let mut starve = None;
+    for op in ops {
+        m.frames.cap = starve
+            .take()
+            .map_or(usize::MAX, |n| m.frames.live.len() + n);
+        let before_model = model.clone();
+        let before_words = m.snapshot();
+        let clip = |page: u64, pages: u64| (page, pages.min(WINDOW_PAGES - page));
+        let result = match *op {
+            Op::Starve(n) => {
+                starve = Some(n);
+                continue;
+            }
+            Op::Map {
+                page,
+                pages,
+                frame,
+                attrs,
+                sizes,
+                replace,
+                merge,
+            } => {
+                let (page, pages) = clip(page, pages);
+                let sizes = [
+                    LeafSizes::ANY,
+                    LeafSizes::only(PageSize::Size4K),
+                    LeafSizes::up_to_level(1),
+                ][usize::from(sizes)];
+                let mut opts = MapOptions::new().sizes(sizes);
+                if replace {
+                    opts = opts.replacing();
+                }
+                if merge {
+                    opts = opts.merging();
+                }
+                let r = pt.map(
+                    &mem,
+                    &mut m.frames,
+                    va(WINDOW + page * KIB4),
+                    pa(frame * KIB4),
+                    pages * KIB4,
+                    &ATTRS[attrs],
+                    opts,
+                );
+                let overlaps = model[page as usize..(page + pages) as usize]
+                    .iter()
+                    .any(Option::is_some);
+                match r {
+                    Ok(_) => {
+                        assert!(replace || !overlaps, "mapped over existing pages");
+                        for i in 0..pages {
+                            model[(page + i) as usize] = Some((frame + i, ATTRS[attrs]));
+                        }
+                    }
+                    Err(MapError::AlreadyMapped { .. }) => assert!(!replace && overlaps),
+                    Err(MapError::OutOfMemory) => {}
+                    Err(e) => panic!("{op:?}: {e:?}"),
+                }
+                r.map_err(|_| ())
+            }
+            Op::Unmap { page, pages } => {
+                let (page, pages) = clip(page, pages);
+                let r = pt.unmap(&mem, &mut m.frames, va(WINDOW + page * KIB4), pages * KIB4);
+                match r {
+                    Ok(_) => model[page as usize..(page + pages) as usize].fill(None),
+                    Err(UnmapError::OutOfMemory) => {}
+                    Err(e) => panic!("{op:?}: {e:?}"),
+                }
+                r.map_err(|_| ())
+            }
+            Op::Protect { page, pages, attrs } => {
+                let (page, pages) = clip(page, pages);
+                let r = pt.protect(
+                    &mem,
+                    &mut m.frames,
+                    va(WINDOW + page * KIB4),
+                    pages * KIB4,
+                    &ATTRS[attrs],
+                );
+                match r {
+                    Ok(_) => {
+                        for (_, a) in model[page as usize..(page + pages) as usize]
+                            .iter_mut()
+                            .flatten()
+                        {
+                            *a = ATTRS[attrs];
+                        }
+                    }
+                    Err(crate::ProtectError::OutOfMemory) => {}
+                    Err(e) => panic!("{op:?}: {e:?}"),
+                }
+                r.map_err(|_| ())
+            }
+            Op::Merge { page, pages } => {
+                let (page, pages) = clip(page, pages);
+                Ok(pt
+                    .merge(&mem, &mut m.frames, va(WINDOW + page * KIB4), pages * KIB4)
+                    .unwrap())
+            }
+        };
+        match result {
+            Ok(flush) => {
+                // Every translation that changed or vanished is flushed.
+                for (i, (old, new)) in before_model.iter().zip(&model).enumerate() {
+                    if old.is_some() && old != new {
+                        assert!(
+                            flush.covers(WINDOW + i as u64 * KIB4),
+                            "{op:?}: page {i} not flushed"
+                        );
+                    }
+                }
+            }
+            Err(()) => {
+                assert!(
+                    m.snapshot() == before_words,
+                    "{op:?} failed but changed the tables"
+                );
+            }
+        }
+        check(&pt, &mem, &model);
+        // No table leaks: what the allocator has out is what the tree holds.
+        assert_eq!(
+            live_tables(&pt, &mem, 1 << 47),
+            m.frames.live.len(),
+            "{op:?}"
+        );
+    }
+}
+
+fn config() -> ProptestConfig {
+    ProptestConfig {
+        cases: if cfg!(miri) { 2 } else { 64 },
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Random map / unmap / protect / merge sequences, some starved of table
+    /// frames, against a page -> (frame, attributes) model. After every
+    /// step: every page translates as the model says, every translation that
+    /// changed is covered by the returned flush, a failed update left every
+    /// table word as it was, and the allocator has exactly as many table
+    /// frames out as the tree holds (no leak, no double free).
+    #[test]
+    fn random_edits_match_the_model(ops in proptest::collection::vec(op(), 1..if cfg!(miri) { 4 } else { 40 })) {
+        run_model(&ops);
+    }
+}

@@ -1,0 +1,412 @@
+//! IA-32e paging: 4-level (48-bit) and 5-level (LA57, 57-bit) tables.
+
+use hvmem_types::VirtAddr;
+
+use super::{address_mask, high_reserved, level_name, valid_phys_bits};
+use crate::Access;
+use crate::attrs::{AttrError, Attributes, MemoryType};
+use crate::format::{Descriptor, Format};
+
+const P: u64 = 1 << 0;
+const RW: u64 = 1 << 1;
+const US: u64 = 1 << 2;
+const PWT: u64 = 1 << 3;
+const PCD: u64 = 1 << 4;
+const PS: u64 = 1 << 7;
+const PAT_4K: u64 = 1 << 7;
+const G: u64 = 1 << 8;
+const PAT_LARGE: u64 = 1 << 12;
+const PKEY_SHIFT: u32 = 59;
+const PKEY: u64 = 0xf << PKEY_SHIFT;
+const XD: u64 = 1 << 63;
+
+/// The PAT layout Linux programs: index = PAT·4 + PCD·2 + PWT.
+pub const LINUX_PAT: [MemoryType; 8] = [
+    MemoryType::WriteBack,
+    MemoryType::WriteCombining,
+    MemoryType::UncacheableMinus,
+    MemoryType::Uncacheable,
+    MemoryType::WriteBack,
+    MemoryType::WriteProtect,
+    MemoryType::UncacheableMinus,
+    MemoryType::WriteThrough,
+];
+
+/// IA-32e paging, as configured by CR4.LA57, EFER.NXE, CR4.PKE, the PAT MSR,
+/// MAXPHYADDR and 1 GiB-page support.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct X86Paging {
+    five_level: bool,
+    max_phys_bits: u8,
+    gigabyte_pages: bool,
+    no_execute: bool,
+    protection_keys: bool,
+    pat: [MemoryType; 8],
+}
+
+impl X86Paging {
+    /// 4-level paging, 48-bit virtual addresses, MAXPHYADDR 52, 1 GiB pages,
+    /// NX, protection keys and Linux's PAT layout.
+    #[must_use]
+    pub const fn four_level() -> Self {
+        Self {
+            five_level: false,
+            max_phys_bits: 52,
+            gigabyte_pages: true,
+            no_execute: true,
+            protection_keys: true,
+            pat: LINUX_PAT,
+        }
+    }
+
+    /// 5-level paging (LA57), 57-bit virtual addresses; otherwise as
+    /// [`four_level`](Self::four_level).
+    #[must_use]
+    pub const fn five_level() -> Self {
+        let mut f = Self::four_level();
+        f.five_level = true;
+        f
+    }
+
+    /// The same format with another MAXPHYADDR (32..=52), or `None`.
+    #[must_use]
+    pub const fn with_max_phys_bits(mut self, bits: u8) -> Option<Self> {
+        if valid_phys_bits(bits) {
+            self.max_phys_bits = bits;
+            Some(self)
+        } else {
+            None
+        }
+    }
+
+    /// The same format without 1 GiB pages (CPUID Page1GB clear).
+    #[must_use]
+    pub const fn without_gigabyte_pages(mut self) -> Self {
+        self.gigabyte_pages = false;
+        self
+    }
+
+    /// The same format with EFER.NXE clear: no execute-disable bit, and
+    /// bit 63 reserved.
+    #[must_use]
+    pub const fn without_no_execute(mut self) -> Self {
+        self.no_execute = false;
+        self
+    }
+
+    /// The same format with another PAT layout.
+    #[must_use]
+    pub const fn with_pat(mut self, pat: [MemoryType; 8]) -> Self {
+        self.pat = pat;
+        self
+    }
+
+    fn input_bits(&self) -> u32 {
+        if self.five_level { 57 } else { 48 }
+    }
+
+    fn reserved(&self) -> u64 {
+        high_reserved(self.max_phys_bits) | if self.no_execute { 0 } else { XD }
+    }
+
+    fn pat_index(&self, raw: u64, level: u8) -> usize {
+        let pat = if level == 0 {
+            raw & PAT_4K != 0
+        } else {
+            raw & PAT_LARGE != 0
+        };
+        usize::from(pat) * 4 + usize::from(raw & PCD != 0) * 2 + usize::from(raw & PWT != 0)
+    }
+
+    fn leaf_attributes(&self, raw: u64, level: u8) -> Attributes {
+        let mut access = Access::READ;
+        access.set(Access::WRITE, raw & RW != 0);
+        access.set(Access::USER, raw & US != 0);
+        access.set(Access::EXECUTE, !(self.no_execute && raw & XD != 0));
+        Attributes {
+            access,
+            memory_type: self
+                .pat
+                .get(self.pat_index(raw, level))
+                .copied()
+                .unwrap_or(MemoryType::Uncacheable),
+            global: raw & G != 0,
+            protection_key: if self.protection_keys {
+                ((raw & PKEY) >> PKEY_SHIFT) as u8
+            } else {
+                0
+            },
+            ignore_guest_pat: false,
+        }
+    }
+}
+
+impl Format for X86Paging {
+    type Input = VirtAddr;
+
+    fn levels(&self) -> u8 {
+        if self.five_level { 5 } else { 4 }
+    }
+
+    fn granule_shift(&self) -> u32 {
+        12
+    }
+
+    fn level_name(&self, level: u8) -> &'static str {
+        level_name(level)
+    }
+
+    fn input_to_index(&self, input: u64) -> Option<u64> {
+        // Canonical: bits [63:N] all equal bit N-1.
+        let shift = 64 - self.input_bits();
+        let extended = (((input << shift) as i64) >> shift) as u64;
+        (extended == input).then_some(input & ((1u64 << self.input_bits()) - 1))
+    }
+
+    fn index_to_input(&self, index: u64) -> u64 {
+        let shift = 64 - self.input_bits();
+        (((index << shift) as i64) >> shift) as u64
+    }
+
+    fn output_bits(&self) -> u32 {
+        u32::from(self.max_phys_bits)
+    }
+
+    fn leaf_allowed(&self, level: u8) -> bool {
+        match level {
+            0 | 1 => true,
+            2 => self.gigabyte_pages,
+            _ => false,
+        }
+    }
+
+    fn decode(&self, raw: u64, level: u8) -> Descriptor {
+        if raw & P == 0 {
+            return Descriptor::Invalid;
+        }
+        if raw & self.reserved() != 0 {
+            return Descriptor::Malformed;
+        }
+        let addr = raw & address_mask(self.max_phys_bits);
+        match level {
+            0 => Descriptor::Leaf(addr, self.leaf_attributes(raw, 0)),
+            1 | 2 if raw & PS != 0 => {
+                if !self.leaf_allowed(level) {
+                    return Descriptor::Malformed;
+                }
+                // Bits [shift-1:13] are reserved in a large leaf; bit 12 is PAT.
+                let low = addr & ((1u64 << self.level_shift(level)) - 1);
+                if low & !PAT_LARGE != 0 {
+                    return Descriptor::Malformed;
+                }
+                Descriptor::Leaf(addr & !low, self.leaf_attributes(raw, level))
+            }
+            1 | 2 => Descriptor::Table(addr),
+            _ if raw & PS != 0 => Descriptor::Malformed,
+            _ => Descriptor::Table(addr),
+        }
+    }
+
+    fn encode_table(&self, table: u64, _level: u8) -> u64 {
+        (table & address_mask(self.max_phys_bits)) | P | RW | US
+    }
+
+    fn encode_leaf(&self, pa: u64, attrs: &Attributes, level: u8) -> Result<u64, AttrError> {
+        let access = attrs.access;
+        if !access.contains(Access::READ) {
+            return Err(AttrError::Access(access));
+        }
+        if !access.contains(Access::EXECUTE) && !self.no_execute {
+            return Err(AttrError::Access(access));
+        }
+        if attrs.ignore_guest_pat {
+            return Err(AttrError::IgnoreGuestPat);
+        }
+        if attrs.protection_key > 15 || (attrs.protection_key != 0 && !self.protection_keys) {
+            return Err(AttrError::ProtectionKey(attrs.protection_key));
+        }
+        let index = self
+            .pat
+            .iter()
+            .position(|&m| m == attrs.memory_type)
+            .ok_or(AttrError::MemoryType(attrs.memory_type))?;
+        let mut raw = (pa & address_mask(self.max_phys_bits)) | P;
+        if access.contains(Access::WRITE) {
+            raw |= RW;
+        }
+        if access.contains(Access::USER) {
+            raw |= US;
+        }
+        if !access.contains(Access::EXECUTE) {
+            raw |= XD;
+        }
+        if attrs.global {
+            raw |= G;
+        }
+        raw |= u64::from(attrs.protection_key) << PKEY_SHIFT;
+        if index & 1 != 0 {
+            raw |= PWT;
+        }
+        if index & 2 != 0 {
+            raw |= PCD;
+        }
+        if level == 0 {
+            if index & 4 != 0 {
+                raw |= PAT_4K;
+            }
+        } else {
+            raw |= PS;
+            if index & 4 != 0 {
+                raw |= PAT_LARGE;
+            }
+        }
+        Ok(raw)
+    }
+
+    fn table_limits(&self, raw: u64, _level: u8) -> Access {
+        let mut limit = Access::READ;
+        limit.set(Access::WRITE, raw & RW != 0);
+        limit.set(Access::USER, raw & US != 0);
+        limit.set(Access::EXECUTE, !(self.no_execute && raw & XD != 0));
+        limit
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_rule_depends_on_the_paging_depth() {
+        // paging-formats.md A.10.2: canonical for 57 bits, not for 48.
+        let va = 0xFF11_2233_4455_6677;
+        assert_eq!(X86Paging::four_level().input_to_index(va), None);
+        let five = X86Paging::five_level();
+        let index = five.input_to_index(va).unwrap();
+        assert_eq!(five.index_to_input(index), va);
+        assert_eq!(
+            X86Paging::four_level().input_to_index(0xFFFF_8000_0000_0000),
+            Some(1 << 47)
+        );
+        assert_eq!(
+            X86Paging::four_level().input_to_index(0x0000_8000_0000_0000),
+            None
+        );
+    }
+
+    #[test]
+    fn worked_example_a10_1_splits_into_indexes() {
+        let f = X86Paging::four_level();
+        let va = f.input_to_index(0x0000_7F3A_5C6D_E123).unwrap();
+        let index = |level: u8| (va >> f.level_shift(level)) & 0x1ff;
+        assert_eq!(
+            [index(3), index(2), index(1), index(0)],
+            [254, 233, 227, 222]
+        );
+        assert_eq!(va & 0xfff, 0x123);
+        assert_eq!(va & ((1 << 21) - 1), 0xDE123);
+        assert_eq!(va & ((1 << 30) - 1), 0x1C6DE123);
+    }
+
+    #[test]
+    fn worked_example_a10_2_five_level_indexes() {
+        let f = X86Paging::five_level();
+        let va = f.input_to_index(0xFF11_2233_4455_6677).unwrap();
+        let index = |level: u8| (va >> f.level_shift(level)) & 0x1ff;
+        assert_eq!(
+            [index(4), index(3), index(2), index(1), index(0)],
+            [273, 68, 205, 34, 342]
+        );
+    }
+
+    #[test]
+    fn large_leaf_puts_pat_in_bit_12_and_ps_in_bit_7() {
+        // paging-formats.md A.10.3: MAXPHYADDR 46, 2 MiB leaf at 0x3F_FFE0_0000.
+        let f = X86Paging::four_level().with_max_phys_bits(46).unwrap();
+        let attrs = Attributes::DATA.with_memory_type(MemoryType::WriteThrough);
+        let raw = f.encode_leaf(0x3F_FFE0_0000, &attrs, 1).unwrap();
+        assert_eq!(raw & PS, PS);
+        assert_eq!(raw & PAT_LARGE, PAT_LARGE, "WT is PAT index 7");
+        assert_eq!(raw & (PWT | PCD), PWT | PCD);
+        assert_eq!(f.decode(raw, 1), Descriptor::Leaf(0x3F_FFE0_0000, attrs));
+        // A 4 KiB leaf carries PAT in bit 7 instead.
+        let raw = f.encode_leaf(0x2000, &attrs, 0).unwrap();
+        assert_eq!(raw & PAT_4K, PAT_4K);
+        assert_eq!(raw & PAT_LARGE, 0);
+    }
+
+    #[test]
+    fn reserved_bits_make_an_entry_malformed() {
+        let f = X86Paging::four_level().with_max_phys_bits(46).unwrap();
+        assert_eq!(
+            f.decode(P | (1 << 47), 0),
+            Descriptor::Malformed,
+            "above MAXPHYADDR"
+        );
+        assert_eq!(f.decode(P | PS, 3), Descriptor::Malformed, "PS in a PML4E");
+        assert_eq!(
+            f.decode(P | PS | (1 << 13), 1),
+            Descriptor::Malformed,
+            "bit 13 in a 2 MiB leaf"
+        );
+        let no_1g = X86Paging::four_level().without_gigabyte_pages();
+        assert_eq!(
+            no_1g.decode(P | PS, 2),
+            Descriptor::Malformed,
+            "1 GiB leaf without Page1GB"
+        );
+        let no_nx = X86Paging::four_level().without_no_execute();
+        assert_eq!(
+            no_nx.decode(P | XD, 0),
+            Descriptor::Malformed,
+            "XD with EFER.NXE clear"
+        );
+        assert_eq!(
+            f.decode(RW | US, 0),
+            Descriptor::Invalid,
+            "not present: the rest is software's"
+        );
+    }
+
+    #[test]
+    fn attributes_the_format_cannot_express_are_refused() {
+        let f = X86Paging::four_level();
+        let write_only = Attributes::new(Access::WRITE);
+        assert_eq!(
+            f.encode_leaf(0, &write_only, 0),
+            Err(AttrError::Access(Access::WRITE))
+        );
+        let mut keyed = Attributes::DATA;
+        keyed.protection_key = 16;
+        assert_eq!(
+            f.encode_leaf(0, &keyed, 0),
+            Err(AttrError::ProtectionKey(16))
+        );
+        let no_nx = X86Paging::four_level().without_no_execute();
+        assert!(no_nx.encode_leaf(0, &Attributes::DATA, 0).is_err());
+        let only_wb = X86Paging::four_level().with_pat([MemoryType::WriteBack; 8]);
+        let uc = Attributes::DATA.with_memory_type(MemoryType::Uncacheable);
+        assert_eq!(
+            only_wb.encode_leaf(0, &uc, 0),
+            Err(AttrError::MemoryType(MemoryType::Uncacheable))
+        );
+    }
+
+    #[test]
+    fn every_expressible_leaf_round_trips() {
+        let f = X86Paging::four_level();
+        for level in 0..3 {
+            for bits in 0..16u8 {
+                let mut attrs = Attributes::new(Access::from_bits_truncate(bits) | Access::READ);
+                attrs.global = bits & 1 != 0;
+                attrs.protection_key = bits;
+                for mt in LINUX_PAT {
+                    attrs.memory_type = mt;
+                    let pa = 0x4000_0000;
+                    let raw = f.encode_leaf(pa, &attrs, level).unwrap();
+                    assert_eq!(f.decode(raw, level), Descriptor::Leaf(pa, attrs));
+                }
+            }
+        }
+    }
+}
