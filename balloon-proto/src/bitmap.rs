@@ -68,11 +68,6 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> PageBitmap<S> {
         })
     }
 
-    /// The number of pages covered.
-    pub(crate) fn pages(&self) -> u64 {
-        self.pages
-    }
-
     /// The number of set bits.
     pub(crate) fn count(&self) -> u64 {
         self.set
@@ -120,6 +115,15 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> PageBitmap<S> {
         *w &= !bit;
         self.set -= u64::from(was_set);
         was_set
+    }
+
+    /// Clears every page.
+    pub(crate) fn clear_all(&mut self) {
+        let n = bitmap_words(self.pages);
+        if let Some(used) = self.words.as_mut().get_mut(..n) {
+            used.fill(0);
+        }
+        self.set = 0;
     }
 
     /// Whether every page of `start..start + len` is set (an empty or

@@ -1,1 +1,10 @@
-//! virtio
+//! virtio-balloon (device ID 5): device and driver sides.
+
+pub mod config;
+pub mod device;
+pub mod driver;
+pub mod features;
+pub mod hint;
+pub mod stats;
+
+pub use features::{Features, Queue, QueueLayout};

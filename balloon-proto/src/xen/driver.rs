@@ -49,21 +49,13 @@ use core::fmt;
 use hvmem_types::{DomId, Gfn};
 
 use crate::bitmap::{PageBitmap, StorageError, bitmap_words};
+pub use crate::guest::GuestPages;
 use crate::xen::abi::{MemoryOp, kib_to_pages};
 
 /// Words of storage a driver needs for a physmap of `physmap_pages` frames.
 #[must_use]
 pub const fn driver_storage_words(physmap_pages: u64) -> usize {
     bitmap_words(physmap_pages)
-}
-
-/// The guest kernel's page allocator, as the balloon driver uses it.
-pub trait GuestPages {
-    /// Takes one free page without trying hard (no OOM killing, no reserves,
-    /// no retries); `None` when there is none to spare.
-    fn alloc_page(&mut self) -> Option<Gfn>;
-    /// Gives a page back to the guest.
-    fn free_page(&mut self, gfn: Gfn);
 }
 
 /// What kind of guest the driver runs in.
