@@ -78,11 +78,13 @@ pub fn run(data: &[u8]) {
         Mfn::new(u64::from(input.u16() % 2048)),
         u64::from(input.u16() % 1024) + 1,
     );
-    let z1 = FrameRange::new(
-        Mfn::new(u64::from(input.u16() % 2048) + 2048),
+    let Some(z0) = z0 else { return };
+    // The second zone starts anywhere after the first: adjacent or not.
+    let gap = u64::from(input.u16() % 2048);
+    let Some(z1) = FrameRange::new(
+        Mfn::new(z0.end().get() + gap),
         u64::from(input.u16() % 1024) + 1,
-    );
-    let (Some(z0), Some(z1)) = (z0, z1) else {
+    ) else {
         return;
     };
     let contents = if input.u8() & 1 == 0 {

@@ -18,3 +18,5 @@
 pub mod buddy;
 mod bytes;
 pub mod frametable;
+pub mod pagetable_ops;
+pub mod pagetable_walk;

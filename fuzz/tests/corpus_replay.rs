@@ -11,6 +11,8 @@ use std::path::Path;
 const TARGETS: &[(&str, Target)] = &[
     ("buddy", hvmem_fuzz::buddy::run),
     ("frametable", hvmem_fuzz::frametable::run),
+    ("pagetable_ops", hvmem_fuzz::pagetable_ops::run),
+    ("pagetable_walk", hvmem_fuzz::pagetable_walk::run),
 ];
 
 /// A target's entry point.
