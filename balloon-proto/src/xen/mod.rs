@@ -13,3 +13,6 @@ pub mod domain;
 pub mod driver;
 pub mod selfballoon;
 pub mod toolstack;
+
+#[cfg(test)]
+mod tests;
