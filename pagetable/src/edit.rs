@@ -40,7 +40,8 @@ pub(crate) enum Edit {
     Map {
         pa: u64,
         start: u64,
-        attrs: Attributes,
+        /// The leaf encoding at address 0 for each level the map may use.
+        templates: [u64; 8],
         sizes: LeafSizes,
         replace: bool,
     },
@@ -159,7 +160,7 @@ impl<'a, F: Format, M: PhysMem> Editor<'a, F, M> {
                 slot.is_full()
                     && sizes.allows(level)
                     && self.format.leaf_allowed(level)
-                    && (pa + (slot.piece_start - start)) % slot.size == 0
+                    && (pa + (slot.piece_start - start)) & (slot.size - 1) == 0
             }
             Edit::Unmap | Edit::Protect { .. } => false,
         }
@@ -362,19 +363,17 @@ impl<'a, F: Format, M: PhysMem> Editor<'a, F, M> {
             let current = self.format.decode(raw, level);
             let below = level.checked_sub(1);
             if self.leaf_here(edit, &slot, level) {
-                if let Edit::Map {
-                    pa,
-                    start: map_start,
-                    attrs,
-                    ..
-                } = *edit
-                {
-                    let leaf = pa + (slot.piece_start - map_start);
-                    let Ok(new) = self.format.encode_leaf(leaf, &attrs, level) else {
-                        continue;
-                    };
-                    let old = entry.swap(new, Ordering::AcqRel);
-                    self.dispose(old, level, &slot, alloc);
+                if let Edit::Map { pa, start: map_start, templates, .. } = edit {
+                    let template = templates.get(usize::from(level)).copied().unwrap_or(0);
+                    let leaf = self.format.with_output_address(template, pa + (slot.piece_start - map_start), level);
+                    if current == Descriptor::Invalid {
+                        // Walkers do not write to invalid entries: a plain
+                        // store cannot lose an accessed/dirty update.
+                        entry.store(leaf, Ordering::Release);
+                    } else {
+                        let old = entry.swap(leaf, Ordering::AcqRel);
+                        self.dispose(old, level, &slot, alloc);
+                    }
                 }
                 continue;
             }
@@ -519,7 +518,7 @@ impl<'a, F: Format, M: PhysMem> Editor<'a, F, M> {
             let Some((pa, attrs)) = self.uniform(child, l) else {
                 continue;
             };
-            if pa % slot.size != 0 {
+            if pa & (slot.size - 1) != 0 {
                 continue;
             }
             let Ok(leaf) = self.format.encode_leaf(pa, &attrs, level) else {

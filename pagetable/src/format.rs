@@ -110,6 +110,14 @@ pub trait Format {
     /// An [`AttrError`] if the format cannot express `attrs` there.
     fn encode_leaf(&self, pa: u64, attrs: &Attributes, level: u8) -> Result<u64, AttrError>;
 
+    /// The leaf entry mapping `pa` at `level`, built from `template`: what
+    /// [`encode_leaf`](Self::encode_leaf) returned for the same attributes and
+    /// level at address 0. The bulk-map fast path; formats whose output
+    /// address is not one plain bit field (AArch64 LPA2) override it.
+    fn with_output_address(&self, template: u64, pa: u64, _level: u8) -> u64 {
+        template | pa
+    }
+
     /// The rights a table entry at `level` leaves to the entries below it
     /// (x86 ANDs R/W and U/S and ORs XD down the walk). The editor writes
     /// table entries that restrict nothing; guest-written ones may.

@@ -74,6 +74,7 @@ mod error;
 mod flush;
 mod format;
 mod mem;
+pub mod pv;
 mod table;
 mod walk;
 mod x86;
@@ -90,3 +91,8 @@ pub use mem::{PhysMem, SliceMem};
 pub use table::{LeafSizes, MapOptions, PageTable};
 pub use walk::{Translation, Visit};
 pub use x86::{Ept, X86Paging};
+
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -241,9 +241,11 @@ impl<F: Format> PageTable<F> {
         if self.format.output_bits() < 64 && pa_end > 1u64 << self.format.output_bits() {
             return Err(RangeError::OutputOutOfRange.into());
         }
-        for level in 0..self.format.levels() {
+        let mut templates = [0u64; 8];
+        for (level, template) in (0..self.format.levels()).zip(templates.iter_mut()) {
             if options.sizes.allows(level) && self.format.leaf_allowed(level) {
-                self.format
+                *template = self
+                    .format
                     .encode_leaf(0, attrs, level)
                     .map_err(MapError::Attributes)?;
             }
@@ -251,7 +253,7 @@ impl<F: Format> PageTable<F> {
         let edit = Edit::Map {
             pa: pa.get(),
             start,
-            attrs: *attrs,
+            templates,
             sizes: options.sizes,
             replace: options.replace,
         };
