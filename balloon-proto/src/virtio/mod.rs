@@ -8,3 +8,6 @@ pub mod hint;
 pub mod stats;
 
 pub use features::{Features, Queue, QueueLayout};
+
+#[cfg(test)]
+pub(crate) mod tests;
