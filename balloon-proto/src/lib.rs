@@ -76,6 +76,8 @@ extern crate std;
 
 mod bitmap;
 mod guest;
+#[cfg(test)]
+mod model;
 pub mod virtio;
 pub mod xen;
 
