@@ -8,8 +8,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use hvmem_types::Mfn;
 
 use super::entry::{
-    ACCESSED, DIRTY, EntryError, FAST_PATH_FLAGS, PRESENT, PvConfig, drop_entry,
-    take_entry,
+    ACCESSED, DIRTY, EntryError, FAST_PATH_FLAGS, PRESENT, PvConfig, drop_entry, take_entry,
 };
 use super::oracle::{FrameOracle, PvLevel, PvType};
 use super::table::{guest_slot, table_entries};
@@ -234,7 +233,16 @@ where
         return Err(UpdateError::TableBusy { table });
     }
     let result = match table_entries(mem, table).and_then(|entries| entries.get(index as usize)) {
-        Some(entry) => write_entry(oracle, config, owner, table, level, entry, request.val, preserve_ad),
+        Some(entry) => write_entry(
+            oracle,
+            config,
+            owner,
+            table,
+            level,
+            entry,
+            request.val,
+            preserve_ad,
+        ),
         None => Err(UpdateError::Unreachable { table }),
     };
     oracle.put_type(table, held);
@@ -261,8 +269,7 @@ fn write_entry<O: FrameOracle + ?Sized>(
         config.check_bits(new, level)?;
     }
     let old_present = old & PRESENT != 0;
-    let same_target =
-        old_present && new_present && (old ^ new) & !FAST_PATH_FLAGS == 0;
+    let same_target = old_present && new_present && (old ^ new) & !FAST_PATH_FLAGS == 0;
     if same_target {
         // The fast path: the references the entry holds do not change.
         return swap(entry, old, val, preserve_ad).map(|_| ());
@@ -299,7 +306,12 @@ const fn with_ad(val: u64, current: u64, preserve_ad: bool) -> u64 {
 /// Replaces `expected` with the new entry, tolerating accessed/dirty bits
 /// set meanwhile (a bounded number of times), and returns the value
 /// replaced. Anything else changing is [`UpdateError::EntryChanged`].
-fn swap(entry: &AtomicU64, expected: u64, val: u64, preserve_ad: bool) -> Result<u64, UpdateError> {
+pub(super) fn swap(
+    entry: &AtomicU64,
+    expected: u64,
+    val: u64,
+    preserve_ad: bool,
+) -> Result<u64, UpdateError> {
     let mut current = expected;
     for _ in 0..AD_RETRIES {
         let new = with_ad(val, current, preserve_ad);

@@ -224,7 +224,10 @@ impl fmt::Display for EntryError {
             }
             Self::ForeignFrame { mfn } => write!(f, "{mfn} is not the guest's"),
             Self::WritablePageTable { mfn } => {
-                write!(f, "{mfn} cannot be mapped writable: it is in use as another type")
+                write!(
+                    f,
+                    "{mfn} cannot be mapped writable: it is in use as another type"
+                )
             }
             Self::WrongTargetType { mfn, wanted } => {
                 write!(f, "{mfn} cannot be used as an {wanted} page table")
