@@ -308,11 +308,11 @@ impl<const N: usize> Model for XenModel<N> {
 /// Guest A shrinks, guest B grows, the builder populates its claim.
 fn reactive() -> XenModel<2> {
     XenModel::new(
-        12,
+        16,
         2,
         [
-            GuestSpec { physmap: 8, populated: 6, min: 2, max: 8, demands: &[2] },
-            GuestSpec { physmap: 8, populated: 2, min: 2, max: 8, demands: &[6] },
+            GuestSpec { physmap: 10, populated: 8, min: 2, max: 10, demands: &[2] },
+            GuestSpec { physmap: 10, populated: 4, min: 2, max: 10, demands: &[7] },
         ],
         Mode::Reactive,
         1,
@@ -333,15 +333,15 @@ fn predictive() -> XenModel<2> {
     )
 }
 
-/// Three guests on 12 pages: one shrinks, two grow; no claim.
+/// Three guests on 14 pages and a claim of 2: one shrinks, two grow.
 fn three_guests() -> XenModel<3> {
     XenModel::new(
-        12,
-        0,
+        14,
+        2,
         [
-            GuestSpec { physmap: 8, populated: 6, min: 1, max: 8, demands: &[1] },
-            GuestSpec { physmap: 6, populated: 2, min: 1, max: 6, demands: &[3] },
+            GuestSpec { physmap: 8, populated: 7, min: 1, max: 8, demands: &[1] },
             GuestSpec { physmap: 6, populated: 2, min: 1, max: 6, demands: &[4] },
+            GuestSpec { physmap: 6, populated: 2, min: 1, max: 6, demands: &[5] },
         ],
         Mode::Reactive,
         0,
@@ -350,10 +350,10 @@ fn three_guests() -> XenModel<3> {
 
 #[test]
 fn the_policy_settles_on_targets_that_fit_the_pool() {
-    assert_eq!(reactive().finals, [3, 7]);
+    assert_eq!(reactive().finals, [3, 8]);
     // Wants 4 and 7 (forecast 6 + 1) exceed the pool of 10: squeezed 3:6.
     assert_eq!(predictive().finals, [3, 6]);
-    assert_eq!(three_guests().finals, [1, 3, 4]);
+    assert_eq!(three_guests().finals, [1, 4, 5]);
 }
 
 #[test]
@@ -361,7 +361,7 @@ fn the_policy_settles_on_targets_that_fit_the_pool() {
 fn xen_three_guests_conserve_memory_and_converge_in_every_interleaving() {
     let model = three_guests();
     let states = assert_acyclic(&model);
-    assert_eq!(check("xen reactive, 3 guests, 12 pages", model), states);
+    assert_eq!(check("xen reactive, 3 guests + claim, 14 pages", model), states);
 }
 
 #[test]
@@ -369,7 +369,7 @@ fn xen_three_guests_conserve_memory_and_converge_in_every_interleaving() {
 fn xen_reactive_policy_conserves_memory_and_converges_in_every_interleaving() {
     let model = reactive();
     let states = assert_acyclic(&model);
-    assert_eq!(check("xen reactive, 2 guests + claim, 12 pages", model), states);
+    assert_eq!(check("xen reactive, 2 guests + claim, 16 pages", model), states);
 }
 
 #[test]
