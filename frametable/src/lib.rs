@@ -77,6 +77,9 @@
 //!
 //! - `model`: the reference model and operation decoder that the crate's
 //!   property test and the `frametable` fuzz target check the table against.
+//! - `pagetable`: the `pv` module, hvmem-pagetable's PV guest-table
+//!   validation over this table (its `FrameOracle` and a `Validator` for
+//!   L1..L4 page tables).
 #![no_std]
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
@@ -100,6 +103,9 @@ mod validator;
 
 #[cfg(any(test, feature = "model"))]
 pub mod model;
+
+#[cfg(feature = "pagetable")]
+pub mod pv;
 
 #[cfg(all(test, loom))]
 mod loom_tests;
