@@ -1,0 +1,475 @@
+//! `hvmem-pagetable` side by side with the `x86_64` crate's
+//! `OffsetPageTable`, over the same kind of arena: host memory standing in
+//! for physical memory, 4 KiB-aligned tables, a stack of free table frames.
+//!
+//! | group | one iteration |
+//! |---|---|
+//! | `map_4k_single` | map one 4 KiB page into existing tables, then unmap it (time per map+unmap pair) |
+//! | `map_1g_of_4k` | map 1 GiB as 262144 4 KiB pages into an empty table (hvmem: one call; x86_64: one `map_to` per page) |
+//! | `unmap_1g_of_4k` | unmap that 1 GiB again (hvmem: one call, freeing the tables; x86_64: one `unmap` per page) |
+//! | `translate_random` | translate one random address in a 1 GiB region of 4 KiB pages |
+//! | `map_2m_single` | map one 2 MiB leaf, then unmap it |
+//!
+//! ```text
+//! cargo bench -p hvmem-benches --bench pagetable -- --warm-up-time 1 --measurement-time 3
+//! ```
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    reason = "bench setup: a broken table must stop the bench loudly"
+)]
+
+use std::hint::black_box;
+use std::sync::atomic::AtomicU64;
+
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use hvmem_benches::rng::XorShift64;
+use hvmem_pagetable::{
+    Attributes, LeafSizes, MapOptions, PageTable, PhysMem, TableAllocator, X86Paging,
+};
+use hvmem_types::{PageSize, PhysAddr, VirtAddr};
+use x86::{FrameAllocator, Mapper, OffsetPageTable, Translate};
+use x86_64::structures::paging as x86;
+
+/// Table frames in each arena: enough for 1 GiB of 4 KiB pages (515) and more.
+const FRAMES: usize = 1024;
+/// The physical address of frame 0 of each arena.
+const PHYS_BASE: u64 = 0x1_0000_0000;
+const GIB: u64 = 1 << 30;
+const REGION: u64 = 0x0000_4000_0000_0000;
+
+// ---- hvmem side --------------------------------------------------------
+
+/// A 4 KiB table frame of atomics.
+#[repr(C, align(4096))]
+struct Frame([AtomicU64; 512]);
+
+struct HvArena {
+    frames: Vec<Frame>,
+}
+
+impl HvArena {
+    fn new() -> Self {
+        Self {
+            frames: (0..FRAMES)
+                .map(|_| Frame(std::array::from_fn(|_| AtomicU64::new(0))))
+                .collect(),
+        }
+    }
+}
+
+impl PhysMem for HvArena {
+    fn table(&self, table: PhysAddr, entries: usize) -> Option<&[AtomicU64]> {
+        let offset = table.get().checked_sub(PHYS_BASE)?;
+        if offset % 4096 != 0 {
+            return None;
+        }
+        self.frames
+            .get(usize::try_from(offset / 4096).ok()?)?
+            .0
+            .get(..entries)
+    }
+}
+
+/// A stack of free frame numbers: the same allocator on both sides.
+struct Stack(Vec<u64>);
+
+impl Stack {
+    fn new() -> Self {
+        Self(
+            (0..FRAMES as u64)
+                .rev()
+                .map(|i| PHYS_BASE + i * 4096)
+                .collect(),
+        )
+    }
+}
+
+impl TableAllocator for Stack {
+    fn alloc_table(&mut self) -> Option<PhysAddr> {
+        self.0.pop().map(PhysAddr::new)
+    }
+
+    fn free_table(&mut self, table: PhysAddr) {
+        self.0.push(table.get());
+    }
+}
+
+fn hv_table(arena: &HvArena, frames: &mut Stack) -> PageTable<X86Paging> {
+    PageTable::new(X86Paging::four_level(), arena, frames).expect("root")
+}
+
+fn four_k() -> MapOptions {
+    MapOptions::new().sizes(LeafSizes::only(PageSize::Size4K))
+}
+
+// ---- x86_64 side -------------------------------------------------------
+
+struct X86Arena {
+    tables: Vec<x86::PageTable>,
+}
+
+impl X86Arena {
+    fn new() -> Self {
+        Self {
+            tables: (0..FRAMES).map(|_| x86::PageTable::new()).collect(),
+        }
+    }
+
+    /// A mapper whose "physical memory" is this arena; frame 0 is the root.
+    fn mapper(&mut self) -> OffsetPageTable<'_> {
+        let host = self.tables.as_mut_ptr() as u64;
+        let offset = x86_64::VirtAddr::new(host.wrapping_sub(PHYS_BASE));
+        let root = self.tables.first_mut().expect("root");
+        root.zero();
+        // SAFETY: every table frame the allocator hands out lies inside
+        // `tables`, which lives as long as the mapper, and the arena's
+        // physical address `PHYS_BASE + i * 4096` is at host address
+        // `offset + PHYS_BASE + i * 4096` = `&tables[i]`.
+        unsafe { OffsetPageTable::new(root, offset) }
+    }
+}
+
+struct X86Frames(Vec<u64>);
+
+impl X86Frames {
+    fn new() -> Self {
+        // Frame 0 is the root.
+        Self(
+            (1..FRAMES as u64)
+                .rev()
+                .map(|i| PHYS_BASE + i * 4096)
+                .collect(),
+        )
+    }
+}
+
+// SAFETY: each frame is handed out once and lies in the arena.
+unsafe impl FrameAllocator<x86::Size4KiB> for X86Frames {
+    fn allocate_frame(&mut self) -> Option<x86::PhysFrame<x86::Size4KiB>> {
+        let pa = self.0.pop()?;
+        Some(x86::PhysFrame::containing_address(x86_64::PhysAddr::new(
+            pa,
+        )))
+    }
+}
+
+fn x86_map_4k(m: &mut OffsetPageTable<'_>, f: &mut X86Frames, va: u64, pa: u64) {
+    let page = x86::Page::<x86::Size4KiB>::containing_address(x86_64::VirtAddr::new(va));
+    let frame = x86::PhysFrame::containing_address(x86_64::PhysAddr::new(pa));
+    let flags = x86::PageTableFlags::PRESENT
+        | x86::PageTableFlags::WRITABLE
+        | x86::PageTableFlags::NO_EXECUTE;
+    // SAFETY: the frames mapped are never accessed; only the tables are.
+    unsafe { m.map_to(page, frame, flags, f) }
+        .expect("map")
+        .ignore();
+}
+
+fn x86_unmap_4k(m: &mut OffsetPageTable<'_>, va: u64) {
+    let page = x86::Page::<x86::Size4KiB>::containing_address(x86_64::VirtAddr::new(va));
+    m.unmap(page).expect("unmap").1.ignore();
+}
+
+// ---- the workloads -------------------------------------------------------
+
+fn map_4k_single(c: &mut Criterion) {
+    let mut g = c.benchmark_group("map_4k_single");
+    {
+        let arena = HvArena::new();
+        let mut frames = Stack::new();
+        let mut pt = hv_table(&arena, &mut frames);
+        // One page stays mapped so that the tables outlive every unmap.
+        let _ = pt
+            .map(
+                &arena,
+                &mut frames,
+                VirtAddr::new(REGION),
+                PhysAddr::new(0),
+                4096,
+                &Attributes::DATA,
+                four_k(),
+            )
+            .unwrap();
+        let mut i = 0u64;
+        g.bench_function("hvmem-pagetable", |b| {
+            b.iter(|| {
+                i = i % 511 + 1;
+                let va = VirtAddr::new(REGION + i * 4096);
+                let f = pt.map(
+                    &arena,
+                    &mut frames,
+                    va,
+                    PhysAddr::new(i * 4096),
+                    4096,
+                    &Attributes::DATA,
+                    four_k(),
+                );
+                let _ = black_box(f.unwrap());
+                let _ = black_box(pt.unmap(&arena, &mut frames, va, 4096).unwrap());
+            });
+        });
+    }
+    {
+        let mut arena = X86Arena::new();
+        let mut frames = X86Frames::new();
+        let mut m = arena.mapper();
+        x86_map_4k(&mut m, &mut frames, REGION, 0);
+        let mut i = 0u64;
+        g.bench_function("x86_64", |b| {
+            b.iter(|| {
+                i = i % 511 + 1;
+                x86_map_4k(&mut m, &mut frames, REGION + i * 4096, i * 4096);
+                x86_unmap_4k(black_box(&mut m), REGION + i * 4096);
+            });
+        });
+    }
+    g.finish();
+}
+
+fn map_1g_of_4k(c: &mut Criterion) {
+    let mut g = c.benchmark_group("map_1g_of_4k");
+    g.sample_size(10);
+    {
+        let arena = HvArena::new();
+        g.bench_function("hvmem-pagetable", |b| {
+            b.iter_batched(
+                || {
+                    let mut frames = Stack::new();
+                    let pt = hv_table(&arena, &mut frames);
+                    (pt, frames)
+                },
+                |(mut pt, mut frames)| {
+                    let f = pt.map(
+                        &arena,
+                        &mut frames,
+                        VirtAddr::new(REGION),
+                        PhysAddr::new(0),
+                        GIB,
+                        &Attributes::DATA,
+                        four_k(),
+                    );
+                    let _ = black_box(f.unwrap());
+                },
+                BatchSize::PerIteration,
+            );
+        });
+    }
+    {
+        let mut arena = X86Arena::new();
+        g.bench_function("x86_64", |b| {
+            b.iter_batched(
+                X86Frames::new,
+                |mut frames| {
+                    let mut m = arena.mapper();
+                    for p in 0..GIB / 4096 {
+                        x86_map_4k(&mut m, &mut frames, REGION + p * 4096, p * 4096);
+                    }
+                    let _ = black_box(m.level_4_table());
+                },
+                BatchSize::PerIteration,
+            );
+        });
+    }
+    g.finish();
+}
+
+fn unmap_1g_of_4k(c: &mut Criterion) {
+    let mut g = c.benchmark_group("unmap_1g_of_4k");
+    g.sample_size(10);
+    {
+        let arena = HvArena::new();
+        g.bench_function("hvmem-pagetable", |b| {
+            b.iter_batched(
+                || {
+                    let mut frames = Stack::new();
+                    let mut pt = hv_table(&arena, &mut frames);
+                    let _ = pt
+                        .map(
+                            &arena,
+                            &mut frames,
+                            VirtAddr::new(REGION),
+                            PhysAddr::new(0),
+                            GIB,
+                            &Attributes::DATA,
+                            four_k(),
+                        )
+                        .unwrap();
+                    (pt, frames)
+                },
+                |(mut pt, mut frames)| {
+                    let _ = black_box(
+                        pt.unmap(&arena, &mut frames, VirtAddr::new(REGION), GIB)
+                            .unwrap(),
+                    );
+                },
+                BatchSize::PerIteration,
+            );
+        });
+    }
+    {
+        let mut arena = X86Arena::new();
+        let arena_ptr: *mut X86Arena = &mut arena;
+        g.bench_function("x86_64", |b| {
+            b.iter_batched(
+                || {
+                    // SAFETY: the arena outlives the bench and setup and
+                    // routine never run at the same time.
+                    let arena = unsafe { &mut *arena_ptr };
+                    let mut frames = X86Frames::new();
+                    let mut m = arena.mapper();
+                    for p in 0..GIB / 4096 {
+                        x86_map_4k(&mut m, &mut frames, REGION + p * 4096, p * 4096);
+                    }
+                },
+                |()| {
+                    // SAFETY: as above.
+                    let arena = unsafe { &mut *arena_ptr };
+                    let host = arena.tables.as_mut_ptr() as u64;
+                    let offset = x86_64::VirtAddr::new(host.wrapping_sub(PHYS_BASE));
+                    let root = arena.tables.first_mut().expect("root");
+                    // SAFETY: as in `X86Arena::mapper`, without clearing the root.
+                    let mut m = unsafe { OffsetPageTable::new(root, offset) };
+                    for p in 0..GIB / 4096 {
+                        x86_unmap_4k(&mut m, REGION + p * 4096);
+                    }
+                },
+                BatchSize::PerIteration,
+            );
+        });
+    }
+    g.finish();
+}
+
+fn translate_random(c: &mut Criterion) {
+    let mut g = c.benchmark_group("translate_random");
+    let mut rng = XorShift64::new(0x7ab1e);
+    let addrs: Vec<u64> = (0..4096).map(|_| REGION + rng.below(GIB)).collect();
+    {
+        let arena = HvArena::new();
+        let mut frames = Stack::new();
+        let mut pt = hv_table(&arena, &mut frames);
+        let _ = pt
+            .map(
+                &arena,
+                &mut frames,
+                VirtAddr::new(REGION),
+                PhysAddr::new(0),
+                GIB,
+                &Attributes::DATA,
+                four_k(),
+            )
+            .unwrap();
+        let mut i = 0;
+        g.bench_function("hvmem-pagetable", |b| {
+            b.iter(|| {
+                i = (i + 1) % addrs.len();
+                black_box(
+                    pt.translate(&arena, VirtAddr::new(addrs[i]))
+                        .unwrap()
+                        .output,
+                )
+            });
+        });
+    }
+    {
+        let mut arena = X86Arena::new();
+        let mut frames = X86Frames::new();
+        let mut m = arena.mapper();
+        for p in 0..GIB / 4096 {
+            x86_map_4k(&mut m, &mut frames, REGION + p * 4096, p * 4096);
+        }
+        let mut i = 0;
+        g.bench_function("x86_64", |b| {
+            b.iter(|| {
+                i = (i + 1) % addrs.len();
+                black_box(m.translate_addr(x86_64::VirtAddr::new(addrs[i])).unwrap())
+            });
+        });
+    }
+    g.finish();
+}
+
+fn map_2m_single(c: &mut Criterion) {
+    let mut g = c.benchmark_group("map_2m_single");
+    let opts = MapOptions::new().sizes(LeafSizes::only(PageSize::Size2M));
+    {
+        let arena = HvArena::new();
+        let mut frames = Stack::new();
+        let mut pt = hv_table(&arena, &mut frames);
+        let _ = pt
+            .map(
+                &arena,
+                &mut frames,
+                VirtAddr::new(REGION),
+                PhysAddr::new(0),
+                1 << 21,
+                &Attributes::DATA,
+                opts,
+            )
+            .unwrap();
+        let mut i = 0u64;
+        g.bench_function("hvmem-pagetable", |b| {
+            b.iter(|| {
+                i = i % 511 + 1;
+                let va = VirtAddr::new(REGION + (i << 21));
+                let _ = black_box(
+                    pt.map(
+                        &arena,
+                        &mut frames,
+                        va,
+                        PhysAddr::new(i << 21),
+                        1 << 21,
+                        &Attributes::DATA,
+                        opts,
+                    )
+                    .unwrap(),
+                );
+                let _ = black_box(pt.unmap(&arena, &mut frames, va, 1 << 21).unwrap());
+            });
+        });
+    }
+    {
+        let mut arena = X86Arena::new();
+        let mut frames = X86Frames::new();
+        let mut m = arena.mapper();
+        let flags = x86::PageTableFlags::PRESENT
+            | x86::PageTableFlags::WRITABLE
+            | x86::PageTableFlags::NO_EXECUTE;
+        let map2m = |m: &mut OffsetPageTable<'_>, f: &mut X86Frames, i: u64| {
+            let page = x86::Page::<x86::Size2MiB>::containing_address(x86_64::VirtAddr::new(
+                REGION + (i << 21),
+            ));
+            let frame =
+                x86::PhysFrame::<x86::Size2MiB>::containing_address(x86_64::PhysAddr::new(i << 21));
+            // SAFETY: the frames mapped are never accessed.
+            unsafe { m.map_to(page, frame, flags, f) }
+                .expect("map")
+                .ignore();
+        };
+        map2m(&mut m, &mut frames, 0);
+        let mut i = 0u64;
+        g.bench_function("x86_64", |b| {
+            b.iter(|| {
+                i = i % 511 + 1;
+                map2m(&mut m, &mut frames, i);
+                let page = x86::Page::<x86::Size2MiB>::containing_address(x86_64::VirtAddr::new(
+                    REGION + (i << 21),
+                ));
+                m.unmap(page).expect("unmap").1.ignore();
+            });
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    map_4k_single,
+    map_2m_single,
+    translate_random,
+    map_1g_of_4k,
+    unmap_1g_of_4k
+);
+criterion_main!(benches);
