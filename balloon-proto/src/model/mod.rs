@@ -59,7 +59,10 @@ where
 {
     let properties: Vec<_> = model.properties().iter().map(|p| p.name).collect();
     let checker = model.checker().spawn_bfs().join();
-    let mut found: Vec<_> = properties.into_iter().filter(|p| checker.discovery(p).is_some()).collect();
+    let mut found: Vec<_> = properties
+        .into_iter()
+        .filter(|p| checker.discovery(p).is_some())
+        .collect();
     found.sort_unstable();
     found
 }
@@ -68,7 +71,9 @@ where
 pub(crate) fn has_successor<M: Model>(model: &M, state: &M::State) -> bool {
     let mut actions = Vec::new();
     model.actions(state, &mut actions);
-    actions.into_iter().any(|a| model.next_state(state, a).is_some())
+    actions
+        .into_iter()
+        .any(|a| model.next_state(state, a).is_some())
 }
 
 /// Panics if the state graph of `model` has a cycle (self-loops included);

@@ -53,7 +53,9 @@ struct Request {
 
 impl Request {
     fn pfns(&self) -> impl Iterator<Item = u64> + '_ {
-        self.bytes.chunks_exact(4).map(|c| u64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+        self.bytes
+            .chunks_exact(4)
+            .map(|c| u64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
     }
 }
 
@@ -134,7 +136,9 @@ impl Model for VirtioModel {
         let mut dev = BalloonDevice::new(config, [0; 1], [0; 1]).unwrap();
         let drv = BalloonDriver::new(
             self.features,
-            GuestPoisoning { poisons_free_pages: false },
+            GuestPoisoning {
+                poisons_free_pages: false,
+            },
             0,
             self.guest_pages,
             self.guest_page_shift,
@@ -146,7 +150,10 @@ impl Model for VirtioModel {
         std::vec![State {
             dev,
             drv,
-            guest: Frames { free: (1 << self.guest_pages) - 1, per: 1 << (self.guest_page_shift - 12) },
+            guest: Frames {
+                free: (1 << self.guest_pages) - 1,
+                per: 1 << (self.guest_page_shift - 12)
+            },
             request: None,
             config_irq: false,
             awake: false,
@@ -158,7 +165,13 @@ impl Model for VirtioModel {
 
     fn actions(&self, _: &State, actions: &mut Vec<Action>) {
         actions.extend(self.targets.iter().map(|&t| Action::SetTarget(t)));
-        actions.extend([Action::ConfigInterrupt, Action::Poll, Action::DeviceServes, Action::Ack, Action::Oom]);
+        actions.extend([
+            Action::ConfigInterrupt,
+            Action::Poll,
+            Action::DeviceServes,
+            Action::Ack,
+            Action::Oom,
+        ]);
     }
 
     fn next_state(&self, last: &State, action: Action) -> Option<State> {
@@ -189,8 +202,22 @@ impl Model for VirtioModel {
                     return None;
                 }
                 match s.drv.poll(&mut s.guest) {
-                    Ok(DriverStep::Inflate(b)) => s.request = Some(Request { inflate: true, bytes: b.to_vec(), used: false, acked: false }),
-                    Ok(DriverStep::Deflate(b)) => s.request = Some(Request { inflate: false, bytes: b.to_vec(), used: false, acked: false }),
+                    Ok(DriverStep::Inflate(b)) => {
+                        s.request = Some(Request {
+                            inflate: true,
+                            bytes: b.to_vec(),
+                            used: false,
+                            acked: false,
+                        })
+                    }
+                    Ok(DriverStep::Deflate(b)) => {
+                        s.request = Some(Request {
+                            inflate: false,
+                            bytes: b.to_vec(),
+                            used: false,
+                            acked: false,
+                        })
+                    }
                     Ok(DriverStep::Idle) => s.awake = false,
                     Ok(DriverStep::OutOfPuff) | Err(_) => s.refused = true,
                 }
@@ -201,7 +228,14 @@ impl Model for VirtioModel {
                 }
                 s.ooms_left -= 1;
                 match s.drv.oom() {
-                    Ok(DriverStep::Deflate(b)) => s.request = Some(Request { inflate: false, bytes: b.to_vec(), used: false, acked: false }),
+                    Ok(DriverStep::Deflate(b)) => {
+                        s.request = Some(Request {
+                            inflate: false,
+                            bytes: b.to_vec(),
+                            used: false,
+                            acked: false,
+                        })
+                    }
                     _ => s.refused = true,
                 }
             }
@@ -223,7 +257,9 @@ impl Model for VirtioModel {
             }
             Action::Ack => {
                 let request = s.request.as_mut()?;
-                let early = self.mutation == Some(Mutation::ReuseBeforeAck) && !request.inflate && !request.acked;
+                let early = self.mutation == Some(Mutation::ReuseBeforeAck)
+                    && !request.inflate
+                    && !request.acked;
                 if request.used {
                     s.request = None;
                 } else if early {
@@ -234,7 +270,9 @@ impl Model for VirtioModel {
                     return None;
                 }
                 match s.drv.ack(&mut s.guest) {
-                    Ok(actual) => s.refused |= s.dev.write_config(4, &actual.0.to_le_bytes()).is_err(),
+                    Ok(actual) => {
+                        s.refused |= s.dev.write_config(4, &actual.0.to_le_bytes()).is_err()
+                    }
                     Err(_) => s.refused = true,
                 }
                 s.awake = true;
@@ -245,35 +283,65 @@ impl Model for VirtioModel {
 
     fn properties(&self) -> Vec<Property<Self>> {
         std::vec![
-            Property::always("every guest page is the guest's, the balloon's, or in one request", |m: &Self, s: &State| {
-                let in_request = s.request.as_ref().filter(|r| !r.acked).map_or(0, |r| r.bytes.len() as u64 / 4);
-                let free = u64::from(s.guest.free.count_ones());
-                let balloon = u64::from(s.drv.actual());
-                let taken_for_inflate = if s.request.as_ref().is_some_and(|r| r.inflate) { in_request } else { 0 };
-                let deflating = if s.request.as_ref().is_some_and(|r| !r.inflate) { in_request } else { 0 };
-                // Pages being deflated are still counted by the driver's balloon.
-                free + balloon + taken_for_inflate == m.guest_pages && deflating <= balloon
-            }),
-            Property::always("the device's pages are the driver's balloon, give or take the served request", |m: &Self, s: &State| {
-                (0..m.guest_pages).all(|p| {
-                    let page = Gfn::new(p >> (m.guest_page_shift - 12) << (m.guest_page_shift - 12));
-                    let mut expect = s.drv.is_ballooned(page);
-                    if let Some(r) = s.request.as_ref().filter(|r| r.used || r.acked) {
-                        if r.pfns().any(|q| q == p) {
-                            expect = r.inflate;
+            Property::always(
+                "every guest page is the guest's, the balloon's, or in one request",
+                |m: &Self, s: &State| {
+                    let in_request = s
+                        .request
+                        .as_ref()
+                        .filter(|r| !r.acked)
+                        .map_or(0, |r| r.bytes.len() as u64 / 4);
+                    let free = u64::from(s.guest.free.count_ones());
+                    let balloon = u64::from(s.drv.actual());
+                    let taken_for_inflate = if s.request.as_ref().is_some_and(|r| r.inflate) {
+                        in_request
+                    } else {
+                        0
+                    };
+                    let deflating = if s.request.as_ref().is_some_and(|r| !r.inflate) {
+                        in_request
+                    } else {
+                        0
+                    };
+                    // Pages being deflated are still counted by the driver's balloon.
+                    free + balloon + taken_for_inflate == m.guest_pages && deflating <= balloon
+                }
+            ),
+            Property::always(
+                "the device's pages are the driver's balloon, give or take the served request",
+                |m: &Self, s: &State| {
+                    (0..m.guest_pages).all(|p| {
+                        let page =
+                            Gfn::new(p >> (m.guest_page_shift - 12) << (m.guest_page_shift - 12));
+                        let mut expect = s.drv.is_ballooned(page);
+                        if let Some(r) = s.request.as_ref().filter(|r| r.used || r.acked) {
+                            if r.pfns().any(|q| q == p) {
+                                expect = r.inflate;
+                            }
                         }
-                    }
-                    s.dev.is_inflated(p) == expect
-                })
-            }),
-            Property::always("the guest never owns a discarded page", |m: &Self, s: &State| {
-                (0..m.guest_pages).all(|p| s.guest.free & (1 << p) == 0 || !s.dev.is_discarded(p))
-            }),
-            Property::always("no machine refuses an honest input", |_: &Self, s: &State| !s.refused),
-            Property::always("no deadlock: every final state is converged", |m: &Self, s: &State| {
-                has_successor(m, s) || Self::converged(s)
-            }),
-            Property::eventually("the balloon reaches the host's target", |_: &Self, s: &State| Self::converged(s)),
+                        s.dev.is_inflated(p) == expect
+                    })
+                }
+            ),
+            Property::always(
+                "the guest never owns a discarded page",
+                |m: &Self, s: &State| {
+                    (0..m.guest_pages)
+                        .all(|p| s.guest.free & (1 << p) == 0 || !s.dev.is_discarded(p))
+                }
+            ),
+            Property::always(
+                "no machine refuses an honest input",
+                |_: &Self, s: &State| !s.refused
+            ),
+            Property::always(
+                "no deadlock: every final state is converged",
+                |m: &Self, s: &State| { has_successor(m, s) || Self::converged(s) }
+            ),
+            Property::eventually(
+                "the balloon reaches the host's target",
+                |_: &Self, s: &State| Self::converged(s)
+            ),
         ]
     }
 }
@@ -308,27 +376,51 @@ fn large_pages() -> VirtioModel {
 }
 
 #[test]
-#[cfg_attr(miri, ignore = "exhaustive exploration is too slow under the interpreter; runs in the normal test stage")]
+#[cfg_attr(
+    miri,
+    ignore = "exhaustive exploration is too slow under the interpreter; runs in the normal test stage"
+)]
 fn virtio_pair_with_small_pages_conserves_pages_and_converges_in_every_interleaving() {
     let model = small_pages();
     let states = assert_acyclic(&model);
-    assert_eq!(check("virtio 4K guest / 8K host pages, 8 pages", model), states);
+    assert_eq!(
+        check("virtio 4K guest / 8K host pages, 8 pages", model),
+        states
+    );
 }
 
 #[test]
-#[cfg_attr(miri, ignore = "exhaustive exploration is too slow under the interpreter; runs in the normal test stage")]
+#[cfg_attr(
+    miri,
+    ignore = "exhaustive exploration is too slow under the interpreter; runs in the normal test stage"
+)]
 fn virtio_pair_with_large_pages_conserves_pages_and_converges_in_every_interleaving() {
     let model = large_pages();
     let states = assert_acyclic(&model);
-    assert_eq!(check("virtio 16K guest / 32K host pages, 16 pages", model), states);
+    assert_eq!(
+        check("virtio 16K guest / 32K host pages, 16 pages", model),
+        states
+    );
 }
 
 #[test]
-#[cfg_attr(miri, ignore = "exhaustive exploration is too slow under the interpreter; runs in the normal test stage")]
+#[cfg_attr(
+    miri,
+    ignore = "exhaustive exploration is too slow under the interpreter; runs in the normal test stage"
+)]
 fn the_virtio_checks_catch_early_reuse_and_a_deaf_driver() {
     let early = violations(small_pages().mutate(Mutation::ReuseBeforeAck));
-    assert!(early.contains(&"the guest never owns a discarded page"), "{early:?}");
+    assert!(
+        early.contains(&"the guest never owns a discarded page"),
+        "{early:?}"
+    );
     let deaf = violations(small_pages().mutate(Mutation::DeafDriver));
-    assert!(deaf.contains(&"the balloon reaches the host's target"), "{deaf:?}");
-    assert!(deaf.contains(&"no deadlock: every final state is converged"), "{deaf:?}");
+    assert!(
+        deaf.contains(&"the balloon reaches the host's target"),
+        "{deaf:?}"
+    );
+    assert!(
+        deaf.contains(&"no deadlock: every final state is converged"),
+        "{deaf:?}"
+    );
 }

@@ -110,10 +110,22 @@ fn domid(i: usize) -> DomId {
 }
 
 impl<const N: usize> XenModel<N> {
-    pub(super) fn new(total: u64, claim: u64, guests: [GuestSpec; N], mode: Mode, headroom: u64) -> Self {
+    pub(super) fn new(
+        total: u64,
+        claim: u64,
+        guests: [GuestSpec; N],
+        mode: Mode,
+        headroom: u64,
+    ) -> Self {
         let mut toolstack = Toolstack::new(mode, headroom);
         for (i, g) in guests.iter().enumerate() {
-            toolstack.add_domain(DomainBounds { domid: domid(i), dynamic_min: g.min, dynamic_max: g.max }).unwrap();
+            toolstack
+                .add_domain(DomainBounds {
+                    domid: domid(i),
+                    dynamic_min: g.min,
+                    dynamic_max: g.max,
+                })
+                .unwrap();
             for &d in g.demands {
                 toolstack.observe(domid(i), d).unwrap();
             }
@@ -121,13 +133,20 @@ impl<const N: usize> XenModel<N> {
         // The targets the policy settles on: its plan for a host where all
         // memory but the builder's claim is free, so no growth is capped.
         let mut empty: HostMemory<4> = HostMemory::new(total);
-        for i in 0..N {
-            empty.create_domain(domid(i), guests[i].max).unwrap();
+        for (i, g) in guests.iter().enumerate() {
+            empty.create_domain(domid(i), g.max).unwrap();
         }
         empty.admit(BUILDER, claim, claim).unwrap();
         let plan = toolstack.rebalance(&empty).unwrap();
         let finals = core::array::from_fn(|i| plan.target(domid(i)).unwrap());
-        Self { total, claim, guests, toolstack, finals, mutation: None }
+        Self {
+            total,
+            claim,
+            guests,
+            toolstack,
+            finals,
+            mutation: None,
+        }
     }
 
     fn mutate(mut self, m: Mutation) -> Self {
@@ -136,7 +155,10 @@ impl<const N: usize> XenModel<N> {
     }
 
     fn converged(&self, s: &State<N>) -> bool {
-        s.guests.iter().zip(&self.finals).all(|(g, &f)| g.driver.current_pages() == f && g.batch.is_none())
+        s.guests
+            .iter()
+            .zip(&self.finals)
+            .all(|(g, &f)| g.driver.current_pages() == f && g.batch.is_none())
             && s.written == self.finals
             && s.xenstore == [None; N]
             && s.host.domain(BUILDER).is_some_and(|d| d.outstanding == 0)
@@ -152,8 +174,16 @@ impl<const N: usize> Model for XenModel<N> {
         let guests = core::array::from_fn(|i| {
             let g = self.guests[i];
             host.create_domain(domid(i), g.max).unwrap();
-            assert_eq!(host.populate_physmap(domid(i), g.populated, 0), Ok(g.populated));
-            let config = DriverConfig::linux(GuestKind::Pv, g.physmap, g.populated, pages_to_kib(g.physmap).unwrap());
+            assert_eq!(
+                host.populate_physmap(domid(i), g.populated, 0),
+                Ok(g.populated)
+            );
+            let config = DriverConfig::linux(
+                GuestKind::Pv,
+                g.physmap,
+                g.populated,
+                pages_to_kib(g.physmap).unwrap(),
+            );
             Guest {
                 driver: BalloonDriver::new(config, [0; 1]).unwrap(),
                 frames: Frames((1 << g.populated) - 1),
@@ -164,14 +194,25 @@ impl<const N: usize> Model for XenModel<N> {
         });
         host.admit(BUILDER, self.claim, self.claim).unwrap();
         let written = core::array::from_fn(|i| self.guests[i].populated);
-        std::vec![State { host, guests, xenstore: [None; N], written, refused: false }]
+        std::vec![State {
+            host,
+            guests,
+            xenstore: [None; N],
+            written,
+            refused: false
+        }]
     }
 
     fn actions(&self, _: &State<N>, actions: &mut Vec<Action>) {
         actions.push(Action::Rebalance);
         actions.push(Action::Build);
         for i in 0..N {
-            actions.extend([Action::Watch(i), Action::Poll(i), Action::Hypercall(i), Action::Complete(i)]);
+            actions.extend([
+                Action::Watch(i),
+                Action::Poll(i),
+                Action::Hypercall(i),
+                Action::Complete(i),
+            ]);
         }
     }
 
@@ -210,7 +251,9 @@ impl<const N: usize> Model for XenModel<N> {
                     return None;
                 }
                 match g.driver.poll(&mut g.frames) {
-                    Ok(Step::Hypercall(r)) => g.batch = Some((r.op == MemoryOp::PopulatePhysmap, r.extents.len() as u64)),
+                    Ok(Step::Hypercall(r)) => {
+                        g.batch = Some((r.op == MemoryOp::PopulatePhysmap, r.extents.len() as u64))
+                    }
                     Ok(Step::Idle) => g.awake = false,
                     Ok(Step::Sleep { .. }) => {}
                     Err(_) => s.refused = true,
@@ -283,24 +326,46 @@ impl<const N: usize> Model for XenModel<N> {
                 });
                 books && guests
             }),
-            Property::always("no domain above its max, claims within free memory", |_: &Self, s: &State<N>| {
-                s.host.domains().all(|d| d.tot_pages <= d.max_pages) && s.host.outstanding_claims() <= s.host.free_pages()
-            }),
-            Property::always("the toolstack never promises more than the host has", |_: &Self, s: &State<N>| {
-                let promised: u64 = (0..N)
-                    .map(|i| s.written[i].saturating_sub(s.host.current_reservation(domid(i)).unwrap()))
-                    .sum();
-                promised <= s.host.unclaimed_free_pages()
-            }),
-            Property::always("no machine refuses an honest input", |_: &Self, s: &State<N>| !s.refused),
-            Property::always("settled domains are within their dynamic bounds", |m: &Self, s: &State<N>| {
-                !m.converged(s)
-                    || s.guests.iter().zip(&m.guests).all(|(g, spec)| (spec.min..=spec.max).contains(&g.driver.current_pages()))
-            }),
-            Property::always("no deadlock: every final state is converged", |m: &Self, s: &State<N>| {
-                has_successor(m, s) || m.converged(s)
-            }),
-            Property::eventually("every domain reaches its target", |m: &Self, s: &State<N>| m.converged(s)),
+            Property::always(
+                "no domain above its max, claims within free memory",
+                |_: &Self, s: &State<N>| {
+                    s.host.domains().all(|d| d.tot_pages <= d.max_pages)
+                        && s.host.outstanding_claims() <= s.host.free_pages()
+                }
+            ),
+            Property::always(
+                "the toolstack never promises more than the host has",
+                |_: &Self, s: &State<N>| {
+                    let promised: u64 = (0..N)
+                        .map(|i| {
+                            s.written[i]
+                                .saturating_sub(s.host.current_reservation(domid(i)).unwrap())
+                        })
+                        .sum();
+                    promised <= s.host.unclaimed_free_pages()
+                }
+            ),
+            Property::always(
+                "no machine refuses an honest input",
+                |_: &Self, s: &State<N>| !s.refused
+            ),
+            Property::always(
+                "settled domains are within their dynamic bounds",
+                |m: &Self, s: &State<N>| {
+                    !m.converged(s)
+                        || s.guests.iter().zip(&m.guests).all(|(g, spec)| {
+                            (spec.min..=spec.max).contains(&g.driver.current_pages())
+                        })
+                }
+            ),
+            Property::always(
+                "no deadlock: every final state is converged",
+                |m: &Self, s: &State<N>| { has_successor(m, s) || m.converged(s) }
+            ),
+            Property::eventually(
+                "every domain reaches its target",
+                |m: &Self, s: &State<N>| m.converged(s)
+            ),
         ]
     }
 }
@@ -311,8 +376,20 @@ fn reactive() -> XenModel<2> {
         16,
         2,
         [
-            GuestSpec { physmap: 10, populated: 8, min: 2, max: 10, demands: &[2] },
-            GuestSpec { physmap: 10, populated: 4, min: 2, max: 10, demands: &[7] },
+            GuestSpec {
+                physmap: 10,
+                populated: 8,
+                min: 2,
+                max: 10,
+                demands: &[2],
+            },
+            GuestSpec {
+                physmap: 10,
+                populated: 4,
+                min: 2,
+                max: 10,
+                demands: &[7],
+            },
         ],
         Mode::Reactive,
         1,
@@ -325,8 +402,20 @@ fn predictive() -> XenModel<2> {
         12,
         2,
         [
-            GuestSpec { physmap: 8, populated: 6, min: 2, max: 8, demands: &[6, 5, 4, 3] },
-            GuestSpec { physmap: 8, populated: 2, min: 2, max: 8, demands: &[2, 3, 4, 5] },
+            GuestSpec {
+                physmap: 8,
+                populated: 6,
+                min: 2,
+                max: 8,
+                demands: &[6, 5, 4, 3],
+            },
+            GuestSpec {
+                physmap: 8,
+                populated: 2,
+                min: 2,
+                max: 8,
+                demands: &[2, 3, 4, 5],
+            },
         ],
         Mode::Predictive { horizon: 1 },
         1,
@@ -339,9 +428,27 @@ fn three_guests() -> XenModel<3> {
         14,
         2,
         [
-            GuestSpec { physmap: 8, populated: 7, min: 1, max: 8, demands: &[1] },
-            GuestSpec { physmap: 6, populated: 2, min: 1, max: 6, demands: &[4] },
-            GuestSpec { physmap: 6, populated: 2, min: 1, max: 6, demands: &[5] },
+            GuestSpec {
+                physmap: 8,
+                populated: 7,
+                min: 1,
+                max: 8,
+                demands: &[1],
+            },
+            GuestSpec {
+                physmap: 6,
+                populated: 2,
+                min: 1,
+                max: 6,
+                demands: &[4],
+            },
+            GuestSpec {
+                physmap: 6,
+                populated: 2,
+                min: 1,
+                max: 6,
+                demands: &[5],
+            },
         ],
         Mode::Reactive,
         0,
@@ -357,38 +464,67 @@ fn the_policy_settles_on_targets_that_fit_the_pool() {
 }
 
 #[test]
-#[cfg_attr(miri, ignore = "exhaustive exploration is too slow under the interpreter; runs in the normal test stage")]
+#[cfg_attr(
+    miri,
+    ignore = "exhaustive exploration is too slow under the interpreter; runs in the normal test stage"
+)]
 fn xen_three_guests_conserve_memory_and_converge_in_every_interleaving() {
     let model = three_guests();
     let states = assert_acyclic(&model);
-    assert_eq!(check("xen reactive, 3 guests + claim, 14 pages", model), states);
+    assert_eq!(
+        check("xen reactive, 3 guests + claim, 14 pages", model),
+        states
+    );
 }
 
 #[test]
-#[cfg_attr(miri, ignore = "exhaustive exploration is too slow under the interpreter; runs in the normal test stage")]
+#[cfg_attr(
+    miri,
+    ignore = "exhaustive exploration is too slow under the interpreter; runs in the normal test stage"
+)]
 fn xen_reactive_policy_conserves_memory_and_converges_in_every_interleaving() {
     let model = reactive();
     let states = assert_acyclic(&model);
-    assert_eq!(check("xen reactive, 2 guests + claim, 16 pages", model), states);
+    assert_eq!(
+        check("xen reactive, 2 guests + claim, 16 pages", model),
+        states
+    );
 }
 
 #[test]
-#[cfg_attr(miri, ignore = "exhaustive exploration is too slow under the interpreter; runs in the normal test stage")]
+#[cfg_attr(
+    miri,
+    ignore = "exhaustive exploration is too slow under the interpreter; runs in the normal test stage"
+)]
 fn xen_predictive_policy_conserves_memory_and_converges_in_every_interleaving() {
     let model = predictive();
     let states = assert_acyclic(&model);
-    assert_eq!(check("xen predictive, 2 guests + claim, 12 pages", model), states);
+    assert_eq!(
+        check("xen predictive, 2 guests + claim, 12 pages", model),
+        states
+    );
 }
 
 #[test]
-#[cfg_attr(miri, ignore = "exhaustive exploration is too slow under the interpreter; runs in the normal test stage")]
+#[cfg_attr(
+    miri,
+    ignore = "exhaustive exploration is too slow under the interpreter; runs in the normal test stage"
+)]
 fn the_xen_checks_catch_a_leak_uncapped_growth_and_a_driver_that_stops_early() {
-    assert!(violations(reactive().mutate(Mutation::DecreaseLeaks)).contains(&"memory is conserved"));
+    assert!(
+        violations(reactive().mutate(Mutation::DecreaseLeaks)).contains(&"memory is conserved")
+    );
     assert!(
         violations(reactive().mutate(Mutation::UncappedGrowth))
             .contains(&"the toolstack never promises more than the host has")
     );
     let stuck = violations(reactive().mutate(Mutation::StopsAfterABatch));
-    assert!(stuck.contains(&"no deadlock: every final state is converged"), "{stuck:?}");
-    assert!(stuck.contains(&"every domain reaches its target"), "{stuck:?}");
+    assert!(
+        stuck.contains(&"no deadlock: every final state is converged"),
+        "{stuck:?}"
+    );
+    assert!(
+        stuck.contains(&"every domain reaches its target"),
+        "{stuck:?}"
+    );
 }

@@ -22,7 +22,9 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 use crate::virtio::features::Features;
 
 /// `struct virtio_balloon_config`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct BalloonConfig {
     /// Target balloon size in 4 KiB pages (device writes).
@@ -38,7 +40,10 @@ pub struct BalloonConfig {
 const_assert_eq!(core::mem::size_of::<BalloonConfig>(), 16);
 const_assert_eq!(core::mem::offset_of!(BalloonConfig, num_pages), 0x0);
 const_assert_eq!(core::mem::offset_of!(BalloonConfig, actual), 0x4);
-const_assert_eq!(core::mem::offset_of!(BalloonConfig, free_page_hint_cmd_id), 0x8);
+const_assert_eq!(
+    core::mem::offset_of!(BalloonConfig, free_page_hint_cmd_id),
+    0x8
+);
 const_assert_eq!(core::mem::offset_of!(BalloonConfig, poison_val), 0xC);
 
 /// Offset of `actual`.
@@ -84,10 +89,14 @@ impl fmt::Display for ConfigAccessError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::OutOfRange => f.write_str("access past the config space"),
-            Self::ReadOnly { offset } => write!(f, "config offset {offset:#x} is read-only for the driver"),
+            Self::ReadOnly { offset } => {
+                write!(f, "config offset {offset:#x} is read-only for the driver")
+            }
             Self::NotAWholeField => f.write_str("config writes must be one aligned 4-byte field"),
             Self::PoisonAfterDriverOk => f.write_str("poison_val written after DRIVER_OK"),
-            Self::ActualTooLarge { actual } => write!(f, "actual of {actual} pages is more than the guest has"),
+            Self::ActualTooLarge { actual } => {
+                write!(f, "actual of {actual} pages is more than the guest has")
+            }
         }
     }
 }

@@ -186,7 +186,10 @@ impl fmt::Display for SetTargetError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::AboveGuestMemory { pages, guest_pages } => {
-                write!(f, "target of {pages} pages is above the guest's {guest_pages}")
+                write!(
+                    f,
+                    "target of {pages} pages is above the guest's {guest_pages}"
+                )
             }
         }
     }
@@ -236,7 +239,9 @@ impl fmt::Display for RequestError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::NotRunning => f.write_str("DRIVER_OK is not set"),
-            Self::BadLength { len } => write!(f, "request of {len} bytes is not a whole number of PFNs"),
+            Self::BadLength { len } => {
+                write!(f, "request of {len} bytes is not a whole number of PFNs")
+            }
             Self::TooManyPfns { count } => write!(f, "request of {count} PFNs is above the limit"),
             Self::PfnOutOfRange { pfn } => write!(f, "PFN {pfn:#x} is past guest memory"),
             Self::AlreadyInflated { pfn } => write!(f, "PFN {pfn:#x} is already in the balloon"),
@@ -277,8 +282,13 @@ impl fmt::Display for ReportError {
             Self::NotNegotiated => f.write_str("PAGE_REPORTING was not negotiated"),
             Self::NotRunning => f.write_str("DRIVER_OK is not set"),
             Self::BadRangeCount => f.write_str("no range, or too many ranges"),
-            Self::BadRange { addr, len } => write!(f, "range {addr:#x}+{len:#x} is not whole guest pages in guest memory"),
-            Self::OverlapsBalloon { addr } => write!(f, "reported range at {addr:#x} overlaps the balloon"),
+            Self::BadRange { addr, len } => write!(
+                f,
+                "range {addr:#x}+{len:#x} is not whole guest pages in guest memory"
+            ),
+            Self::OverlapsBalloon { addr } => {
+                write!(f, "reported range at {addr:#x} overlaps the balloon")
+            }
         }
     }
 }
@@ -354,7 +364,11 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> BalloonDevice<S> {
             return Err(DeviceConfigError::BadFirstHintId);
         }
         let piece_shift = config.host_page_shift - PAGE_SHIFT;
-        let host_pages = if piece_shift == 0 { 0 } else { config.guest_pages.div_ceil(1 << piece_shift) };
+        let host_pages = if piece_shift == 0 {
+            0
+        } else {
+            config.guest_pages.div_ceil(1 << piece_shift)
+        };
         Ok(Self {
             config,
             status: Status::Reset,
@@ -363,7 +377,8 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> BalloonDevice<S> {
             actual: 0,
             poison_val: 0,
             piece_shift,
-            pieces: PageBitmap::new(pieces, config.guest_pages).map_err(DeviceConfigError::Storage)?,
+            pieces: PageBitmap::new(pieces, config.guest_pages)
+                .map_err(DeviceConfigError::Storage)?,
             host: PageBitmap::new(host, host_pages).map_err(DeviceConfigError::Storage)?,
             stats: Stats::default(),
             stats_held: false,
@@ -411,13 +426,21 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> BalloonDevice<S> {
     /// Host pages discarded (with 4 KiB host pages: the inflated pages).
     #[must_use]
     pub fn discarded_host_pages(&self) -> u64 {
-        if self.piece_shift == 0 { self.pieces.count() } else { self.host.count() }
+        if self.piece_shift == 0 {
+            self.pieces.count()
+        } else {
+            self.host.count()
+        }
     }
 
     /// Whether the host page holding `pfn` is discarded.
     #[must_use]
     pub fn is_discarded(&self, pfn: u64) -> bool {
-        if self.piece_shift == 0 { self.pieces.get(pfn) } else { self.host.get(pfn >> self.piece_shift) }
+        if self.piece_shift == 0 {
+            self.pieces.get(pfn)
+        } else {
+            self.host.get(pfn >> self.piece_shift)
+        }
     }
 
     /// The last statistics the guest reported.
@@ -523,9 +546,15 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> BalloonDevice<S> {
         use zerocopy::IntoBytes;
         let len = config_len(self.config.offered) as usize;
         let start = offset as usize;
-        let end = start.checked_add(out.len()).ok_or(ConfigAccessError::OutOfRange)?;
+        let end = start
+            .checked_add(out.len())
+            .ok_or(ConfigAccessError::OutOfRange)?;
         let config = self.config_bytes();
-        let bytes = config.as_bytes().get(..len).and_then(|b| b.get(start..end)).ok_or(ConfigAccessError::OutOfRange)?;
+        let bytes = config
+            .as_bytes()
+            .get(..len)
+            .and_then(|b| b.get(start..end))
+            .ok_or(ConfigAccessError::OutOfRange)?;
         out.copy_from_slice(bytes);
         Ok(())
     }
@@ -554,7 +583,11 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> BalloonDevice<S> {
                 self.actual = value;
                 Ok(())
             }
-            POISON_VAL_OFFSET if self.negotiated.contains(crate::virtio::Features::PAGE_POISON) => {
+            POISON_VAL_OFFSET
+                if self
+                    .negotiated
+                    .contains(crate::virtio::Features::PAGE_POISON) =>
+            {
                 if self.status == Status::Running {
                     return Err(ConfigAccessError::PoisonAfterDriverOk);
                 }
@@ -569,7 +602,10 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> BalloonDevice<S> {
     /// Decodes PFN `i` of a request buffer whose length was checked.
     #[inline]
     fn pfn_at(&self, buffer: &[u8], i: usize) -> u32 {
-        let raw = buffer.get(i * 4..i * 4 + 4).and_then(|b| <[u8; 4]>::try_from(b).ok()).unwrap_or([0xff; 4]);
+        let raw = buffer
+            .get(i * 4..i * 4 + 4)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .unwrap_or([0xff; 4]);
         if self.config.legacy_big_endian && !self.negotiated.contains(Features::VERSION_1) {
             u32::from_be_bytes(raw)
         } else {
@@ -601,7 +637,11 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> BalloonDevice<S> {
     /// [`RequestError::TooManyPfns`], [`RequestError::PfnOutOfRange`],
     /// [`RequestError::AlreadyInflated`], [`RequestError::Duplicate`]. The
     /// balloon is unchanged and nothing is emitted.
-    pub fn inflate(&mut self, buffer: &[u8], mut emit: impl FnMut(HostAction)) -> Result<(), RequestError> {
+    pub fn inflate(
+        &mut self,
+        buffer: &[u8],
+        mut emit: impl FnMut(HostAction),
+    ) -> Result<(), RequestError> {
         let count = self.check_request(buffer)?;
         // Pass 1: set each piece, catching range errors, pages already in
         // the balloon and repeats; undo on the first error.
@@ -614,7 +654,11 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> BalloonDevice<S> {
             if !self.pieces.set(u64::from(pfn)) {
                 let repeated = (0..i).any(|j| self.pfn_at(buffer, j) == pfn);
                 self.undo(buffer, i, false);
-                return Err(if repeated { RequestError::Duplicate { pfn } } else { RequestError::AlreadyInflated { pfn } });
+                return Err(if repeated {
+                    RequestError::Duplicate { pfn }
+                } else {
+                    RequestError::AlreadyInflated { pfn }
+                });
             }
         }
         // Pass 2: discard the host pages that are now whole.
@@ -644,7 +688,11 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> BalloonDevice<S> {
     /// [`RequestError::TooManyPfns`], [`RequestError::PfnOutOfRange`],
     /// [`RequestError::NotInflated`], [`RequestError::Duplicate`]. The
     /// balloon is unchanged and nothing is emitted.
-    pub fn deflate(&mut self, buffer: &[u8], mut emit: impl FnMut(HostAction)) -> Result<(), RequestError> {
+    pub fn deflate(
+        &mut self,
+        buffer: &[u8],
+        mut emit: impl FnMut(HostAction),
+    ) -> Result<(), RequestError> {
         let count = self.check_request(buffer)?;
         for i in 0..count {
             let pfn = self.pfn_at(buffer, i);
@@ -655,7 +703,11 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> BalloonDevice<S> {
             if !self.pieces.clear(u64::from(pfn)) {
                 let repeated = (0..i).any(|j| self.pfn_at(buffer, j) == pfn);
                 self.undo(buffer, i, true);
-                return Err(if repeated { RequestError::Duplicate { pfn } } else { RequestError::NotInflated { pfn } });
+                return Err(if repeated {
+                    RequestError::Duplicate { pfn }
+                } else {
+                    RequestError::NotInflated { pfn }
+                });
             }
         }
         let mut run: Option<Run> = None;
@@ -683,7 +735,13 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> BalloonDevice<S> {
     }
 
     #[inline]
-    fn extend(&self, run: &mut Option<Run>, hp: u64, emit: &mut impl FnMut(HostAction), discard: bool) {
+    fn extend(
+        &self,
+        run: &mut Option<Run>,
+        hp: u64,
+        emit: &mut impl FnMut(HostAction),
+        discard: bool,
+    ) {
         match run {
             Some(r) if r.first + r.len == hp => r.len += 1,
             _ => {
@@ -697,7 +755,11 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> BalloonDevice<S> {
         let Some(r) = run else { return };
         let first_pfn = r.first << self.piece_shift;
         let pages = (r.len << self.piece_shift).min(self.config.guest_pages - first_pfn);
-        emit(if discard { HostAction::Discard { first_pfn, pages } } else { HostAction::Reclaim { first_pfn, pages } });
+        emit(if discard {
+            HostAction::Discard { first_pfn, pages }
+        } else {
+            HostAction::Reclaim { first_pfn, pages }
+        });
     }
 
     /// The driver posted a stats buffer. Returns the statistics it carried
@@ -803,7 +865,8 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> BalloonDevice<S> {
         let Ok(&raw) = <&[u8; 4]>::try_from(buffer) else {
             return Err(HintError::BadLength { len: buffer.len() });
         };
-        let id = if self.config.legacy_big_endian && !self.negotiated.contains(Features::VERSION_1) {
+        let id = if self.config.legacy_big_endian && !self.negotiated.contains(Features::VERSION_1)
+        {
             u32::from_be_bytes(raw)
         } else {
             u32::from_le_bytes(raw)
@@ -824,11 +887,17 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> BalloonDevice<S> {
         if self.status != Status::Running {
             return Err(HintError::NotRunning);
         }
-        let (first_pfn, pages) = self.page_range(addr, len).ok_or(HintError::BadRange { addr, len })?;
+        let (first_pfn, pages) = self
+            .page_range(addr, len)
+            .ok_or(HintError::BadRange { addr, len })?;
         if self.pieces.any_set(first_pfn, pages) {
             return Err(HintError::OverlapsBalloon { addr });
         }
-        Ok(if self.hint.accepts_hints() { HintOutcome::Hinted { first_pfn, pages } } else { HintOutcome::Ignored })
+        Ok(if self.hint.accepts_hints() {
+            HintOutcome::Hinted { first_pfn, pages }
+        } else {
+            HintOutcome::Ignored
+        })
     }
 
     /// Whole 4 KiB pages of guest memory covered by `addr..addr + len`.
@@ -849,7 +918,11 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> BalloonDevice<S> {
     /// # Errors
     ///
     /// Every [`ReportError`] variant; nothing is emitted.
-    pub fn report(&mut self, ranges: &[(u64, u64)], mut emit: impl FnMut(HostAction)) -> Result<(), ReportError> {
+    pub fn report(
+        &mut self,
+        ranges: &[(u64, u64)],
+        mut emit: impl FnMut(HostAction),
+    ) -> Result<(), ReportError> {
         if !self.negotiated.contains(Features::PAGE_REPORTING) {
             return Err(ReportError::NotNegotiated);
         }
@@ -860,7 +933,9 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> BalloonDevice<S> {
             return Err(ReportError::BadRangeCount);
         }
         for &(addr, len) in ranges {
-            let (first, pages) = self.page_range(addr, len).ok_or(ReportError::BadRange { addr, len })?;
+            let (first, pages) = self
+                .page_range(addr, len)
+                .ok_or(ReportError::BadRange { addr, len })?;
             if self.pieces.any_set(first, pages) {
                 return Err(ReportError::OverlapsBalloon { addr });
             }

@@ -107,7 +107,10 @@ impl fmt::Display for DriverError {
             Self::NoRequest => f.write_str("no request is in flight"),
             Self::DeflateOnOomNotNegotiated => f.write_str("DEFLATE_ON_OOM was not negotiated"),
             Self::BalloonEmpty => f.write_str("the balloon is empty"),
-            Self::BadGuestPage { gfn } => write!(f, "the guest allocator gave {gfn}, which cannot be ballooned"),
+            Self::BadGuestPage { gfn } => write!(
+                f,
+                "the guest allocator gave {gfn}, which cannot be ballooned"
+            ),
         }
     }
 }
@@ -202,7 +205,8 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> BalloonDriver<S> {
             negotiated,
             piece_shift,
             guest_pages,
-            balloon: PageBitmap::new(storage, guest_pages >> piece_shift).map_err(DriverConfigError::Storage)?,
+            balloon: PageBitmap::new(storage, guest_pages >> piece_shift)
+                .map_err(DriverConfigError::Storage)?,
             target: 0,
             in_flight: None,
             pages: [0; MAX_PFNS_PER_REQUEST],
@@ -257,7 +261,8 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> BalloonDriver<S> {
     pub fn config_changed(&mut self, num_pages: u32) {
         let per = 1u64 << self.piece_shift;
         let wanted = u64::from(num_pages).min(self.guest_pages);
-        self.target = (wanted.div_ceil(per) * per).min(self.guest_pages >> self.piece_shift << self.piece_shift);
+        self.target = (wanted.div_ceil(per) * per)
+            .min(self.guest_pages >> self.piece_shift << self.piece_shift);
     }
 
     /// One step toward the target: at most one request.
@@ -280,7 +285,10 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> BalloonDriver<S> {
                 let ok = gfn.get() % per as u64 == 0
                     && gfn.get() < self.guest_pages
                     && !self.balloon.get(gfn.get() >> self.piece_shift)
-                    && !self.pages.get(..self.npages).is_some_and(|p| p.contains(&(gfn.get() as u32)));
+                    && !self
+                        .pages
+                        .get(..self.npages)
+                        .is_some_and(|p| p.contains(&(gfn.get() as u32)));
                 if !ok {
                     guest.free_page(gfn);
                     for &p in self.pages.get(..self.npages).unwrap_or(&[]) {
@@ -326,11 +334,17 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> BalloonDriver<S> {
         self.take_from_balloon(OOM_DEFLATE_PAGES >> self.piece_shift, Request::Deflate)
     }
 
-    fn take_from_balloon(&mut self, want: usize, kind: Request) -> Result<DriverStep<'_>, DriverError> {
+    fn take_from_balloon(
+        &mut self,
+        want: usize,
+        kind: Request,
+    ) -> Result<DriverStep<'_>, DriverError> {
         self.npages = 0;
         let mut from = 0;
         while self.npages < want {
-            let Some(page) = self.balloon.first_set_from(from) else { break };
+            let Some(page) = self.balloon.first_set_from(from) else {
+                break;
+            };
             if let Some(slot) = self.pages.get_mut(self.npages) {
                 *slot = (page << self.piece_shift) as u32;
             }
@@ -404,7 +418,9 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> BalloonDriver<S> {
         }
         let mask = stats.tag_mask();
         if self.stats_mask.is_some_and(|m| m != mask) {
-            return Err(StatsError::BadLength { len: stats.encoded_len() });
+            return Err(StatsError::BadLength {
+                len: stats.encoded_len(),
+            });
         }
         let n = stats.encode(out)?;
         self.stats_mask = Some(mask);
@@ -412,7 +428,6 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> BalloonDriver<S> {
     }
 
     /// The device changed `free_page_hint_cmd_id` to `id`.
-    #[must_use]
     pub fn hint_config(&mut self, id: u32) -> HintStep {
         if !self.negotiated.contains(Features::FREE_PAGE_HINT) {
             return HintStep::Nothing;

@@ -59,7 +59,13 @@ pub enum Queue {
 
 impl Queue {
     /// Every queue, in spec order.
-    pub const ALL: [Self; 5] = [Self::Inflate, Self::Deflate, Self::Stats, Self::FreePage, Self::Reporting];
+    pub const ALL: [Self; 5] = [
+        Self::Inflate,
+        Self::Deflate,
+        Self::Stats,
+        Self::FreePage,
+        Self::Reporting,
+    ];
 
     /// The spec's index of the queue (which implementations do not use).
     #[must_use]
@@ -96,7 +102,9 @@ impl QueueLayout {
     /// The layout for `negotiated` features.
     #[must_use]
     pub const fn new(negotiated: Features) -> Self {
-        Self { features: negotiated }
+        Self {
+            features: negotiated,
+        }
     }
 
     /// The number of queues.
@@ -117,14 +125,23 @@ impl QueueLayout {
         if !self.exists(queue) {
             return None;
         }
-        Some(Queue::ALL.iter().take_while(|q| **q != queue).filter(|q| self.exists(**q)).count() as u16)
+        Some(
+            Queue::ALL
+                .iter()
+                .take_while(|q| **q != queue)
+                .filter(|q| self.exists(**q))
+                .count() as u16,
+        )
     }
 
     /// The queue with number `index`, or `None` (a guest may notify any
     /// number).
     #[must_use]
     pub fn queue(&self, index: u16) -> Option<Queue> {
-        Queue::ALL.into_iter().filter(|q| self.exists(*q)).nth(usize::from(index))
+        Queue::ALL
+            .into_iter()
+            .filter(|q| self.exists(*q))
+            .nth(usize::from(index))
     }
 }
 
@@ -154,7 +171,9 @@ pub enum NegotiationError {
 impl fmt::Display for NegotiationError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::NotOffered { bits } => write!(f, "the driver accepted bits not offered: {bits:?}"),
+            Self::NotOffered { bits } => {
+                write!(f, "the driver accepted bits not offered: {bits:?}")
+            }
             Self::MustTellHostDeclined => f.write_str("the driver declined MUST_TELL_HOST"),
             Self::AlreadyNegotiated => f.write_str("features are already negotiated"),
         }

@@ -74,9 +74,17 @@ impl fmt::Display for HintError {
             Self::NotRunning => f.write_str("DRIVER_OK is not set"),
             Self::RoundActive => f.write_str("a hinting round is in progress"),
             Self::BadLength { len } => write!(f, "command buffer of {len} bytes, 4 expected"),
-            Self::OutOfSequence { got, current } => write!(f, "command id {got:#x} out of sequence (config holds {current:#x})"),
-            Self::BadRange { addr, len } => write!(f, "hinted range {addr:#x}+{len:#x} is not whole guest pages in guest memory"),
-            Self::OverlapsBalloon { addr } => write!(f, "hinted range at {addr:#x} overlaps the balloon"),
+            Self::OutOfSequence { got, current } => write!(
+                f,
+                "command id {got:#x} out of sequence (config holds {current:#x})"
+            ),
+            Self::BadRange { addr, len } => write!(
+                f,
+                "hinted range {addr:#x}+{len:#x} is not whole guest pages in guest memory"
+            ),
+            Self::OverlapsBalloon { addr } => {
+                write!(f, "hinted range at {addr:#x} overlaps the balloon")
+            }
         }
     }
 }
@@ -136,7 +144,9 @@ impl HintRound {
     pub(crate) fn driver_sends(&mut self, id: u32) -> Result<(), HintError> {
         let next = match (self.phase, id) {
             (Phase::Active(_) | Phase::Stopping(_), CMD_ID_STOP) => Phase::Idle,
-            (Phase::Requested(want), got) if got == want && got == self.config_id => Phase::Active(got),
+            (Phase::Requested(want), got) if got == want && got == self.config_id => {
+                Phase::Active(got)
+            }
             _ => {
                 return Err(HintError::OutOfSequence {
                     got: id,

@@ -11,7 +11,19 @@ use zerocopy::little_endian::{U16, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 /// One packed statistics entry.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    Immutable,
+    KnownLayout,
+    Unaligned,
+)]
 #[repr(C, packed)]
 pub struct StatEntry {
     /// The tag.
@@ -164,7 +176,10 @@ impl Stats {
         let Some(out) = out.get_mut(..len) else {
             return Err(StatsError::BufferTooSmall { needed: len });
         };
-        let set = StatTag::ALL.iter().zip(&self.values).filter_map(|(t, v)| v.map(|v| (*t, v)));
+        let set = StatTag::ALL
+            .iter()
+            .zip(&self.values)
+            .filter_map(|(t, v)| v.map(|v| (*t, v)));
         for (chunk, (tag, val)) in out.chunks_exact_mut(STAT_ENTRY_SIZE).zip(set) {
             let entry = StatEntry {
                 tag: U16::new(tag as u16),
@@ -178,7 +193,11 @@ impl Stats {
     /// Which tags are set, as a bit mask (bit `tag`).
     #[must_use]
     pub fn tag_mask(&self) -> u16 {
-        self.values.iter().enumerate().filter(|(_, v)| v.is_some()).fold(0, |m, (i, _)| m | (1 << i))
+        self.values
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.is_some())
+            .fold(0, |m, (i, _)| m | (1 << i))
     }
 }
 
@@ -214,7 +233,10 @@ pub enum StatsError {
 impl fmt::Display for StatsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::BadLength { len } => write!(f, "stats buffer of {len} bytes is not a whole number of 10-byte entries"),
+            Self::BadLength { len } => write!(
+                f,
+                "stats buffer of {len} bytes is not a whole number of 10-byte entries"
+            ),
             Self::TooLarge { len } => write!(f, "stats buffer of {len} bytes is above the cap"),
             Self::BufferTooSmall { needed } => write!(f, "stats need {needed} bytes"),
             Self::NotNegotiated => f.write_str("STATS_VQ was not negotiated"),

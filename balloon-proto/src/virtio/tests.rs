@@ -14,10 +14,12 @@ use proptest::prelude::*;
 use crate::GuestPages;
 use crate::virtio::config::{ConfigAccessError, config_len};
 use crate::virtio::device::{
-    BalloonDevice, DeviceConfig, HintOutcome, HostAction, ReportError, RequestError, SetTargetError,
-    host_page_storage_words, piece_storage_words,
+    BalloonDevice, DeviceConfig, HintOutcome, HostAction, ReportError, RequestError,
+    SetTargetError, host_page_storage_words, piece_storage_words,
 };
-use crate::virtio::driver::{BalloonDriver, DriverError, DriverStep, HintStep, driver_storage_words};
+use crate::virtio::driver::{
+    BalloonDriver, DriverError, DriverStep, HintStep, driver_storage_words,
+};
 use crate::virtio::features::{
     DEVICE_ID, Features, GuestPoisoning, NegotiationError, Queue, QueueLayout, driver_accepts,
 };
@@ -57,7 +59,12 @@ pub(crate) fn pfns(list: &[u32]) -> Vec<u8> {
 fn collect(d: &mut Dev, inflate: bool, list: &[u32]) -> Result<Vec<HostAction>, RequestError> {
     let mut out = Vec::new();
     let buffer = pfns(list);
-    if inflate { d.inflate(&buffer, |a| out.push(a)) } else { d.deflate(&buffer, |a| out.push(a)) }.map(|()| out)
+    if inflate {
+        d.inflate(&buffer, |a| out.push(a))
+    } else {
+        d.deflate(&buffer, |a| out.push(a))
+    }
+    .map(|()| out)
 }
 
 #[test]
@@ -80,8 +87,12 @@ fn feature_bits_and_device_id_match_the_spec() {
 
 #[test]
 fn queues_are_numbered_compactly_from_the_negotiated_features() {
-    let all = QueueLayout::new(Features::STATS_VQ | Features::FREE_PAGE_HINT | Features::PAGE_REPORTING);
-    assert_eq!(Queue::ALL.map(|q| all.index(q)), [Some(0), Some(1), Some(2), Some(3), Some(4)]);
+    let all =
+        QueueLayout::new(Features::STATS_VQ | Features::FREE_PAGE_HINT | Features::PAGE_REPORTING);
+    assert_eq!(
+        Queue::ALL.map(|q| all.index(q)),
+        [Some(0), Some(1), Some(2), Some(3), Some(4)]
+    );
     let reporting_only = QueueLayout::new(Features::PAGE_REPORTING | Features::VERSION_1);
     assert_eq!(reporting_only.index(Queue::Reporting), Some(2));
     assert_eq!(reporting_only.index(Queue::Stats), None);
@@ -98,10 +109,15 @@ fn queues_are_numbered_compactly_from_the_negotiated_features() {
 fn negotiation_refuses_unoffered_bits_and_a_declined_must_tell_host_when_required() {
     let offered = Features::MUST_TELL_HOST | Features::STATS_VQ;
     let mut d = device(offered, 64, 12);
-    assert_eq!(d.driver_ok(), Err(crate::virtio::device::StatusError::FeaturesNotNegotiated));
+    assert_eq!(
+        d.driver_ok(),
+        Err(crate::virtio::device::StatusError::FeaturesNotNegotiated)
+    );
     assert_eq!(
         d.negotiate(Features::PAGE_POISON | Features::STATS_VQ),
-        Err(NegotiationError::NotOffered { bits: Features::PAGE_POISON })
+        Err(NegotiationError::NotOffered {
+            bits: Features::PAGE_POISON
+        })
     );
     let mut strict = BalloonDevice::new(
         DeviceConfig {
@@ -116,18 +132,34 @@ fn negotiation_refuses_unoffered_bits_and_a_declined_must_tell_host_when_require
         vec![],
     )
     .unwrap();
-    assert_eq!(strict.negotiate(Features::STATS_VQ), Err(NegotiationError::MustTellHostDeclined));
+    assert_eq!(
+        strict.negotiate(Features::STATS_VQ),
+        Err(NegotiationError::MustTellHostDeclined)
+    );
     assert_eq!(d.negotiate(Features::STATS_VQ), Ok(Features::STATS_VQ));
-    assert_eq!(d.negotiate(Features::STATS_VQ), Err(NegotiationError::AlreadyNegotiated));
+    assert_eq!(
+        d.negotiate(Features::STATS_VQ),
+        Err(NegotiationError::AlreadyNegotiated)
+    );
 }
 
 #[test]
 fn a_linux_driver_filters_poison_reporting_and_access_platform() {
     let offered = Features::all();
-    let plain = GuestPoisoning { poisons_free_pages: false };
-    let poisoning = GuestPoisoning { poisons_free_pages: true };
-    assert_eq!(driver_accepts(offered, plain), Features::all() - Features::PAGE_POISON - Features::ACCESS_PLATFORM);
-    assert_eq!(driver_accepts(offered, poisoning), Features::all() - Features::ACCESS_PLATFORM);
+    let plain = GuestPoisoning {
+        poisons_free_pages: false,
+    };
+    let poisoning = GuestPoisoning {
+        poisons_free_pages: true,
+    };
+    assert_eq!(
+        driver_accepts(offered, plain),
+        Features::all() - Features::PAGE_POISON - Features::ACCESS_PLATFORM
+    );
+    assert_eq!(
+        driver_accepts(offered, poisoning),
+        Features::all() - Features::ACCESS_PLATFORM
+    );
     let no_poison = Features::PAGE_REPORTING | Features::VERSION_1;
     assert_eq!(driver_accepts(no_poison, poisoning), Features::VERSION_1);
     assert_eq!(driver_accepts(no_poison, plain), no_poison);
@@ -137,14 +169,20 @@ fn a_linux_driver_filters_poison_reporting_and_access_platform() {
 fn config_space_is_little_endian_and_sized_by_the_offer() {
     assert_eq!(config_len(Features::empty()), 8);
     assert_eq!(config_len(Features::FREE_PAGE_HINT), 12);
-    assert_eq!(config_len(Features::FREE_PAGE_HINT | Features::PAGE_POISON), 16);
+    assert_eq!(
+        config_len(Features::FREE_PAGE_HINT | Features::PAGE_POISON),
+        16
+    );
     let mut d = running(Features::FREE_PAGE_HINT, 0x2_0000, 12);
     let _ = d.set_num_pages(0x1_0203).unwrap();
     let mut out = [0u8; 12];
     d.read_config(0, &mut out).unwrap();
     assert_eq!(out[..4], [0x03, 0x02, 0x01, 0x00]);
     let mut past = [0u8; 4];
-    assert_eq!(d.read_config(12, &mut past), Err(ConfigAccessError::OutOfRange));
+    assert_eq!(
+        d.read_config(12, &mut past),
+        Err(ConfigAccessError::OutOfRange)
+    );
 }
 
 #[test]
@@ -155,13 +193,34 @@ fn the_driver_may_write_only_actual_and_poison_before_driver_ok() {
     d.write_config(0xC, &0xaaaa_aaaa_u32.to_le_bytes()).unwrap();
     d.driver_ok().unwrap();
     let before = d.clone();
-    assert_eq!(d.write_config(0xC, &[0; 4]), Err(ConfigAccessError::PoisonAfterDriverOk));
-    assert_eq!(d.write_config(0, &[0; 4]), Err(ConfigAccessError::ReadOnly { offset: 0 }));
-    assert_eq!(d.write_config(8, &[0; 4]), Err(ConfigAccessError::ReadOnly { offset: 8 }));
-    assert_eq!(d.write_config(4, &[0; 2]), Err(ConfigAccessError::NotAWholeField));
-    assert_eq!(d.write_config(5, &[0; 4]), Err(ConfigAccessError::NotAWholeField));
-    assert_eq!(d.write_config(14, &[0; 4]), Err(ConfigAccessError::OutOfRange));
-    assert_eq!(d.write_config(4, &2000u32.to_le_bytes()), Err(ConfigAccessError::ActualTooLarge { actual: 2000 }));
+    assert_eq!(
+        d.write_config(0xC, &[0; 4]),
+        Err(ConfigAccessError::PoisonAfterDriverOk)
+    );
+    assert_eq!(
+        d.write_config(0, &[0; 4]),
+        Err(ConfigAccessError::ReadOnly { offset: 0 })
+    );
+    assert_eq!(
+        d.write_config(8, &[0; 4]),
+        Err(ConfigAccessError::ReadOnly { offset: 8 })
+    );
+    assert_eq!(
+        d.write_config(4, &[0; 2]),
+        Err(ConfigAccessError::NotAWholeField)
+    );
+    assert_eq!(
+        d.write_config(5, &[0; 4]),
+        Err(ConfigAccessError::NotAWholeField)
+    );
+    assert_eq!(
+        d.write_config(14, &[0; 4]),
+        Err(ConfigAccessError::OutOfRange)
+    );
+    assert_eq!(
+        d.write_config(4, &2000u32.to_le_bytes()),
+        Err(ConfigAccessError::ActualTooLarge { actual: 2000 })
+    );
     assert_eq!(d, before);
     d.write_config(4, &10u32.to_le_bytes()).unwrap();
     assert_eq!(d.actual(), 10);
@@ -170,7 +229,13 @@ fn the_driver_may_write_only_actual_and_poison_before_driver_ok() {
 #[test]
 fn a_target_above_guest_memory_is_refused() {
     let mut d = running(Features::empty(), 1024, 12);
-    assert_eq!(d.set_num_pages(1025), Err(SetTargetError::AboveGuestMemory { pages: 1025, guest_pages: 1024 }));
+    assert_eq!(
+        d.set_num_pages(1025),
+        Err(SetTargetError::AboveGuestMemory {
+            pages: 1025,
+            guest_pages: 1024
+        })
+    );
     assert_eq!(d.num_pages(), 0);
 }
 
@@ -191,14 +256,24 @@ fn double_inflate_unknown_deflate_out_of_range_and_repeats_are_refused_and_chang
         (true, &[4, 64], RequestError::PfnOutOfRange { pfn: 64 }),
         (false, &[1, 9], RequestError::NotInflated { pfn: 9 }),
         (false, &[1, 1], RequestError::Duplicate { pfn: 1 }),
-        (false, &[u32::MAX], RequestError::PfnOutOfRange { pfn: u32::MAX }),
+        (
+            false,
+            &[u32::MAX],
+            RequestError::PfnOutOfRange { pfn: u32::MAX },
+        ),
     ];
     for (inflate, list, err) in cases {
         assert_eq!(collect(&mut d, inflate, list), Err(err));
         assert_eq!(d, before);
     }
-    assert_eq!(d.inflate(&[0; 5], |_| {}), Err(RequestError::BadLength { len: 5 }));
-    assert_eq!(d.inflate(&[0; 257 * 4], |_| {}), Err(RequestError::TooManyPfns { count: 257 }));
+    assert_eq!(
+        d.inflate(&[0; 5], |_| {}),
+        Err(RequestError::BadLength { len: 5 })
+    );
+    assert_eq!(
+        d.inflate(&[0; 257 * 4], |_| {}),
+        Err(RequestError::TooManyPfns { count: 257 })
+    );
     assert_eq!(d, before);
 }
 
@@ -208,12 +283,27 @@ fn four_kib_host_pages_are_discarded_and_reclaimed_in_contiguous_runs() {
     assert_eq!(
         collect(&mut d, true, &[5, 6, 7, 20, 8]).unwrap(),
         [
-            HostAction::Discard { first_pfn: 5, pages: 3 },
-            HostAction::Discard { first_pfn: 20, pages: 1 },
-            HostAction::Discard { first_pfn: 8, pages: 1 },
+            HostAction::Discard {
+                first_pfn: 5,
+                pages: 3
+            },
+            HostAction::Discard {
+                first_pfn: 20,
+                pages: 1
+            },
+            HostAction::Discard {
+                first_pfn: 8,
+                pages: 1
+            },
         ]
     );
-    assert_eq!(collect(&mut d, false, &[6, 7]).unwrap(), [HostAction::Reclaim { first_pfn: 6, pages: 2 }]);
+    assert_eq!(
+        collect(&mut d, false, &[6, 7]).unwrap(),
+        [HostAction::Reclaim {
+            first_pfn: 6,
+            pages: 2
+        }]
+    );
     assert_eq!(d.inflated_pages(), 3);
 }
 
@@ -223,13 +313,37 @@ fn a_host_page_is_discarded_only_when_every_piece_is_inflated_across_requests() 
     let mut d = running(Features::empty(), 64, 14);
     assert_eq!(collect(&mut d, true, &[0, 1, 9]).unwrap(), []);
     assert_eq!(collect(&mut d, true, &[8, 2]).unwrap(), []);
-    assert_eq!(collect(&mut d, true, &[3, 10, 11]).unwrap(), [HostAction::Discard { first_pfn: 0, pages: 4 }, HostAction::Discard { first_pfn: 8, pages: 4 }]);
+    assert_eq!(
+        collect(&mut d, true, &[3, 10, 11]).unwrap(),
+        [
+            HostAction::Discard {
+                first_pfn: 0,
+                pages: 4
+            },
+            HostAction::Discard {
+                first_pfn: 8,
+                pages: 4
+            }
+        ]
+    );
     assert!(d.is_discarded(2) && !d.is_discarded(4));
     assert_eq!(d.discarded_host_pages(), 2);
     // The first piece deflated hands the host page back; later ones do not.
-    assert_eq!(collect(&mut d, false, &[1]).unwrap(), [HostAction::Reclaim { first_pfn: 0, pages: 4 }]);
+    assert_eq!(
+        collect(&mut d, false, &[1]).unwrap(),
+        [HostAction::Reclaim {
+            first_pfn: 0,
+            pages: 4
+        }]
+    );
     assert_eq!(collect(&mut d, false, &[2, 3]).unwrap(), []);
-    assert_eq!(collect(&mut d, true, &[1, 2, 3]).unwrap(), [HostAction::Discard { first_pfn: 0, pages: 4 }]);
+    assert_eq!(
+        collect(&mut d, true, &[1, 2, 3]).unwrap(),
+        [HostAction::Discard {
+            first_pfn: 0,
+            pages: 4
+        }]
+    );
 }
 
 #[test]
@@ -244,24 +358,49 @@ fn reset_gives_the_guest_back_all_its_memory() {
     let mut d = running(Features::STATS_VQ, 64, 12);
     let _ = collect(&mut d, true, &[1, 2]).unwrap();
     d.reset();
-    assert_eq!((d.inflated_pages(), d.is_running(), d.negotiated()), (0, false, Features::empty()));
+    assert_eq!(
+        (d.inflated_pages(), d.is_running(), d.negotiated()),
+        (0, false, Features::empty())
+    );
 }
 
 fn stats_bytes(entries: &[(u16, u64)]) -> Vec<u8> {
-    entries.iter().flat_map(|(t, v)| t.to_le_bytes().into_iter().chain(v.to_le_bytes())).collect()
+    entries
+        .iter()
+        .flat_map(|(t, v)| t.to_le_bytes().into_iter().chain(v.to_le_bytes()))
+        .collect()
 }
 
 #[test]
 fn stats_entries_are_ten_bytes_unknown_tags_ignored_and_one_buffer_outstanding() {
     let mut d = running(Features::STATS_VQ | Features::VERSION_1, 64, 12);
-    let stats = d.stats_buffer(&stats_bytes(&[(5, 4096), (99, 7), (6, 1024)])).unwrap().unwrap();
-    assert_eq!((stats.get(StatTag::MemTot), stats.get(StatTag::Avail), stats.get(StatTag::SwapIn)), (Some(4096), Some(1024), None));
-    assert_eq!(d.stats_buffer(&stats_bytes(&[(5, 1)])), Err(StatsError::AlreadyHeld));
+    let stats = d
+        .stats_buffer(&stats_bytes(&[(5, 4096), (99, 7), (6, 1024)]))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            stats.get(StatTag::MemTot),
+            stats.get(StatTag::Avail),
+            stats.get(StatTag::SwapIn)
+        ),
+        (Some(4096), Some(1024), None)
+    );
+    assert_eq!(
+        d.stats_buffer(&stats_bytes(&[(5, 1)])),
+        Err(StatsError::AlreadyHeld)
+    );
     d.request_stats().unwrap();
     assert_eq!(d.request_stats(), Err(StatsError::NoneHeld));
     // A buffer of 6-byte entries (the spec erratum) is refused.
-    assert_eq!(d.stats_buffer(&[0; 12]), Err(StatsError::BadLength { len: 12 }));
-    assert_eq!(d.stats_buffer(&vec![0; 2570]), Err(StatsError::TooLarge { len: 2570 }));
+    assert_eq!(
+        d.stats_buffer(&[0; 12]),
+        Err(StatsError::BadLength { len: 12 })
+    );
+    assert_eq!(
+        d.stats_buffer(&vec![0; 2570]),
+        Err(StatsError::TooLarge { len: 2570 })
+    );
     // A stale value never survives a new buffer.
     let stats = d.stats_buffer(&stats_bytes(&[(6, 2048)])).unwrap().unwrap();
     assert_eq!(stats.get(StatTag::MemTot), None);
@@ -286,18 +425,42 @@ fn hinting_answers_each_id_once_then_stop_and_ignores_old_ids() {
     assert_eq!((id, d.hint_cmd_id()), (2, 2));
     assert_eq!(d.start_hinting(), Err(HintError::RoundActive));
     assert_eq!(d.hint_pages(0, 4096), Ok(HintOutcome::Ignored));
-    assert_eq!(d.hint_command(&7u32.to_le_bytes()), Err(HintError::OutOfSequence { got: 7, current: 2 }));
-    assert_eq!(d.hint_command(&[2, 0]), Err(HintError::BadLength { len: 2 }));
+    assert_eq!(
+        d.hint_command(&7u32.to_le_bytes()),
+        Err(HintError::OutOfSequence { got: 7, current: 2 })
+    );
+    assert_eq!(
+        d.hint_command(&[2, 0]),
+        Err(HintError::BadLength { len: 2 })
+    );
     d.hint_command(&2u32.to_le_bytes()).unwrap();
-    assert_eq!(d.hint_command(&2u32.to_le_bytes()), Err(HintError::OutOfSequence { got: 2, current: 2 }));
-    assert_eq!(d.hint_pages(0x1000, 0x2000), Ok(HintOutcome::Hinted { first_pfn: 1, pages: 2 }));
-    assert_eq!(d.hint_pages(0x1001, 0x1000), Err(HintError::BadRange { addr: 0x1001, len: 0x1000 }));
+    assert_eq!(
+        d.hint_command(&2u32.to_le_bytes()),
+        Err(HintError::OutOfSequence { got: 2, current: 2 })
+    );
+    assert_eq!(
+        d.hint_pages(0x1000, 0x2000),
+        Ok(HintOutcome::Hinted {
+            first_pfn: 1,
+            pages: 2
+        })
+    );
+    assert_eq!(
+        d.hint_pages(0x1001, 0x1000),
+        Err(HintError::BadRange {
+            addr: 0x1001,
+            len: 0x1000
+        })
+    );
     // The device stops the round: later hints are ignored, the driver's STOP ends it.
     let _ = d.stop_hinting().unwrap();
     assert_eq!(d.hint_pages(0x1000, 0x1000), Ok(HintOutcome::Ignored));
     assert_eq!(d.start_hinting(), Err(HintError::RoundActive));
     d.hint_command(&0u32.to_le_bytes()).unwrap();
-    assert_eq!(d.hint_command(&0u32.to_le_bytes()), Err(HintError::OutOfSequence { got: 0, current: 0 }));
+    assert_eq!(
+        d.hint_command(&0u32.to_le_bytes()),
+        Err(HintError::OutOfSequence { got: 0, current: 0 })
+    );
     assert_eq!(d.start_hinting(), Ok(3));
 }
 
@@ -308,20 +471,48 @@ fn hinted_or_reported_pages_must_not_overlap_the_balloon() {
     let _ = collect(&mut d, true, &[300]).unwrap();
     let _ = d.start_hinting().unwrap();
     d.hint_command(&2u32.to_le_bytes()).unwrap();
-    assert_eq!(d.hint_pages(0, 1024 * 4096), Err(HintError::OverlapsBalloon { addr: 0 }));
-    assert_eq!(d.report(&[(0, 1024 * 4096)], |_| {}), Err(ReportError::OverlapsBalloon { addr: 0 }));
+    assert_eq!(
+        d.hint_pages(0, 1024 * 4096),
+        Err(HintError::OverlapsBalloon { addr: 0 })
+    );
+    assert_eq!(
+        d.report(&[(0, 1024 * 4096)], |_| {}),
+        Err(ReportError::OverlapsBalloon { addr: 0 })
+    );
 }
 
 #[test]
 fn reports_discard_only_the_host_page_aligned_interior() {
     let mut d = running(Features::PAGE_REPORTING, 1024, 14);
     let mut out = Vec::new();
-    d.report(&[(0x1000, 0x9000), (0x10000, 0x4000)], |a| out.push(a)).unwrap();
-    assert_eq!(out, [HostAction::Discard { first_pfn: 4, pages: 4 }, HostAction::Discard { first_pfn: 16, pages: 4 }]);
+    d.report(&[(0x1000, 0x9000), (0x10000, 0x4000)], |a| out.push(a))
+        .unwrap();
+    assert_eq!(
+        out,
+        [
+            HostAction::Discard {
+                first_pfn: 4,
+                pages: 4
+            },
+            HostAction::Discard {
+                first_pfn: 16,
+                pages: 4
+            }
+        ]
+    );
     let before = d.clone();
-    assert_eq!(d.report(&[(0x1000, 0x1000), (0, 0)], |_| panic!()), Err(ReportError::BadRange { addr: 0, len: 0 }));
+    assert_eq!(
+        d.report(&[(0x1000, 0x1000), (0, 0)], |_| panic!()),
+        Err(ReportError::BadRange { addr: 0, len: 0 })
+    );
     assert_eq!(d.report(&[], |_| panic!()), Err(ReportError::BadRangeCount));
-    assert_eq!(d.report(&[(1023 * 4096, 8192)], |_| panic!()), Err(ReportError::BadRange { addr: 1023 * 4096, len: 8192 }));
+    assert_eq!(
+        d.report(&[(1023 * 4096, 8192)], |_| panic!()),
+        Err(ReportError::BadRange {
+            addr: 1023 * 4096,
+            len: 8192
+        })
+    );
     assert_eq!(d, before);
 }
 
@@ -332,7 +523,8 @@ fn reports_are_not_discarded_when_the_guest_poisons_with_a_non_zero_value() {
     d.negotiate(offered).unwrap();
     d.write_config(0xC, &0xaau32.to_le_bytes()).unwrap();
     d.driver_ok().unwrap();
-    d.report(&[(0, 0x4000)], |_| panic!("discarded a poisoned page")).unwrap();
+    d.report(&[(0, 0x4000)], |_| panic!("discarded a poisoned page"))
+        .unwrap();
 }
 
 /// The guest kernel's free pages, by first 4 KiB frame.
@@ -352,7 +544,9 @@ type Drv = BalloonDriver<Vec<u64>>;
 fn driver(offered: Features, guest_pages: u64, page_shift: u32) -> Drv {
     BalloonDriver::new(
         offered,
-        GuestPoisoning { poisons_free_pages: false },
+        GuestPoisoning {
+            poisons_free_pages: false,
+        },
         0,
         guest_pages,
         page_shift,
@@ -362,7 +556,10 @@ fn driver(offered: Features, guest_pages: u64, page_shift: u32) -> Drv {
 }
 
 fn decode(buffer: &[u8]) -> Vec<u32> {
-    buffer.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect()
+    buffer
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
 }
 
 #[test]
@@ -372,7 +569,9 @@ fn a_driver_with_large_pages_rounds_the_target_up_and_sends_every_sub_pfn() {
     let mut guest = Free((0..64).step_by(4).collect());
     drv.config_changed(5);
     assert_eq!(drv.target(), 8);
-    let DriverStep::Inflate(buffer) = drv.poll(&mut guest).unwrap() else { panic!() };
+    let DriverStep::Inflate(buffer) = drv.poll(&mut guest).unwrap() else {
+        panic!()
+    };
     assert_eq!(decode(buffer), [0, 1, 2, 3, 4, 5, 6, 7]);
     assert_eq!(drv.ack(&mut guest).unwrap().0, 8);
     assert_eq!(drv.poll(&mut guest), Ok(DriverStep::Idle));
@@ -386,7 +585,9 @@ fn deflated_pages_go_back_to_the_guest_only_after_the_ack() {
     let _ = drv.poll(&mut guest).unwrap();
     let _ = drv.ack(&mut guest).unwrap();
     drv.config_changed(1);
-    let DriverStep::Deflate(buffer) = drv.poll(&mut guest).unwrap() else { panic!() };
+    let DriverStep::Deflate(buffer) = drv.poll(&mut guest).unwrap() else {
+        panic!()
+    };
     assert_eq!(decode(buffer), [0, 1]);
     assert!(!guest.0.contains(&0));
     assert_eq!(drv.poll(&mut guest), Err(DriverError::RequestInFlight));
@@ -407,7 +608,9 @@ fn deflate_on_oom_needs_the_feature() {
         let _ = drv.poll(&mut guest).unwrap();
         let _ = drv.ack(&mut guest).unwrap();
     }
-    let DriverStep::Deflate(buffer) = drv.oom().unwrap() else { panic!() };
+    let DriverStep::Deflate(buffer) = drv.oom().unwrap() else {
+        panic!()
+    };
     assert_eq!(buffer.len(), 256 * 4);
     assert_eq!(drv.ack(&mut guest).unwrap().0, 344);
 }
@@ -447,7 +650,10 @@ fn a_driver_and_a_device_reach_the_target_in_both_directions() {
             let actual = drv.ack(&mut guest).unwrap();
             dev.write_config(4, &actual.0.to_le_bytes()).unwrap();
         }
-        assert_eq!((u64::from(dev.actual()), dev.inflated_pages()), (u64::from(target), u64::from(target)));
+        assert_eq!(
+            (u64::from(dev.actual()), dev.inflated_pages()),
+            (u64::from(target), u64::from(target))
+        );
         assert_eq!(dev.discarded_host_pages(), u64::from(target) / 512);
     }
 }

@@ -2,7 +2,7 @@
 //! numbers of `__HYPERVISOR_memory_op`, the reservation argument, and the
 //! xenstore units.
 
-use static_assertions::{const_assert_eq, const_assert};
+use static_assertions::{const_assert, const_assert_eq};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// `__HYPERVISOR_memory_op`: the hypercall that carries every `XENMEM_*` op.
@@ -41,7 +41,9 @@ impl MemoryOp {
 
 /// `struct xen_memory_reservation`, the argument of increase, decrease,
 /// populate and claim (32 bytes, x86-64 layout).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct XenMemoryReservation {
     /// Guest pointer to an array of `xen_pfn_t` (0 for a claim).
@@ -61,7 +63,10 @@ pub struct XenMemoryReservation {
 const_assert_eq!(core::mem::size_of::<XenMemoryReservation>(), 32);
 const_assert_eq!(core::mem::offset_of!(XenMemoryReservation, extent_start), 0);
 const_assert_eq!(core::mem::offset_of!(XenMemoryReservation, nr_extents), 8);
-const_assert_eq!(core::mem::offset_of!(XenMemoryReservation, extent_order), 16);
+const_assert_eq!(
+    core::mem::offset_of!(XenMemoryReservation, extent_order),
+    16
+);
 const_assert_eq!(core::mem::offset_of!(XenMemoryReservation, mem_flags), 20);
 const_assert_eq!(core::mem::offset_of!(XenMemoryReservation, domid), 24);
 

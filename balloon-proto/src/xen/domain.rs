@@ -219,8 +219,12 @@ impl<const DOMAINS: usize> HostMemory<DOMAINS> {
     /// the claim total equal to the sum of the domains' claims.
     #[must_use]
     pub fn is_conserved(&self) -> bool {
-        let held = self.domains().try_fold(0u64, |s, d| s.checked_add(d.tot_pages));
-        let claims = self.domains().try_fold(0u64, |s, d| s.checked_add(d.outstanding));
+        let held = self
+            .domains()
+            .try_fold(0u64, |s, d| s.checked_add(d.tot_pages));
+        let claims = self
+            .domains()
+            .try_fold(0u64, |s, d| s.checked_add(d.outstanding));
         held.and_then(|h| h.checked_add(self.free)) == Some(self.total)
             && claims == Some(self.outstanding_claims)
             && self.outstanding_claims <= self.free
@@ -347,7 +351,12 @@ impl<const DOMAINS: usize> HostMemory<DOMAINS> {
     /// # Errors
     ///
     /// Every [`ReservationError`] variant; then nothing is done.
-    pub fn populate_physmap(&mut self, domid: DomId, nr_extents: u64, extent_order: u32) -> Result<u64, ReservationError> {
+    pub fn populate_physmap(
+        &mut self,
+        domid: DomId,
+        nr_extents: u64,
+        extent_order: u32,
+    ) -> Result<u64, ReservationError> {
         self.grow(domid, nr_extents, extent_order)
     }
 
@@ -358,11 +367,21 @@ impl<const DOMAINS: usize> HostMemory<DOMAINS> {
     /// # Errors
     ///
     /// Every [`ReservationError`] variant; then nothing is done.
-    pub fn increase_reservation(&mut self, domid: DomId, nr_extents: u64, extent_order: u32) -> Result<u64, ReservationError> {
+    pub fn increase_reservation(
+        &mut self,
+        domid: DomId,
+        nr_extents: u64,
+        extent_order: u32,
+    ) -> Result<u64, ReservationError> {
         self.grow(domid, nr_extents, extent_order)
     }
 
-    fn check_op(&self, domid: DomId, nr_extents: u64, extent_order: u32) -> Result<u64, ReservationError> {
+    fn check_op(
+        &self,
+        domid: DomId,
+        nr_extents: u64,
+        extent_order: u32,
+    ) -> Result<u64, ReservationError> {
         if domid.is_reserved() || self.domain(domid).is_none() {
             return Err(ReservationError::NoSuchDomain);
         }
@@ -378,7 +397,12 @@ impl<const DOMAINS: usize> HostMemory<DOMAINS> {
         Ok(1 << extent_order)
     }
 
-    fn grow(&mut self, domid: DomId, nr_extents: u64, extent_order: u32) -> Result<u64, ReservationError> {
+    fn grow(
+        &mut self,
+        domid: DomId,
+        nr_extents: u64,
+        extent_order: u32,
+    ) -> Result<u64, ReservationError> {
         let per = self.check_op(domid, nr_extents, extent_order)?;
         let (mut free, mut claims) = (self.free, self.outstanding_claims);
         let d = self.slot(domid).ok_or(ReservationError::NoSuchDomain)?;
@@ -420,7 +444,12 @@ impl<const DOMAINS: usize> HostMemory<DOMAINS> {
     /// # Errors
     ///
     /// Every [`ReservationError`] variant; then nothing is done.
-    pub fn decrease_reservation(&mut self, domid: DomId, nr_extents: u64, extent_order: u32) -> Result<u64, ReservationError> {
+    pub fn decrease_reservation(
+        &mut self,
+        domid: DomId,
+        nr_extents: u64,
+        extent_order: u32,
+    ) -> Result<u64, ReservationError> {
         let per = self.check_op(domid, nr_extents, extent_order)?;
         let d = self.slot(domid).ok_or(ReservationError::NoSuchDomain)?;
         let done = nr_extents.min(d.tot_pages / per);
@@ -435,7 +464,9 @@ impl<const DOMAINS: usize> HostMemory<DOMAINS> {
     ///
     /// [`DomainError::NoSuchDomain`].
     pub fn current_reservation(&self, domid: DomId) -> Result<u64, DomainError> {
-        self.domain(domid).map(|d| d.tot_pages).ok_or(DomainError::NoSuchDomain)
+        self.domain(domid)
+            .map(|d| d.tot_pages)
+            .ok_or(DomainError::NoSuchDomain)
     }
 
     /// `XENMEM_maximum_reservation`.
@@ -444,6 +475,8 @@ impl<const DOMAINS: usize> HostMemory<DOMAINS> {
     ///
     /// [`DomainError::NoSuchDomain`].
     pub fn maximum_reservation(&self, domid: DomId) -> Result<u64, DomainError> {
-        self.domain(domid).map(|d| d.max_pages).ok_or(DomainError::NoSuchDomain)
+        self.domain(domid)
+            .map(|d| d.max_pages)
+            .ok_or(DomainError::NoSuchDomain)
     }
 }

@@ -89,7 +89,12 @@ impl DriverConfig {
     /// Linux's defaults for a guest with `physmap_pages` frames of which
     /// `populated_pages` are backed, and `static_max_kib`.
     #[must_use]
-    pub const fn linux(kind: GuestKind, physmap_pages: u64, populated_pages: u64, static_max_kib: u64) -> Self {
+    pub const fn linux(
+        kind: GuestKind,
+        physmap_pages: u64,
+        populated_pages: u64,
+        static_max_kib: u64,
+    ) -> Self {
         Self {
             kind,
             physmap_pages,
@@ -170,7 +175,9 @@ pub enum Wake {
 enum InFlight {
     Populate,
     /// `short` when the guest had fewer pages than asked.
-    Decrease { short: bool },
+    Decrease {
+        short: bool,
+    },
 }
 
 /// Why a target from the toolstack was refused. The driver is unchanged.
@@ -200,7 +207,10 @@ impl fmt::Display for TargetError {
             Self::AboveStaticMax {
                 target_kib,
                 static_max_kib,
-            } => write!(f, "target {target_kib} KiB is above static-max {static_max_kib} KiB"),
+            } => write!(
+                f,
+                "target {target_kib} KiB is above static-max {static_max_kib} KiB"
+            ),
             Self::BelowHiddenMemory {
                 target_pages,
                 hidden_pages,
@@ -226,7 +236,9 @@ pub enum DriverConfigError {
 impl fmt::Display for DriverConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::PopulatedAbovePhysmap => f.write_str("more populated frames than the physmap has"),
+            Self::PopulatedAbovePhysmap => {
+                f.write_str("more populated frames than the physmap has")
+            }
             Self::Storage(e) => write!(f, "driver storage: {e}"),
         }
     }
@@ -252,7 +264,10 @@ impl fmt::Display for PollError {
         match self {
             Self::BatchInFlight => f.write_str("a batch is in flight"),
             Self::BadGuestPage { gfn } => {
-                write!(f, "the guest allocator gave {gfn}, which is not a populated physmap frame")
+                write!(
+                    f,
+                    "the guest allocator gave {gfn}, which is not a populated physmap frame"
+                )
             }
         }
     }
@@ -495,7 +510,11 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>, const BATCH: usize> BalloonDriver<S, BATCH>
                 return Ok(self.sleep_step(state));
             }
             let short = n < want;
-            return Ok(self.issue(MemoryOp::DecreaseReservation, n, InFlight::Decrease { short }));
+            return Ok(self.issue(
+                MemoryOp::DecreaseReservation,
+                n,
+                InFlight::Decrease { short },
+            ));
         }
         let state = self.update_schedule(BalloonState::Done);
         Ok(self.sleep_step(state))
@@ -527,7 +546,11 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>, const BATCH: usize> BalloonDriver<S, BATCH>
     ///
     /// [`CompleteError::NoBatch`], or [`CompleteError::MoreThanAsked`] when
     /// `rc` exceeds the batch. The driver is unchanged.
-    pub fn complete<G: GuestPages>(&mut self, rc: i64, guest: &mut G) -> Result<Next, CompleteError> {
+    pub fn complete<G: GuestPages>(
+        &mut self,
+        rc: i64,
+        guest: &mut G,
+    ) -> Result<Next, CompleteError> {
         let Some(kind) = self.in_flight else {
             return Err(CompleteError::NoBatch);
         };
@@ -545,7 +568,11 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>, const BATCH: usize> BalloonDriver<S, BATCH>
                     guest.free_page(*gfn);
                 }
                 self.current_pages += moved.len() as u64;
-                if rc <= 0 { BalloonState::EAgain } else { BalloonState::Done }
+                if rc <= 0 {
+                    BalloonState::EAgain
+                } else {
+                    BalloonState::Done
+                }
             }
             InFlight::Decrease { short } => {
                 for gfn in moved {
@@ -555,7 +582,11 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>, const BATCH: usize> BalloonDriver<S, BATCH>
                     guest.free_page(*gfn);
                 }
                 self.current_pages -= moved.len() as u64;
-                if short || !unmoved.is_empty() { BalloonState::EAgain } else { BalloonState::Done }
+                if short || !unmoved.is_empty() {
+                    BalloonState::EAgain
+                } else {
+                    BalloonState::Done
+                }
             }
         };
         self.in_flight = None;
@@ -608,7 +639,10 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>, const BATCH: usize> BalloonDriver<S, BATCH>
                     self.retry_count = 1;
                     BalloonState::ECanceled
                 } else {
-                    self.schedule_delay = self.schedule_delay.saturating_mul(2).min(self.max_schedule_delay);
+                    self.schedule_delay = self
+                        .schedule_delay
+                        .saturating_mul(2)
+                        .min(self.max_schedule_delay);
                     BalloonState::EAgain
                 }
             }

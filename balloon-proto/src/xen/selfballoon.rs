@@ -146,7 +146,10 @@ impl SelfBalloon {
     ///
     /// [`SelfBalloonConfigError::ZeroHysteresis`].
     pub const fn new(config: SelfBalloonConfig) -> Result<Self, SelfBalloonConfigError> {
-        if config.down_hysteresis == 0 || config.up_hysteresis == 0 || config.frontswap_hysteresis == 0 {
+        if config.down_hysteresis == 0
+            || config.up_hysteresis == 0
+            || config.frontswap_hysteresis == 0
+        {
             return Err(SelfBalloonConfigError::ZeroHysteresis);
         }
         Ok(Self {
@@ -159,7 +162,9 @@ impl SelfBalloon {
     /// The floor below which the target never goes.
     fn floor(&self, m: &MemInfo) -> u64 {
         if self.config.min_usable_mb != 0 {
-            return m.reserve.saturating_add(mb_to_pages(self.config.min_usable_mb));
+            return m
+                .reserve
+                .saturating_add(mb_to_pages(self.config.min_usable_mb));
         }
         let useful = m.max_pfn.saturating_sub(m.reserve);
         let piece = |base_mb: u64, shift: u32| {
@@ -201,7 +206,11 @@ impl SelfBalloon {
             .checked_add(m.balloon_current)
             .and_then(|t| t.checked_sub(m.totalram))
             .ok_or(TickError::Inconsistent)?;
-        let frontswap_shrink_to = if c.frontswap_selfshrinking { self.frontswap_selfshrink(m.frontswap) } else { None };
+        let frontswap_shrink_to = if c.frontswap_selfshrinking {
+            self.frontswap_selfshrink(m.frontswap)
+        } else {
+            None
+        };
         Ok(SelfBalloonAction {
             target_pages: out,
             frontswap_shrink_to,

@@ -14,7 +14,8 @@ use crate::GuestPages;
 use crate::xen::abi::{MemoryOp, XenMemoryReservation, kib_to_pages, pages_to_kib};
 use crate::xen::domain::{ClaimError, CreateError, HostMemory, ReservationError};
 use crate::xen::driver::{
-    BalloonDriver, BalloonState, CompleteError, DriverConfig, GuestKind, Next, PollError, Step, TargetError, Wake,
+    BalloonDriver, BalloonState, CompleteError, DriverConfig, GuestKind, Next, PollError, Step,
+    TargetError, Wake,
 };
 use crate::xen::selfballoon::{MemInfo, SelfBalloon, SelfBalloonConfig, TickError};
 use crate::xen::toolstack::{DomainBounds, Mode, RebalanceError, Toolstack};
@@ -69,7 +70,10 @@ fn target_above_static_max_is_refused_and_changes_nothing() {
     let before = d.clone();
     assert_eq!(
         d.set_target_kib(257),
-        Err(TargetError::AboveStaticMax { target_kib: 257, static_max_kib: 256 })
+        Err(TargetError::AboveStaticMax {
+            target_kib: 257,
+            static_max_kib: 256
+        })
     );
     assert_eq!(d, before);
 }
@@ -82,7 +86,10 @@ fn target_in_kib_becomes_pages_and_a_decrease_takes_guest_pages_in_batches() {
     assert_eq!(d.target_pages(), 30);
     let step = d.poll(&mut guest).unwrap();
     let Step::Hypercall(r) = step else { panic!() };
-    assert_eq!((r.op, r.domid, r.extent_order, r.extents.len()), (MemoryOp::DecreaseReservation, DomId::SELF, 0, 8));
+    assert_eq!(
+        (r.op, r.domid, r.extent_order, r.extents.len()),
+        (MemoryOp::DecreaseReservation, DomId::SELF, 0, 8)
+    );
     assert_eq!(d.poll(&mut guest), Err(PollError::BatchInFlight));
     assert_eq!(d.complete(8, &mut guest), Ok(Next::Now));
     assert_eq!((d.current_pages(), d.ballooned_pages()), (40, 24));
@@ -90,7 +97,10 @@ fn target_in_kib_becomes_pages_and_a_decrease_takes_guest_pages_in_batches() {
         let n = frames(d.poll(&mut guest).unwrap()).len() as i64;
         let _ = d.complete(n, &mut guest).unwrap();
     }
-    assert_eq!((d.current_pages(), d.ballooned_pages(), guest.0.len()), (30, 34, 30));
+    assert_eq!(
+        (d.current_pages(), d.ballooned_pages(), guest.0.len()),
+        (30, 34, 30)
+    );
     assert_eq!(d.poll(&mut guest), Ok(Step::Idle));
 }
 
@@ -168,7 +178,10 @@ fn completion_claiming_more_than_asked_is_refused_and_changes_nothing() {
     let _ = d.set_target_kib(44 * 4).unwrap();
     let _ = frames(d.poll(&mut guest).unwrap());
     let before = d.clone();
-    assert_eq!(d.complete(5, &mut guest), Err(CompleteError::MoreThanAsked { done: 5, asked: 4 }));
+    assert_eq!(
+        d.complete(5, &mut guest),
+        Err(CompleteError::MoreThanAsked { done: 5, asked: 4 })
+    );
     assert_eq!(d, before);
     let _ = d.complete(4, &mut guest).unwrap();
     assert_eq!(d.complete(1, &mut guest), Err(CompleteError::NoBatch));
@@ -195,7 +208,10 @@ fn an_abandoned_decrease_gives_its_pages_back_to_the_guest() {
     let _ = frames(d.poll(&mut guest).unwrap());
     assert_eq!(guest.0.len(), 44);
     d.abandon(&mut guest).unwrap();
-    assert_eq!((guest.0.len(), d.current_pages(), d.in_flight()), (48, 48, None));
+    assert_eq!(
+        (guest.0.len(), d.current_pages(), d.in_flight()),
+        (48, 48, None)
+    );
 }
 
 #[test]
@@ -222,7 +238,10 @@ fn a_guest_allocator_handing_out_a_ballooned_or_foreign_frame_is_refused() {
         let before = d.clone();
         // 3 twice: the second is a duplicate.
         let mut guest = Liar(std::vec![bad, 3, 1]);
-        assert_eq!(d.poll(&mut guest), Err(PollError::BadGuestPage { gfn: Gfn::new(bad) }));
+        assert_eq!(
+            d.poll(&mut guest),
+            Err(PollError::BadGuestPage { gfn: Gfn::new(bad) })
+        );
         assert_eq!(d, before);
     }
 }
@@ -230,14 +249,20 @@ fn a_guest_allocator_handing_out_a_ballooned_or_foreign_frame_is_refused() {
 #[test]
 fn a_translated_guest_takes_every_target_less_the_hidden_memory() {
     // static-max 64 pages, 60 of them RAM at boot: 4 pages never visible.
-    let mut d: BalloonDriver<[u64; 1], 8> =
-        BalloonDriver::new(DriverConfig::linux(GuestKind::Translated, 64, 60, 256), [0; 1]).unwrap();
+    let mut d: BalloonDriver<[u64; 1], 8> = BalloonDriver::new(
+        DriverConfig::linux(GuestKind::Translated, 64, 60, 256),
+        [0; 1],
+    )
+    .unwrap();
     let _ = d.set_target_kib(256).unwrap();
     assert_eq!(d.target_pages(), 60);
     let _ = d.set_target_kib(200).unwrap();
     assert_eq!(d.target_pages(), 46);
     let before = d.clone();
-    assert!(matches!(d.set_target_kib(8), Err(TargetError::BelowHiddenMemory { .. })));
+    assert!(matches!(
+        d.set_target_kib(8),
+        Err(TargetError::BelowHiddenMemory { .. })
+    ));
     assert_eq!(d, before);
 }
 
@@ -275,7 +300,13 @@ fn claim_rules_one_claim_zero_cancels_above_current_within_max_and_memory() {
     h.claim_pages(dom(1), 0).unwrap();
     assert_eq!(h.outstanding_claims(), 0);
     h.create_domain(dom(2), 200).unwrap();
-    assert_eq!(h.claim_pages(dom(2), 91), Err(ClaimError::OutOfMemory { needed: 91, available: 90 }));
+    assert_eq!(
+        h.claim_pages(dom(2), 91),
+        Err(ClaimError::OutOfMemory {
+            needed: 91,
+            available: 90
+        })
+    );
 }
 
 #[test]
@@ -283,7 +314,10 @@ fn admission_without_the_memory_creates_nothing() {
     let mut h: HostMemory<2> = HostMemory::new(100);
     h.admit(dom(1), 80, 80).unwrap();
     let before = h.clone();
-    assert!(matches!(h.admit(dom(2), 80, 30), Err(CreateError::Claim(ClaimError::OutOfMemory { .. }))));
+    assert!(matches!(
+        h.admit(dom(2), 80, 30),
+        Err(CreateError::Claim(ClaimError::OutOfMemory { .. }))
+    ));
     assert_eq!(h, before);
     assert_eq!(h.admit(DomId::SELF, 1, 1), Err(CreateError::ReservedId));
 }
@@ -295,16 +329,29 @@ fn allocation_stops_at_max_pages_and_bad_ops_do_nothing() {
     assert_eq!(h.populate_physmap(dom(1), 10, 9), Ok(1));
     assert_eq!(h.increase_reservation(dom(1), u64::MAX >> 40, 0), Ok(488));
     let before = h.clone();
-    assert_eq!(h.populate_physmap(dom(1), 1, 10), Err(ReservationError::ExtentOrderTooLarge { order: 10, max: 9 }));
-    assert_eq!(h.populate_physmap(dom(1), u64::MAX, 0), Err(ReservationError::TooManyExtents));
-    assert_eq!(h.decrease_reservation(DomId::SELF, 1, 0), Err(ReservationError::NoSuchDomain));
+    assert_eq!(
+        h.populate_physmap(dom(1), 1, 10),
+        Err(ReservationError::ExtentOrderTooLarge { order: 10, max: 9 })
+    );
+    assert_eq!(
+        h.populate_physmap(dom(1), u64::MAX, 0),
+        Err(ReservationError::TooManyExtents)
+    );
+    assert_eq!(
+        h.decrease_reservation(DomId::SELF, 1, 0),
+        Err(ReservationError::NoSuchDomain)
+    );
     assert_eq!(h, before);
     assert_eq!(h.decrease_reservation(dom(1), 5000, 0), Ok(1000));
     assert!(h.is_conserved());
 }
 
 fn bounds(n: u16, min: u64, max: u64) -> DomainBounds {
-    DomainBounds { domid: dom(n), dynamic_min: min, dynamic_max: max }
+    DomainBounds {
+        domid: dom(n),
+        dynamic_min: min,
+        dynamic_max: max,
+    }
 }
 
 #[test]
@@ -357,7 +404,10 @@ fn growth_never_asks_for_more_than_the_unclaimed_free_memory() {
     t.observe(dom(1), 500).unwrap();
     t.observe(dom(2), 500).unwrap();
     let plan = t.rebalance(&h).unwrap();
-    let growth: u64 = plan.iter().map(|(d, t)| t.saturating_sub(h.current_reservation(d).unwrap())).sum();
+    let growth: u64 = plan
+        .iter()
+        .map(|(d, t)| t.saturating_sub(h.current_reservation(d).unwrap()))
+        .sum();
     assert_eq!(growth, 40);
 }
 
@@ -367,9 +417,18 @@ fn minima_above_the_pool_are_refused() {
     h.create_domain(dom(1), 100).unwrap();
     let mut t: Toolstack<2> = Toolstack::new(Mode::Reactive, 0);
     t.add_domain(bounds(1, 101, 200)).unwrap();
-    assert_eq!(t.rebalance(&h), Err(RebalanceError::MinimaExceedPool { minima: 101, pool: 100 }));
+    assert_eq!(
+        t.rebalance(&h),
+        Err(RebalanceError::MinimaExceedPool {
+            minima: 101,
+            pool: 100
+        })
+    );
     t.add_domain(bounds(2, 1, 2)).unwrap();
-    assert_eq!(t.rebalance(&h), Err(RebalanceError::NotOnHost { domid: dom(2) }));
+    assert_eq!(
+        t.rebalance(&h),
+        Err(RebalanceError::NotOnHost { domid: dom(2) })
+    );
 }
 
 #[test]
@@ -395,23 +454,46 @@ fn predictive_mode_moves_memory_ahead_of_a_rising_demand() {
 }
 
 fn meminfo(committed: u64, totalram: u64) -> MemInfo {
-    MemInfo { committed, reserve: 0, totalram, max_pfn: 1 << 20, frontswap: 0, balloon_current: totalram }
+    MemInfo {
+        committed,
+        reserve: 0,
+        totalram,
+        max_pfn: 1 << 20,
+        frontswap: 0,
+        balloon_current: totalram,
+    }
 }
 
 #[test]
 fn selfballoon_steps_down_an_eighth_of_the_excess_and_up_all_the_deficit() {
     let mut s = SelfBalloon::new(SelfBalloonConfig::linux()).unwrap();
     // A 4 GiB guest: the floor is 99 MiB + (4 GiB - 99 MiB) / 32.
-    assert_eq!(s.tick(&meminfo(800_000, 1_000_000)).unwrap().target_pages, 975_000);
-    assert_eq!(s.tick(&meminfo(900_000, 800_000)).unwrap().target_pages, 900_000);
+    assert_eq!(
+        s.tick(&meminfo(800_000, 1_000_000)).unwrap().target_pages,
+        975_000
+    );
+    assert_eq!(
+        s.tick(&meminfo(900_000, 800_000)).unwrap().target_pages,
+        900_000
+    );
     assert_eq!(s.tick(&meminfo(0, 100_000)).unwrap().target_pages, 87_500);
-    assert_eq!(s.tick(&meminfo(0, 60_000)).unwrap().target_pages, 25_344 + (1_048_576 - 25_344) / 32);
+    assert_eq!(
+        s.tick(&meminfo(0, 60_000)).unwrap().target_pages,
+        25_344 + (1_048_576 - 25_344) / 32
+    );
 }
 
 #[test]
 fn selfballoon_never_balloons_a_guest_below_16_mib_of_useful_memory() {
     let mut s = SelfBalloon::new(SelfBalloonConfig::linux()).unwrap();
-    let m = MemInfo { committed: 0, reserve: 0, totalram: 3000, max_pfn: 4000, frontswap: 0, balloon_current: 3000 };
+    let m = MemInfo {
+        committed: 0,
+        reserve: 0,
+        totalram: 3000,
+        max_pfn: 4000,
+        frontswap: 0,
+        balloon_current: 3000,
+    };
     assert_eq!(s.tick(&m).unwrap().target_pages, 4000);
 }
 
@@ -422,7 +504,9 @@ fn frontswap_shrinks_by_a_twentieth_after_three_ticks_without_growth() {
     let mut s = SelfBalloon::new(config).unwrap();
     let mut m = meminfo(1000, 1000);
     m.frontswap = 400;
-    let shrinks: Vec<_> = (0..5).map(|_| s.tick(&m).unwrap().frontswap_shrink_to).collect();
+    let shrinks: Vec<_> = (0..5)
+        .map(|_| s.tick(&m).unwrap().frontswap_shrink_to)
+        .collect();
     assert_eq!(shrinks, [None, None, None, Some(380), None]);
     // The inertia counter is at 2 after the last tick.
     m.frontswap = 20;
@@ -434,7 +518,14 @@ fn frontswap_shrinks_by_a_twentieth_after_three_ticks_without_growth() {
 fn selfballoon_refuses_figures_that_would_make_a_negative_target() {
     let mut s = SelfBalloon::new(SelfBalloonConfig::linux()).unwrap();
     let before = s;
-    let m = MemInfo { committed: 10, reserve: 0, totalram: u64::MAX, max_pfn: 1, frontswap: 0, balloon_current: 0 };
+    let m = MemInfo {
+        committed: 10,
+        reserve: 0,
+        totalram: u64::MAX,
+        max_pfn: 1,
+        frontswap: 0,
+        balloon_current: 0,
+    };
     assert_eq!(s.tick(&m), Err(TickError::Inconsistent));
     assert_eq!(s, before);
 }

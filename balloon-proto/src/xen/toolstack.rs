@@ -122,7 +122,10 @@ impl fmt::Display for RebalanceError {
         match self {
             Self::NotOnHost { domid } => write!(f, "managed domain {domid:?} is not on the host"),
             Self::MinimaExceedPool { minima, pool } => {
-                write!(f, "the dynamic minima ({minima} pages) exceed the pool ({pool} pages)")
+                write!(
+                    f,
+                    "the dynamic minima ({minima} pages) exceed the pool ({pool} pages)"
+                )
             }
         }
     }
@@ -161,7 +164,11 @@ struct Managed<const HISTORY: usize> {
 impl<const HISTORY: usize> Managed<HISTORY> {
     fn samples(&self) -> impl Iterator<Item = u64> + '_ {
         let (newer, older) = self.history.split_at(self.next.min(HISTORY));
-        older.iter().chain(newer).copied().skip(HISTORY - self.len.min(HISTORY))
+        older
+            .iter()
+            .chain(newer)
+            .copied()
+            .skip(HISTORY - self.len.min(HISTORY))
     }
 
     fn last(&self) -> Option<u64> {
@@ -226,7 +233,11 @@ impl<const DOMAINS: usize, const HISTORY: usize> Toolstack<DOMAINS, HISTORY> {
         if self.managed(bounds.domid).is_some() {
             return Err(AddDomainError::Exists);
         }
-        let slot = self.domains.iter_mut().find(|d| d.is_none()).ok_or(AddDomainError::NoSlot)?;
+        let slot = self
+            .domains
+            .iter_mut()
+            .find(|d| d.is_none())
+            .ok_or(AddDomainError::NoSlot)?;
         *slot = Some(Managed {
             bounds,
             history: [0; HISTORY],
@@ -252,7 +263,10 @@ impl<const DOMAINS: usize, const HISTORY: usize> Toolstack<DOMAINS, HISTORY> {
     }
 
     fn managed(&self, domid: DomId) -> Option<&Managed<HISTORY>> {
-        self.domains.iter().flatten().find(|m| m.bounds.domid == domid)
+        self.domains
+            .iter()
+            .flatten()
+            .find(|m| m.bounds.domid == domid)
     }
 
     /// A demand signal: the pages `domid` needs now (from its balloon
@@ -283,9 +297,13 @@ impl<const DOMAINS: usize, const HISTORY: usize> Toolstack<DOMAINS, HISTORY> {
         let demand = match (self.mode, m.last()) {
             (_, None) => return current.clamp(m.bounds.dynamic_min, m.bounds.dynamic_max),
             (Mode::Reactive, Some(last)) => last,
-            (Mode::Predictive { horizon }, Some(last)) => m.forecast(horizon).map_or(last, |f| f.max(last)),
+            (Mode::Predictive { horizon }, Some(last)) => {
+                m.forecast(horizon).map_or(last, |f| f.max(last))
+            }
         };
-        demand.saturating_add(self.headroom).clamp(m.bounds.dynamic_min, m.bounds.dynamic_max)
+        demand
+            .saturating_add(self.headroom)
+            .clamp(m.bounds.dynamic_min, m.bounds.dynamic_max)
     }
 
     /// The next round of targets for the managed domains of `host`.
@@ -293,15 +311,21 @@ impl<const DOMAINS: usize, const HISTORY: usize> Toolstack<DOMAINS, HISTORY> {
     /// # Errors
     ///
     /// [`RebalanceError::NotOnHost`], [`RebalanceError::MinimaExceedPool`].
-    pub fn rebalance<const N: usize>(&self, host: &HostMemory<N>) -> Result<Plan<DOMAINS>, RebalanceError> {
+    pub fn rebalance<const N: usize>(
+        &self,
+        host: &HostMemory<N>,
+    ) -> Result<Plan<DOMAINS>, RebalanceError> {
         let mut current = [0u64; DOMAINS];
         let mut want = [0u64; DOMAINS];
-        let (mut pool, mut minima, mut wanted) = (u128::from(host.unclaimed_free_pages()), 0u128, 0u128);
+        let (mut pool, mut minima, mut wanted) =
+            (u128::from(host.unclaimed_free_pages()), 0u128, 0u128);
         for ((slot, cur), w) in self.domains.iter().zip(&mut current).zip(&mut want) {
             let Some(m) = slot else { continue };
             let d = host
                 .domain(m.bounds.domid)
-                .ok_or(RebalanceError::NotOnHost { domid: m.bounds.domid })?;
+                .ok_or(RebalanceError::NotOnHost {
+                    domid: m.bounds.domid,
+                })?;
             *cur = d.tot_pages;
             *w = self.want(m, d.tot_pages);
             pool += u128::from(d.tot_pages);
@@ -325,8 +349,16 @@ impl<const DOMAINS: usize, const HISTORY: usize> Toolstack<DOMAINS, HISTORY> {
             }
         }
         let mut budget = host.unclaimed_free_pages();
-        let mut plan = Plan { targets: [None; DOMAINS] };
-        for (((slot, out), &cur), &w) in self.domains.iter().zip(&mut plan.targets).zip(&current).zip(&want) {
+        let mut plan = Plan {
+            targets: [None; DOMAINS],
+        };
+        for (((slot, out), &cur), &w) in self
+            .domains
+            .iter()
+            .zip(&mut plan.targets)
+            .zip(&current)
+            .zip(&want)
+        {
             let Some(m) = slot else { continue };
             let target = if w <= cur {
                 w
