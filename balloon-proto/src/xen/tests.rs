@@ -663,3 +663,75 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Random bounds, demands, current sizes and a claim for three managed
+    /// domains: every plan keeps each target at most its dynamic max; a
+    /// domain that shrinks goes no lower than its dynamic min; the growth it
+    /// asks for fits in the unclaimed free memory; the targets it aims at
+    /// fit in the pool; and repeating the plan on a host where every guest
+    /// reached its target converges to targets within the bounds.
+    #[test]
+    fn policy_plans_stay_within_bounds_and_the_host(
+        spec in proptest::collection::vec((0..40u64, 0..40u64, 0..60u64, proptest::collection::vec(0..80u64, 0..6)), 3),
+        claim in 0..20u64,
+        predictive in any::<bool>(),
+    ) {
+        let mut host: HostMemory<4> = HostMemory::new(120);
+        let mode = if predictive { Mode::Predictive { horizon: 2 } } else { Mode::Reactive };
+        let mut t: Toolstack<3, 4> = Toolstack::new(mode, 2);
+        for (i, (a, b, cur, demands)) in spec.iter().enumerate() {
+            let (min, max) = (*a.min(b), *a.max(b));
+            let id = dom(i as u16 + 1);
+            host.create_domain(id, 1000).unwrap();
+            let _ = host.populate_physmap(id, *cur, 0).unwrap();
+            t.add_domain(bounds(i as u16 + 1, min, max)).unwrap();
+            for &d in demands {
+                t.observe(id, d).unwrap();
+            }
+        }
+        host.create_domain(dom(9), 1000).unwrap();
+        let _ = host.claim_pages(dom(9), claim);
+        let minima: u64 = spec.iter().map(|(a, b, _, _)| *a.min(b)).sum();
+        for _round in 0..6 {
+            let pool = host.unclaimed_free_pages() + (1..=3).map(|i| host.current_reservation(dom(i)).unwrap()).sum::<u64>();
+            let plan = match t.rebalance(&host) {
+                Ok(plan) => plan,
+                Err(RebalanceError::MinimaExceedPool { .. }) => {
+                    prop_assert!(minima > pool);
+                    return Ok(());
+                }
+                Err(e) => panic!("{e}"),
+            };
+            let mut growth = 0;
+            for (i, (a, b, _, _)) in spec.iter().enumerate() {
+                let (min, max) = (*a.min(b), *a.max(b));
+                let id = dom(i as u16 + 1);
+                let target = plan.target(id).unwrap();
+                let cur = host.current_reservation(id).unwrap();
+                prop_assert!(target <= max.max(cur.min(max)));
+                if target < cur {
+                    prop_assert!(target >= min);
+                }
+                growth += target.saturating_sub(cur);
+            }
+            prop_assert!(growth <= host.unclaimed_free_pages());
+            // Every guest reaches its target.
+            for (id, target) in plan.iter() {
+                let cur = host.current_reservation(id).unwrap();
+                if target > cur {
+                    prop_assert_eq!(host.populate_physmap(id, target - cur, 0).unwrap(), target - cur);
+                } else {
+                    let _ = host.decrease_reservation(id, cur - target, 0).unwrap();
+                }
+            }
+            prop_assert!(host.is_conserved());
+        }
+        for (i, (a, b, _, _)) in spec.iter().enumerate() {
+            let cur = host.current_reservation(dom(i as u16 + 1)).unwrap();
+            prop_assert!((*a.min(b)..=*a.max(b)).contains(&cur), "domain {} at {}", i + 1, cur);
+        }
+    }
+}
