@@ -20,3 +20,4 @@ mod bytes;
 pub mod frametable;
 pub mod pagetable_ops;
 pub mod pagetable_walk;
+pub mod pv_mmu_update;

@@ -13,6 +13,7 @@ const TARGETS: &[(&str, Target)] = &[
     ("frametable", hvmem_fuzz::frametable::run),
     ("pagetable_ops", hvmem_fuzz::pagetable_ops::run),
     ("pagetable_walk", hvmem_fuzz::pagetable_walk::run),
+    ("pv_mmu_update", hvmem_fuzz::pv_mmu_update::run),
 ];
 
 /// A target's entry point.
