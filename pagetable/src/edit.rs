@@ -268,7 +268,9 @@ impl<'a, F: Format, M: PhysMem> Editor<'a, F, M> {
                 }
                 (_, Descriptor::Leaf(pa, attrs)) => {
                     if let Edit::Map { replace: false, .. } = edit {
-                        return Err(PlanError::Mapped(self.format.index_to_input(slot.piece_start)));
+                        return Err(PlanError::Mapped(
+                            self.format.index_to_input(slot.piece_start),
+                        ));
                     }
                     let Some(l) = below else { continue };
                     let split = split_of(pa, attrs)?;
@@ -303,7 +305,9 @@ impl<'a, F: Format, M: PhysMem> Editor<'a, F, M> {
             match self.format.decode(raw, level) {
                 Descriptor::Invalid => {}
                 Descriptor::Leaf(..) => {
-                    return Err(PlanError::Mapped(self.format.index_to_input(slot.piece_start)));
+                    return Err(PlanError::Mapped(
+                        self.format.index_to_input(slot.piece_start),
+                    ));
                 }
                 Descriptor::Malformed => return Err(self.malformed(&slot, level).into()),
                 Descriptor::Table(child) => match level.checked_sub(1) {
@@ -355,6 +359,29 @@ impl<'a, F: Format, M: PhysMem> Editor<'a, F, M> {
         let Ok(entries) = self.table(table, level) else {
             return;
         };
+        if level == 0 {
+            if let Edit::Map {
+                pa,
+                start: map_start,
+                templates,
+                sizes,
+                ..
+            } = edit
+            {
+                if sizes.allows(0) {
+                    self.map_last_level(
+                        entries,
+                        base,
+                        start,
+                        end,
+                        pa + (start - map_start),
+                        templates[0],
+                        alloc,
+                    );
+                    return;
+                }
+            }
+        }
         for slot in slots(self.format.level_shift(level), base, start, end) {
             let Some(entry) = entries.get(slot.index) else {
                 continue;
@@ -363,9 +390,19 @@ impl<'a, F: Format, M: PhysMem> Editor<'a, F, M> {
             let current = self.format.decode(raw, level);
             let below = level.checked_sub(1);
             if self.leaf_here(edit, &slot, level) {
-                if let Edit::Map { pa, start: map_start, templates, .. } = edit {
+                if let Edit::Map {
+                    pa,
+                    start: map_start,
+                    templates,
+                    ..
+                } = edit
+                {
                     let template = templates.get(usize::from(level)).copied().unwrap_or(0);
-                    let leaf = self.format.with_output_address(template, pa + (slot.piece_start - map_start), level);
+                    let leaf = self.format.with_output_address(
+                        template,
+                        pa + (slot.piece_start - map_start),
+                        level,
+                    );
                     if current == Descriptor::Invalid {
                         // Walkers do not write to invalid entries: a plain
                         // store cannot lose an accessed/dirty update.
@@ -440,6 +477,48 @@ impl<'a, F: Format, M: PhysMem> Editor<'a, F, M> {
                         alloc,
                     );
                 }
+            }
+        }
+    }
+
+    /// The bulk-map fast path: every slot of a last-level table in
+    /// `[start, end)` gets a leaf (the range is aligned to the smallest page,
+    /// so every slot is whole). Same decisions as the general loop, without
+    /// the per-slot bookkeeping.
+    #[allow(clippy::too_many_arguments)]
+    fn map_last_level(
+        &mut self,
+        entries: &[AtomicU64],
+        base: u64,
+        start: u64,
+        end: u64,
+        pa: u64,
+        template: u64,
+        alloc: &mut impl TableAllocator,
+    ) {
+        let shift = self.format.level_shift(0);
+        let first = ((start - base) >> shift) as usize;
+        let last = ((end - 1 - base) >> shift) as usize;
+        let Some(run) = entries.get(first..=last) else {
+            return;
+        };
+        for (i, entry) in run.iter().enumerate() {
+            let offset = (i as u64) << shift;
+            let leaf = self.format.with_output_address(template, pa + offset, 0);
+            let old = entry.load(Ordering::Acquire);
+            if self.format.decode(old, 0) == Descriptor::Invalid {
+                entry.store(leaf, Ordering::Release);
+            } else {
+                let old = entry.swap(leaf, Ordering::AcqRel);
+                let slot_start = start + offset;
+                let slot = Slot {
+                    index: first + i,
+                    start: slot_start,
+                    size: 1 << shift,
+                    piece_start: slot_start,
+                    piece_end: slot_start + (1 << shift),
+                };
+                self.dispose(old, 0, &slot, alloc);
             }
         }
     }

@@ -75,6 +75,7 @@ mod flush;
 mod format;
 mod mem;
 pub mod pv;
+mod single;
 mod table;
 mod walk;
 mod x86;

@@ -45,6 +45,7 @@ impl<'a> SliceMem<'a> {
 }
 
 impl PhysMem for SliceMem<'_> {
+    #[inline]
     fn table(&self, table: PhysAddr, entries: usize) -> Option<&[AtomicU64]> {
         let offset = table.get().checked_sub(self.base)?;
         if offset % 8 != 0 {

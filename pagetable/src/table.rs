@@ -12,6 +12,7 @@ use crate::error::{MapError, ProtectError, RangeError, TableError, TranslateErro
 use crate::flush::TlbFlush;
 use crate::format::{Format, InputAddress};
 use crate::mem::PhysMem;
+use crate::single::{Single, SingleError};
 use crate::walk::{self, Translation, Visit};
 
 /// Which levels a mapping may place leaves at (bit `n` = level `n`).
@@ -115,8 +116,8 @@ impl MapOptions {
 /// every entry is accessed atomically).
 #[derive(Debug)]
 pub struct PageTable<F: Format> {
-    format: F,
-    root: u64,
+    pub(crate) format: F,
+    pub(crate) root: u64,
 }
 
 impl<F: Format> PageTable<F> {
@@ -192,6 +193,19 @@ impl<F: Format> PageTable<F> {
         Ok((start, last + 1))
     }
 
+    /// The level whose leaf is exactly `[start, start + len)`, if one is
+    /// allowed: the case for the one-leaf fast path.
+    fn single_leaf_level(&self, start: u64, len: u64, sizes: LeafSizes) -> Option<u8> {
+        if !len.is_power_of_two() || start & (len - 1) != 0 {
+            return None;
+        }
+        (0..self.format.levels()).find(|&l| {
+            self.format.level_shift(l) == len.trailing_zeros()
+                && sizes.allows(l)
+                && self.format.leaf_allowed(l)
+        })
+    }
+
     fn smallest_leaf(&self, sizes: LeafSizes) -> Option<u8> {
         (0..self.format.levels()).find(|&l| sizes.allows(l) && self.format.leaf_allowed(l))
     }
@@ -240,6 +254,22 @@ impl<F: Format> PageTable<F> {
             .ok_or(RangeError::OutputOutOfRange)?;
         if self.format.output_bits() < 64 && pa_end > 1u64 << self.format.output_bits() {
             return Err(RangeError::OutputOutOfRange.into());
+        }
+        if let Some(level) = self.single_leaf_level(start, len, options.sizes) {
+            if pa.get() & (len - 1) == 0 && !options.merge {
+                let template = self
+                    .format
+                    .encode_leaf(0, attrs, level)
+                    .map_err(MapError::Attributes)?;
+                let leaf = self.format.with_output_address(template, pa.get(), level);
+                match self.map_single(mem, alloc, start, level, leaf, options.replace) {
+                    Ok(Single::Done(flush)) => return Ok(flush),
+                    Ok(Single::General) => {}
+                    Err(SingleError::Table(t)) => return Err(MapError::Table(t)),
+                    Err(SingleError::Reserve(r)) => return Err(reserve_error(r)),
+                    Err(SingleError::Mapped(at)) => return Err(MapError::AlreadyMapped { at }),
+                }
+            }
         }
         let mut templates = [0u64; 8];
         for (level, template) in (0..self.format.levels()).zip(templates.iter_mut()) {
@@ -292,6 +322,22 @@ impl<F: Format> PageTable<F> {
     ) -> Result<TlbFlush, UnmapError> {
         let align = 1u64 << self.format.granule_shift();
         let (start, end) = self.index_range(input, len, align)?;
+        if let Some(level) = self.single_leaf_level(start, len, LeafSizes::ANY) {
+            match self.unmap_single(mem, alloc, start, level) {
+                Ok(Single::Done(flush)) => return Ok(flush),
+                Ok(Single::General) => {}
+                Err(SingleError::Table(t)) => return Err(UnmapError::Table(t)),
+                Err(SingleError::Reserve(ReserveFailure::OutOfMemory)) => {
+                    return Err(UnmapError::OutOfMemory);
+                }
+                Err(SingleError::Reserve(ReserveFailure::NotAccessible(table))) => {
+                    return Err(UnmapError::Table(TableError::NotAccessible { table }));
+                }
+                Err(SingleError::Mapped(at)) => {
+                    return Err(UnmapError::Table(TableError::Malformed { at, level: 0 }));
+                }
+            }
+        }
         self.run(mem, alloc, start, end, &Edit::Unmap)
             .map_err(|e| match e {
                 EditFailure::Reserve(ReserveFailure::OutOfMemory) => UnmapError::OutOfMemory,

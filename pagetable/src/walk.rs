@@ -132,13 +132,15 @@ pub(crate) fn translate<F: Format>(
         let shift = format.level_shift(level);
         let slot = ((index >> shift) & (entries.len() as u64 - 1)) as usize;
         let raw = entries.get(slot).map_or(0, |e| e.load(Ordering::Acquire));
-        let malformed = TranslateError::Table(TableError::Malformed {
-            at: format.index_to_input(index & !((1u64 << shift) - 1)),
-            level,
-        });
+        let malformed = || {
+            TranslateError::Table(TableError::Malformed {
+                at: format.index_to_input(index & !((1u64 << shift) - 1)),
+                level,
+            })
+        };
         match format.decode(raw, level) {
             Descriptor::Invalid => return Err(TranslateError::NotMapped { level }),
-            Descriptor::Malformed => return Err(malformed),
+            Descriptor::Malformed => return Err(malformed()),
             Descriptor::Leaf(pa, mut attributes) => {
                 let size = 1u64 << shift;
                 attributes.access &= limits;
@@ -151,7 +153,7 @@ pub(crate) fn translate<F: Format>(
             }
             Descriptor::Table(next) => {
                 limits &= format.table_limits(raw, level);
-                level = level.checked_sub(1).ok_or(malformed)?;
+                level = level.checked_sub(1).ok_or_else(malformed)?;
                 table = next;
             }
         }

@@ -108,10 +108,12 @@ fn memory_type_of(code: u64) -> Option<MemoryType> {
 impl Format for Ept {
     type Input = GuestPhysAddr;
 
+    #[inline]
     fn levels(&self) -> u8 {
         if self.five_level { 5 } else { 4 }
     }
 
+    #[inline]
     fn granule_shift(&self) -> u32 {
         12
     }
@@ -120,18 +122,22 @@ impl Format for Ept {
         level_name(level)
     }
 
+    #[inline]
     fn input_to_index(&self, input: u64) -> Option<u64> {
         (input >> self.input_bits() == 0).then_some(input)
     }
 
+    #[inline]
     fn index_to_input(&self, index: u64) -> u64 {
         index
     }
 
+    #[inline]
     fn output_bits(&self) -> u32 {
         u32::from(self.max_phys_bits)
     }
 
+    #[inline]
     fn leaf_allowed(&self, level: u8) -> bool {
         match level {
             0 | 1 => true,
@@ -140,6 +146,7 @@ impl Format for Ept {
         }
     }
 
+    #[inline]
     fn decode(&self, raw: u64, level: u8) -> Descriptor {
         if raw & RWX == 0 {
             return Descriptor::Invalid;
@@ -184,10 +191,12 @@ impl Format for Ept {
         )
     }
 
+    #[inline]
     fn encode_table(&self, table: u64, _level: u8) -> u64 {
         (table & address_mask(self.max_phys_bits)) | RWX
     }
 
+    #[inline]
     fn encode_leaf(&self, pa: u64, attrs: &Attributes, level: u8) -> Result<u64, AttrError> {
         let access = attrs.access;
         let mut raw = pa & address_mask(self.max_phys_bits);

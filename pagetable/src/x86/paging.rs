@@ -144,10 +144,12 @@ impl X86Paging {
 impl Format for X86Paging {
     type Input = VirtAddr;
 
+    #[inline]
     fn levels(&self) -> u8 {
         if self.five_level { 5 } else { 4 }
     }
 
+    #[inline]
     fn granule_shift(&self) -> u32 {
         12
     }
@@ -156,6 +158,7 @@ impl Format for X86Paging {
         level_name(level)
     }
 
+    #[inline]
     fn input_to_index(&self, input: u64) -> Option<u64> {
         // Canonical: bits [63:N] all equal bit N-1.
         let shift = 64 - self.input_bits();
@@ -163,15 +166,18 @@ impl Format for X86Paging {
         (extended == input).then_some(input & ((1u64 << self.input_bits()) - 1))
     }
 
+    #[inline]
     fn index_to_input(&self, index: u64) -> u64 {
         let shift = 64 - self.input_bits();
         (((index << shift) as i64) >> shift) as u64
     }
 
+    #[inline]
     fn output_bits(&self) -> u32 {
         u32::from(self.max_phys_bits)
     }
 
+    #[inline]
     fn leaf_allowed(&self, level: u8) -> bool {
         match level {
             0 | 1 => true,
@@ -180,6 +186,7 @@ impl Format for X86Paging {
         }
     }
 
+    #[inline]
     fn decode(&self, raw: u64, level: u8) -> Descriptor {
         if raw & P == 0 {
             return Descriptor::Invalid;
@@ -207,10 +214,12 @@ impl Format for X86Paging {
         }
     }
 
+    #[inline]
     fn encode_table(&self, table: u64, _level: u8) -> u64 {
         (table & address_mask(self.max_phys_bits)) | P | RW | US
     }
 
+    #[inline]
     fn encode_leaf(&self, pa: u64, attrs: &Attributes, level: u8) -> Result<u64, AttrError> {
         let access = attrs.access;
         if !access.contains(Access::READ) {
@@ -263,6 +272,7 @@ impl Format for X86Paging {
         Ok(raw)
     }
 
+    #[inline]
     fn table_limits(&self, raw: u64, _level: u8) -> Access {
         let mut limit = Access::READ;
         limit.set(Access::WRITE, raw & RW != 0);

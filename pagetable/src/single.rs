@@ -1,0 +1,232 @@
+//! The one-leaf fast path.
+//!
+//! Mapping or unmapping a single page is the most frequent update (a fault
+//! handler, a balloon, a grant map), and the general plan/commit walk spends
+//! most of its time on bookkeeping that one slot per level does not need. The
+//! fast path makes the same decisions on one path from the root: it walks
+//! down once, recording the tables it passes; if it meets anything but the
+//! plain cases (tables all the way, or an invalid entry below which the
+//! missing tables can be built), it hands over to the general engine before
+//! changing anything. Missing tables are reserved first and linked bottom
+//! up, so the new leaf appears with the single store that links the top new
+//! table: still all or nothing.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use hvmem_types::PhysAddr;
+
+use crate::alloc::{Reservation, ReserveFailure, TableAllocator};
+use crate::error::TableError;
+use crate::flush::TlbFlush;
+use crate::format::{Descriptor, Format};
+use crate::mem::PhysMem;
+use crate::table::PageTable;
+
+/// Deepest paging hierarchy any format has (AArch64 4K + LPA2: 5 levels).
+const MAX_LEVELS: usize = 8;
+
+/// What the fast path decided.
+pub(crate) enum Single {
+    /// Done; this is the flush.
+    Done(TlbFlush),
+    /// Not a case for the fast path: nothing was changed.
+    General,
+}
+
+impl<F: Format> PageTable<F> {
+    /// The entries of the table at `table` (level `level`).
+    fn entries_of<'m>(
+        &self,
+        mem: &'m impl PhysMem,
+        table: u64,
+        level: u8,
+    ) -> Result<&'m [AtomicU64], TableError> {
+        let n = if level + 1 == self.format.levels() {
+            self.format.root_entries()
+        } else {
+            self.format.entries()
+        };
+        mem.table(PhysAddr::new(table), n)
+            .ok_or(TableError::NotAccessible {
+                table: PhysAddr::new(table),
+            })
+    }
+
+    fn slot_of<'m>(
+        &self,
+        entries: &'m [AtomicU64],
+        index: u64,
+        level: u8,
+    ) -> Option<&'m AtomicU64> {
+        let i = (index >> self.format.level_shift(level)) & (entries.len() as u64 - 1);
+        entries.get(i as usize)
+    }
+
+    /// Maps one leaf at `level` for the index `index` with entry `leaf`.
+    pub(crate) fn map_single(
+        &mut self,
+        mem: &impl PhysMem,
+        alloc: &mut impl TableAllocator,
+        index: u64,
+        level: u8,
+        leaf: u64,
+        replace: bool,
+    ) -> Result<Single, SingleError> {
+        let mut table = self.root;
+        let mut l = self.format.levels() - 1;
+        // Walk down to the table that holds the leaf, or to an invalid entry.
+        let mut missing_at = None;
+        while l > level {
+            let entries = self.entries_of(mem, table, l)?;
+            let Some(entry) = self.slot_of(entries, index, l) else {
+                return Ok(Single::General);
+            };
+            match self.format.decode(entry.load(Ordering::Acquire), l) {
+                Descriptor::Table(next) => table = next,
+                Descriptor::Invalid => {
+                    missing_at = Some((entry, l));
+                    break;
+                }
+                Descriptor::Leaf(..) | Descriptor::Malformed => return Ok(Single::General),
+            }
+            l -= 1;
+        }
+        let Some((top_entry, top_level)) = missing_at else {
+            let entries = self.entries_of(mem, table, level)?;
+            let Some(entry) = self.slot_of(entries, index, level) else {
+                return Ok(Single::General);
+            };
+            let raw = entry.load(Ordering::Acquire);
+            return Ok(match self.format.decode(raw, level) {
+                Descriptor::Invalid => {
+                    entry.store(leaf, Ordering::Release);
+                    Single::Done(TlbFlush::NONE)
+                }
+                Descriptor::Leaf(..) if replace => {
+                    entry.store(leaf, Ordering::Release);
+                    let mut flush = TlbFlush::NONE;
+                    let size = 1u64 << self.format.level_shift(level);
+                    let at = self.format.index_to_input(index & !(size - 1));
+                    flush.add(at, at.saturating_add(size), false);
+                    Single::Done(flush)
+                }
+                Descriptor::Leaf(..) => {
+                    return Err(SingleError::Mapped(self.format.index_to_input(index)));
+                }
+                Descriptor::Table(_) | Descriptor::Malformed => Single::General,
+            });
+        };
+        // Tables for levels top_level-1 down to `level`, built bottom up.
+        let needed = usize::from(top_level - level);
+        if needed > MAX_LEVELS {
+            return Ok(Single::General);
+        }
+        let mut reservation = Reservation::take_frames(needed, self.format.entries(), mem, alloc)?;
+        let mut below = None;
+        for lv in level..top_level {
+            let Some(t) = reservation.take(mem) else {
+                break;
+            };
+            let entries = self.entries_of(mem, t, lv)?;
+            if let Some(entry) = self.slot_of(entries, index, lv) {
+                let raw = match below {
+                    None => leaf,
+                    Some(child) => self.format.encode_table(child, lv),
+                };
+                entry.store(raw, Ordering::Relaxed);
+            }
+            below = Some(t);
+        }
+        if let Some(child) = below {
+            top_entry.store(
+                self.format.encode_table(child, top_level),
+                Ordering::Release,
+            );
+        }
+        reservation.release(mem, alloc);
+        Ok(Single::Done(TlbFlush::NONE))
+    }
+
+    /// Unmaps the one leaf at `level` covering `index`, freeing the tables on
+    /// its path that become empty.
+    pub(crate) fn unmap_single(
+        &mut self,
+        mem: &impl PhysMem,
+        alloc: &mut impl TableAllocator,
+        index: u64,
+        level: u8,
+    ) -> Result<Single, SingleError> {
+        let top = self.format.levels() - 1;
+        let mut path: [Option<&AtomicU64>; MAX_LEVELS] = [None; MAX_LEVELS];
+        let mut tables = [0u64; MAX_LEVELS];
+        let mut table = self.root;
+        let mut l = top;
+        loop {
+            let entries = self.entries_of(mem, table, l)?;
+            let Some(entry) = self.slot_of(entries, index, l) else {
+                return Ok(Single::General);
+            };
+            let (Some(p), Some(t)) = (path.get_mut(usize::from(l)), tables.get_mut(usize::from(l)))
+            else {
+                return Ok(Single::General);
+            };
+            *p = Some(entry);
+            *t = table;
+            match self.format.decode(entry.load(Ordering::Acquire), l) {
+                Descriptor::Invalid => return Ok(Single::Done(TlbFlush::NONE)),
+                Descriptor::Table(next) if l > level => table = next,
+                Descriptor::Leaf(..) if l == level => break,
+                _ => return Ok(Single::General),
+            }
+            l -= 1;
+        }
+        let mut flush = TlbFlush::NONE;
+        let size = 1u64 << self.format.level_shift(level);
+        let at = self.format.index_to_input(index & !(size - 1));
+        if let Some(Some(entry)) = path.get(usize::from(level)) {
+            entry.store(0, Ordering::Release);
+        }
+        flush.add(at, at.saturating_add(size), false);
+        // Free the tables on the path that are now empty, bottom up.
+        for lv in level..top {
+            let Some(&t) = tables.get(usize::from(lv)) else {
+                break;
+            };
+            let entries = self.entries_of(mem, t, lv)?;
+            if entries
+                .iter()
+                .any(|e| self.format.decode(e.load(Ordering::Acquire), lv) != Descriptor::Invalid)
+            {
+                break;
+            }
+            let Some(Some(parent)) = path.get(usize::from(lv) + 1) else {
+                break;
+            };
+            parent.store(0, Ordering::Release);
+            alloc.free_table(PhysAddr::new(t));
+            let span = 1u64 << self.format.level_shift(lv + 1);
+            let start = self.format.index_to_input(index & !(span - 1));
+            flush.add(start, start.saturating_add(span), true);
+        }
+        Ok(Single::Done(flush))
+    }
+}
+
+/// Why the fast path refused.
+pub(crate) enum SingleError {
+    Table(TableError),
+    Reserve(ReserveFailure),
+    Mapped(u64),
+}
+
+impl From<TableError> for SingleError {
+    fn from(e: TableError) -> Self {
+        Self::Table(e)
+    }
+}
+
+impl From<ReserveFailure> for SingleError {
+    fn from(e: ReserveFailure) -> Self {
+        Self::Reserve(e)
+    }
+}
