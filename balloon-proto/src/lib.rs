@@ -83,3 +83,8 @@ pub mod xen;
 
 pub use bitmap::{StorageError, bitmap_words};
 pub use guest::GuestPages;
+
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
