@@ -38,6 +38,9 @@ pub struct MmuUpdate {
     pub val: u64,
 }
 
+// The guest's ABI: two 64-bit words, no padding.
+const _: () = assert!(core::mem::size_of::<MmuUpdate>() == 16);
+
 impl MmuUpdate {
     /// The command: bits 2..0 of `ptr`.
     #[must_use]

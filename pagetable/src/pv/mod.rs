@@ -60,6 +60,12 @@
 //! references first, swaps the entry with a compare-and-exchange, and only
 //! then drops the old entry's references.
 //!
+//! Dropping the last reference of a table type de-validates it, which drops
+//! the references of its entries, which may de-validate the tables below:
+//! at most four levels deep, but not preemptible (the frame table's
+//! `devalidate` cannot stop part-way). Pinning the tables a guest keeps
+//! using, as Xen guests do, keeps that work off the hot path.
+//!
 //! # Batch semantics
 //!
 //! [`mmu_update`] applies its requests in order and stops at the first
