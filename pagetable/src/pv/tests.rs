@@ -996,7 +996,7 @@ fn batch() -> impl Strategy<Value = Vec<MmuUpdate>> {
 
 fn proptest_config() -> ProptestConfig {
     ProptestConfig {
-        cases: if cfg!(miri) { 2 } else { 128 },
+        cases: if cfg!(miri) { 1 } else { 128 },
         failure_persistence: None,
         ..ProptestConfig::default()
     }
@@ -1016,7 +1016,7 @@ proptest! {
     fn random_batches_keep_ownership_types_and_counts_exact(
         steps in prop::collection::vec(
             (batch(), prop::option::of((4u64..12, 0usize..4))),
-            1..if cfg!(miri) { 3 } else { 12 },
+            1..if cfg!(miri) { 2 } else { 12 },
         )
     ) {
         let words = arena(FRAMES);
