@@ -128,6 +128,28 @@ impl fmt::Display for ClaimError {
 }
 impl core::error::Error for ClaimError {}
 
+/// Xen's `EINVAL`.
+pub const EINVAL: i32 = 22;
+/// Xen's `ENOMEM`.
+pub const ENOMEM: i32 = 12;
+/// Xen's `ESRCH`.
+pub const ESRCH: i32 = 3;
+
+impl ClaimError {
+    /// The negative errno `XENMEM_claim_pages` returns for this error
+    /// (`domain_set_outstanding_pages`): `-ESRCH` for an unknown domain,
+    /// `-ENOMEM` when the memory is not there, `-EINVAL` otherwise. The one
+    /// place the hypercall's status is derived from the error.
+    #[must_use]
+    pub const fn errno(&self) -> i32 {
+        match self {
+            Self::NoSuchDomain => -ESRCH,
+            Self::OutOfMemory { .. } => -ENOMEM,
+            Self::AlreadyClaimed | Self::NotAboveCurrent | Self::AboveMax => -EINVAL,
+        }
+    }
+}
+
 /// Why a whole reservation op was refused. Nothing changed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]

@@ -300,13 +300,17 @@ fn claim_rules_one_claim_zero_cancels_above_current_within_max_and_memory() {
     h.claim_pages(dom(1), 0).unwrap();
     assert_eq!(h.outstanding_claims(), 0);
     h.create_domain(dom(2), 200).unwrap();
+    let refused = h.claim_pages(dom(2), 91).unwrap_err();
     assert_eq!(
-        h.claim_pages(dom(2), 91),
-        Err(ClaimError::OutOfMemory {
+        refused,
+        ClaimError::OutOfMemory {
             needed: 91,
             available: 90
-        })
+        }
     );
+    // The hypercall's status: -ENOMEM here, -EINVAL for a malformed claim.
+    assert_eq!(refused.errno(), -12);
+    assert_eq!(ClaimError::AlreadyClaimed.errno(), -22);
 }
 
 #[test]
