@@ -15,6 +15,7 @@
     clippy::panic
 )]
 
+pub mod balloon;
 pub mod buddy;
 mod bytes;
 pub mod frametable;

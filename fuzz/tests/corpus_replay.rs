@@ -9,6 +9,7 @@ use std::path::Path;
 /// The targets and their entry points. A target without a corpus directory,
 /// or with an empty one, fails: a replay that replays nothing proves nothing.
 const TARGETS: &[(&str, Target)] = &[
+    ("balloon", hvmem_fuzz::balloon::run),
     ("buddy", hvmem_fuzz::buddy::run),
     ("frametable", hvmem_fuzz::frametable::run),
     ("pagetable_ops", hvmem_fuzz::pagetable_ops::run),
