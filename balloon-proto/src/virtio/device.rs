@@ -332,6 +332,8 @@ pub struct BalloonDevice<S> {
     config: DeviceConfig,
     status: Status,
     negotiated: Features,
+    /// PFNs and command ids are big-endian (a legacy big-endian guest).
+    big_endian: bool,
     num_pages: u32,
     actual: u32,
     poison_val: u32,
@@ -373,6 +375,7 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> BalloonDevice<S> {
             config,
             status: Status::Reset,
             negotiated: Features::empty(),
+            big_endian: false,
             num_pages: 0,
             actual: 0,
             poison_val: 0,
@@ -476,6 +479,7 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> BalloonDevice<S> {
             return Err(NegotiationError::MustTellHostDeclined);
         }
         self.negotiated = accepted;
+        self.big_endian = self.config.legacy_big_endian && !accepted.contains(Features::VERSION_1);
         self.status = Status::FeaturesOk;
         Ok(accepted)
     }
@@ -502,6 +506,7 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> BalloonDevice<S> {
     pub fn reset(&mut self) {
         self.status = Status::Reset;
         self.negotiated = Features::empty();
+        self.big_endian = false;
         self.actual = 0;
         self.poison_val = 0;
         self.pieces.clear_all();
@@ -606,7 +611,7 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> BalloonDevice<S> {
             .get(i * 4..i * 4 + 4)
             .and_then(|b| <[u8; 4]>::try_from(b).ok())
             .unwrap_or([0xff; 4]);
-        if self.config.legacy_big_endian && !self.negotiated.contains(Features::VERSION_1) {
+        if self.big_endian {
             u32::from_be_bytes(raw)
         } else {
             u32::from_le_bytes(raw)
@@ -663,11 +668,22 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> BalloonDevice<S> {
         }
         // Pass 2: discard the host pages that are now whole.
         let mut run: Option<Run> = None;
+        // Every piece of this request is set by now, so once a host page is
+        // decided (discarded now, before, or still incomplete) the answer
+        // holds for the rest of the pass: skip its further pieces.
+        let mut decided: Option<u64> = None;
         for i in 0..count {
             let hp = u64::from(self.pfn_at(buffer, i)) >> self.piece_shift;
             if self.piece_shift != 0 {
-                let first = hp << self.piece_shift;
-                if self.host.get(hp) || !self.pieces.all_set(first, 1 << self.piece_shift) {
+                if decided == Some(hp) {
+                    continue;
+                }
+                decided = Some(hp);
+                if self.host.get(hp)
+                    || !self
+                        .pieces
+                        .all_set(hp << self.piece_shift, 1 << self.piece_shift)
+                {
                     continue;
                 }
                 self.host.set(hp);
@@ -711,10 +727,19 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> BalloonDevice<S> {
             }
         }
         let mut run: Option<Run> = None;
+        // A host page is handed back by its first deflated piece; its
+        // further pieces in a row need no look.
+        let mut decided: Option<u64> = None;
         for i in 0..count {
             let hp = u64::from(self.pfn_at(buffer, i)) >> self.piece_shift;
-            if self.piece_shift != 0 && !self.host.clear(hp) {
-                continue;
+            if self.piece_shift != 0 {
+                if decided == Some(hp) {
+                    continue;
+                }
+                decided = Some(hp);
+                if !self.host.clear(hp) {
+                    continue;
+                }
             }
             self.extend(&mut run, hp, &mut emit, false);
         }
