@@ -136,6 +136,10 @@ fn live_tables<F: crate::Format>(pt: &PageTable<F>, mem: &impl PhysMem, span: u6
 use crate::InputAddress;
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "thousands of entries: too slow under the interpreter; runs natively in the test stage"
+)]
 fn map_uses_the_largest_leaves_that_fit() {
     let mut m = Machine::new(64);
     let mut pt = x86(&mut m);
@@ -159,6 +163,10 @@ fn map_uses_the_largest_leaves_that_fit() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "thousands of entries: too slow under the interpreter; runs natively in the test stage"
+)]
 fn forced_size_maps_only_that_size() {
     let mut m = Machine::new(64);
     let mut pt = x86(&mut m);
@@ -194,6 +202,7 @@ fn forced_size_maps_only_that_size() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "thousands of entries: too slow under the interpreter; runs natively in the test stage")]
 fn overmap_is_refused_without_partial_success() {
     let mut m = Machine::new(64);
     let mut pt = x86(&mut m);
@@ -226,6 +235,10 @@ fn overmap_is_refused_without_partial_success() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "thousands of entries: too slow under the interpreter; runs natively in the test stage"
+)]
 fn replacing_a_mapping_reports_the_old_translation_for_flushing() {
     let mut m = Machine::new(64);
     let mut pt = x86(&mut m);
@@ -266,6 +279,10 @@ fn replacing_a_mapping_reports_the_old_translation_for_flushing() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "thousands of entries: too slow under the interpreter; runs natively in the test stage"
+)]
 fn out_of_memory_leaves_the_tables_exactly_as_before() {
     let mut m = Machine::new(64);
     let mut pt = x86(&mut m);
@@ -313,6 +330,10 @@ fn out_of_memory_leaves_the_tables_exactly_as_before() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "thousands of entries: too slow under the interpreter; runs natively in the test stage"
+)]
 fn unmap_splits_a_partly_covered_large_leaf() {
     let mut m = Machine::new(64);
     let mut pt = x86(&mut m);
@@ -352,6 +373,10 @@ fn unmap_splits_a_partly_covered_large_leaf() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "thousands of entries: too slow under the interpreter; runs natively in the test stage"
+)]
 fn unmap_frees_every_table_it_empties() {
     let mut m = Machine::new(64);
     let mut pt = x86(&mut m);
@@ -418,6 +443,10 @@ fn unmapping_the_last_page_of_a_table_frees_the_tables_above_it() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "thousands of entries: too slow under the interpreter; runs natively in the test stage"
+)]
 fn protect_changes_attributes_and_splits_at_the_edges() {
     let mut m = Machine::new(64);
     let mut pt = x86(&mut m);
@@ -460,6 +489,10 @@ fn protect_changes_attributes_and_splits_at_the_edges() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "thousands of entries: too slow under the interpreter; runs natively in the test stage"
+)]
 fn merge_folds_a_uniform_table_back_into_a_large_leaf() {
     let mut m = Machine::new(64);
     let mut pt = x86(&mut m);
@@ -598,6 +631,10 @@ fn translate_combines_rights_over_the_walk() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "thousands of entries: too slow under the interpreter; runs natively in the test stage"
+)]
 fn walking_cyclic_or_garbage_tables_terminates() {
     let mut m = Machine::new(16);
     let pt = x86(&mut m);
@@ -656,6 +693,10 @@ fn five_level_tables_map_above_the_48_bit_space() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "thousands of entries: too slow under the interpreter; runs natively in the test stage"
+)]
 fn ept_maps_guest_physical_memory_with_stage_2_rights() {
     let mut m = Machine::new(16);
     let mem = SliceMem::new(PhysAddr::new(ARENA_BASE), &m.words);
@@ -694,6 +735,10 @@ fn ept_maps_guest_physical_memory_with_stage_2_rights() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "thousands of entries: too slow under the interpreter; runs natively in the test stage"
+)]
 fn destroy_frees_every_table() {
     let mut m = Machine::new(64);
     let mut pt = x86(&mut m);
@@ -952,6 +997,7 @@ proptest! {
     /// table word as it was, and the allocator has exactly as many table
     /// frames out as the tree holds (no leak, no double free).
     #[test]
+    #[cfg_attr(miri, ignore = "a model check per step: too slow under the interpreter; runs natively in the test stage")]
     fn random_edits_match_the_model(ops in proptest::collection::vec(op(), 1..if cfg!(miri) { 4 } else { 40 })) {
         run_model(&ops);
     }
