@@ -202,7 +202,10 @@ fn forced_size_maps_only_that_size() {
 }
 
 #[test]
-#[cfg_attr(miri, ignore = "thousands of entries: too slow under the interpreter; runs natively in the test stage")]
+#[cfg_attr(
+    miri,
+    ignore = "thousands of entries: too slow under the interpreter; runs natively in the test stage"
+)]
 fn overmap_is_refused_without_partial_success() {
     let mut m = Machine::new(64);
     let mut pt = x86(&mut m);
