@@ -227,7 +227,18 @@ impl<'m> FrameMeta<'m> {
     }
 
     /// Marks the frames `[i, i + n)` dirty; returns how many were clean.
+    #[inline]
     pub(crate) fn mark_dirty(&mut self, i: u32, n: u32) -> u32 {
+        if n == 1 {
+            // The single-frame case, which dominates: one bit.
+            let Some(w) = self.dirty.get_mut(i as usize / 64) else {
+                return 0;
+            };
+            let bit = 1u64 << (i % 64);
+            let newly = u32::from(*w & bit == 0);
+            *w |= bit;
+            return newly;
+        }
         let mut newly = 0;
         self.for_each_word(i, n, |w, mask| {
             newly += (!*w & mask).count_ones();
@@ -237,7 +248,17 @@ impl<'m> FrameMeta<'m> {
     }
 
     /// Marks the frames `[i, i + n)` clean; returns how many were dirty.
+    #[inline]
     pub(crate) fn mark_clean(&mut self, i: u32, n: u32) -> u32 {
+        if n == 1 {
+            let Some(w) = self.dirty.get_mut(i as usize / 64) else {
+                return 0;
+            };
+            let bit = 1u64 << (i % 64);
+            let cleared = u32::from(*w & bit != 0);
+            *w &= !bit;
+            return cleared;
+        }
         let mut cleared = 0;
         self.for_each_word(i, n, |w, mask| {
             cleared += (*w & mask).count_ones();
