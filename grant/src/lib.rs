@@ -1,0 +1,2 @@
+//! Xen grant tables (work in progress: see issue 6).
+#![no_std]

@@ -1,0 +1,2 @@
+//! Transcendent memory pools (work in progress: see issue 8).
+#![no_std]
