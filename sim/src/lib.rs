@@ -1,0 +1,1 @@
+//! A simulated host built from the hvmem crates (work in progress: issue 9).

@@ -1,0 +1,2 @@
+//! The main job (work in progress: issue 9).
+fn main() {}
