@@ -172,11 +172,12 @@ impl<'m> FrameMeta<'m> {
         self.links.get(i as usize).map_or(NIL, |&w| w as u32)
     }
 
+    /// `(next, prev)` of frame `i`, in one read.
     #[inline]
-    pub(crate) fn prev(&self, i: u32) -> u32 {
+    pub(crate) fn links(&self, i: u32) -> (u32, u32) {
         self.links
             .get(i as usize)
-            .map_or(NIL, |&w| (w >> 32) as u32)
+            .map_or((NIL, NIL), |&w| (w as u32, (w >> 32) as u32))
     }
 
     #[inline]
@@ -239,6 +240,16 @@ impl<'m> FrameMeta<'m> {
             *w |= bit;
             return newly;
         }
+        if let Some(words) = self.whole_words(i, n) {
+            // A block of 64 frames or more, word-aligned: whole words, and the
+            // common all-clean word counted without a popcount.
+            let mut newly = 0;
+            for w in words {
+                newly += if *w == 0 { 64 } else { w.count_zeros() };
+                *w = u64::MAX;
+            }
+            return newly;
+        }
         let mut newly = 0;
         self.for_each_word(i, n, |w, mask| {
             newly += (!*w & mask).count_ones();
@@ -257,6 +268,14 @@ impl<'m> FrameMeta<'m> {
             let bit = 1u64 << (i % 64);
             let cleared = u32::from(*w & bit != 0);
             *w &= !bit;
+            return cleared;
+        }
+        if let Some(words) = self.whole_words(i, n) {
+            let mut cleared = 0;
+            for w in words {
+                cleared += if *w == u64::MAX { 64 } else { w.count_ones() };
+                *w = 0;
+            }
             return cleared;
         }
         let mut cleared = 0;
@@ -332,6 +351,16 @@ impl<'m> FrameMeta<'m> {
             at += span;
         }
         (cleared, None)
+    }
+
+    /// The bitmap words of `[i, i + n)` when the span covers whole words.
+    #[inline]
+    fn whole_words(&mut self, i: u32, n: u32) -> Option<&mut [u64]> {
+        if i % 64 != 0 || n % 64 != 0 {
+            return None;
+        }
+        let first = i as usize / 64;
+        self.dirty.get_mut(first..first + n as usize / 64)
     }
 
     fn for_each_word(&mut self, i: u32, n: u32, mut f: impl FnMut(&mut u64, u64)) {

@@ -157,7 +157,7 @@ impl<'m> Zone<'m> {
     #[inline]
     fn unlink_free(&mut self, i: u32, k: u8, dirty: bool) {
         let list = usize::from(dirty);
-        let (next, prev) = (self.meta.next(i), self.meta.prev(i));
+        let (next, prev) = self.meta.links(i);
         if prev == NIL {
             if let Some(head) = self
                 .heads
