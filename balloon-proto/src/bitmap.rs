@@ -137,6 +137,13 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> PageBitmap<S> {
             return false;
         }
         let words = self.words.as_ref();
+        if start % 64 == 0 && len % 64 == 0 {
+            // Whole words (host pages of 256 KiB and up): no masks.
+            let first = (start / 64) as usize;
+            return words
+                .get(first..first + (len / 64) as usize)
+                .is_some_and(|run| run.iter().all(|&w| w == u64::MAX));
+        }
         let mut i = start;
         while i < end {
             let bit = i % 64;
@@ -153,6 +160,15 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> PageBitmap<S> {
             i += n;
         }
         true
+    }
+
+    /// Whether every page of the 64-page word holding page `i` is set.
+    #[inline]
+    pub(crate) fn word_full(&self, i: u64) -> bool {
+        self.words
+            .as_ref()
+            .get((i / 64) as usize)
+            .is_some_and(|&w| w == u64::MAX)
     }
 
     /// Whether any page of `start..start + len` is set, clipped to the map.

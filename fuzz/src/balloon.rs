@@ -1,7 +1,8 @@
 //! The `balloon` target: arbitrary event sequences to the Xen and virtio
 //! balloon machines, checked against simple models.
 //!
-//! Input layout: a selector byte (even: virtio, odd: Xen), a few
+//! Input layout: a selector byte (0 mod 4: the virtio device and driver,
+//! 2 mod 4: the virtio driver's free page hinting and reporting, odd: Xen), a few
 //! configuration bytes, then events of one tag byte and their arguments.
 //! Many events are hostile by construction (PFNs past guest memory,
 //! repeated pages, garbage buffers, lying hypercall results, targets above
@@ -12,9 +13,12 @@
 use std::collections::BTreeSet;
 
 use hvmem_balloon_proto::GuestPages;
+use hvmem_balloon_proto::virtio::blocks::FreeBlock;
 use hvmem_balloon_proto::virtio::device::{BalloonDevice, DeviceConfig, HostAction};
 use hvmem_balloon_proto::virtio::driver::{BalloonDriver as VirtioDriver, DriverStep};
 use hvmem_balloon_proto::virtio::features::{Features, GuestPoisoning};
+use hvmem_balloon_proto::virtio::hinter::{FreePageHinter, HintStep, hinter_storage_words};
+use hvmem_balloon_proto::virtio::reporter::{FreePageReporter, ReportStep, reporter_storage_words};
 use hvmem_balloon_proto::virtio::stats::Stats;
 use hvmem_balloon_proto::xen::abi::MemoryOp;
 use hvmem_balloon_proto::xen::domain::HostMemory;
@@ -31,10 +35,10 @@ const MAX_STEPS: usize = 2048;
 /// Runs one input. Panics on any disagreement with the model.
 pub fn run(data: &[u8]) {
     let mut input = Bytes::new(data);
-    if input.u8() & 1 == 0 {
-        virtio(&mut input);
-    } else {
-        xen(&mut input);
+    match input.u8() % 4 {
+        0 => virtio(&mut input),
+        2 => free_blocks(&mut input),
+        _ => xen(&mut input),
     }
 }
 
@@ -454,5 +458,253 @@ fn xen(input: &mut Bytes<'_>) {
             physmap,
             "a frame is lost or counted twice"
         );
+    }
+}
+
+/// An aligned run of `2^order` pages all free in the guest, searched from
+/// `from`.
+fn free_run(guest: &Free, order: u32, from: u64) -> Option<FreeBlock> {
+    let n = 1u64 << order;
+    guest
+        .0
+        .range(from..)
+        .copied()
+        .find(|&g| g % n == 0 && (g..g + n).all(|p| guest.0.contains(&p)))
+        .map(|g| FreeBlock {
+            gfn: Gfn::new(g),
+            order,
+        })
+}
+
+fn garbage_block(input: &mut Bytes<'_>, guest_pages: u64) -> FreeBlock {
+    FreeBlock {
+        gfn: Gfn::new(u64::from(input.u16()) % (guest_pages + 64)),
+        order: u32::from(input.u8() % 24),
+    }
+}
+
+/// The driver's free page hinting and reporting beside its balloon, against
+/// a model: every 4 KiB page is exactly one of free in the guest, used by
+/// the guest, in the balloon, hinted, or isolated in the report in flight.
+fn free_blocks(input: &mut Bytes<'_>) {
+    let guest_pages = u64::from(input.u16() % 1024) + 1;
+    let hint_order = u32::from(input.u8() % 6);
+    let report_order = u32::from(input.u8() % 6);
+    let negotiated = Features::from_bits_truncate(u64::from(input.u8() & 0x3f))
+        | Features::VERSION_1
+        | Features::MUST_TELL_HOST;
+    let mut drv = VirtioDriver::new(
+        negotiated,
+        GuestPoisoning {
+            poisons_free_pages: false,
+        },
+        0,
+        guest_pages,
+        12,
+        vec![0u64; hvmem_balloon_proto::virtio::driver::driver_storage_words(guest_pages, 12)],
+    )
+    .unwrap();
+    let features = drv.features();
+    let mut hinter = FreePageHinter::new(
+        features,
+        guest_pages,
+        12,
+        hint_order,
+        vec![0u64; hinter_storage_words(guest_pages, hint_order)],
+    )
+    .unwrap();
+    let mut reporter = FreePageReporter::new(
+        features,
+        guest_pages,
+        12,
+        report_order,
+        vec![0u64; reporter_storage_words(guest_pages, report_order)],
+    )
+    .unwrap();
+    let mut guest = Free((0..guest_pages).collect());
+    let mut used: BTreeSet<u64> = BTreeSet::new();
+    let mut hinted: BTreeSet<u64> = BTreeSet::new();
+    let mut isolated: Vec<FreeBlock> = Vec::new();
+    let mut reported: BTreeSet<u64> = BTreeSet::new();
+
+    let mut steps = 0;
+    while !input.is_empty() && steps < MAX_STEPS {
+        steps += 1;
+        let (hinter_before, reporter_before) = (hinter.clone(), reporter.clone());
+        let refused = match input.u8() % 10 {
+            0 => {
+                let id = u32::from(input.u8() % 6);
+                if let HintStep::Stop | HintStep::ReleaseAll = hinter.config_changed(id) {
+                    let _ = hinter.finish();
+                }
+                if id == 1 {
+                    let n = hinter.release(usize::MAX, &mut guest);
+                    assert!(n == 0 || !hinted.is_empty());
+                    hinted.clear();
+                }
+                false
+            }
+            1 | 2 => match free_run(&guest, hint_order, u64::from(input.u16()) % guest_pages) {
+                Some(block) => match hinter.hint(block, &drv) {
+                    Ok(range) => {
+                        assert_eq!(range, block.range());
+                        for p in block.gfn.get()..block.gfn.get() + block.pages() {
+                            assert!(guest.0.remove(&p));
+                            hinted.insert(p);
+                        }
+                        false
+                    }
+                    Err(_) => true,
+                },
+                None => {
+                    let _ = hinter.finish();
+                    false
+                }
+            },
+            3 => {
+                // An arbitrary block. The driver trusts the guest kernel on
+                // which pages are free (it checks only its own balloon), so
+                // only blocks that are free or garbage are offered.
+                let block = garbage_block(input, guest_pages);
+                let span = block.gfn.get()..block.gfn.get().saturating_add(block.pages());
+                let held = used.range(span.clone()).next().is_some()
+                    || isolated
+                        .iter()
+                        .any(|b| b.gfn.get() < span.end && span.start < b.gfn.get() + b.pages());
+                if held {
+                    continue;
+                }
+                match hinter.hint(block, &drv) {
+                    Ok(_) => {
+                        assert_eq!(block.order, hint_order);
+                        for p in span {
+                            assert!(guest.0.remove(&p), "hinted a page not free");
+                            hinted.insert(p);
+                        }
+                        false
+                    }
+                    Err(_) => true,
+                }
+            }
+            4 => {
+                let n = usize::from(input.u8() % 4);
+                let before = guest.0.len();
+                let released = hinter.release(n, &mut guest);
+                assert!(released <= n);
+                let back = (guest.0.len() - before) as u64;
+                assert_eq!(back, released as u64 * (1 << hint_order));
+                hinted.retain(|p| !guest.0.contains(p));
+                false
+            }
+            5 | 6 => {
+                // Offer the guest's free runs of the reporting order or
+                // larger, honest ones first and perhaps one garbage block.
+                let mut offer = Vec::new();
+                let mut from = 0;
+                let order = report_order + u32::from(input.u8() % 2);
+                while let Some(b) = free_run(&guest, order, from) {
+                    offer.push(b);
+                    from = b.gfn.get() + b.pages();
+                    if offer.len() == 40 {
+                        break;
+                    }
+                }
+                let garbage = input.u8() % 4 == 0;
+                if garbage {
+                    // Free or garbage, as for hinting: never pages the guest
+                    // uses, hints or has isolated.
+                    let block = garbage_block(input, guest_pages);
+                    let span = block.gfn.get()..block.gfn.get().saturating_add(block.pages());
+                    let held = used.range(span.clone()).next().is_some()
+                        || hinted.range(span.clone()).next().is_some()
+                        || isolated.iter().any(|b| {
+                            b.gfn.get() < span.end && span.start < b.gfn.get() + b.pages()
+                        });
+                    if !held {
+                        offer.push(block);
+                    }
+                }
+                match reporter.report(&offer, &drv) {
+                    Ok(ReportStep::Send { blocks, ranges }) => {
+                        assert_eq!(blocks.len(), ranges.len());
+                        for b in blocks {
+                            for p in b.gfn.get()..b.gfn.get() + b.pages() {
+                                assert!(guest.0.remove(&p), "reported a page not free");
+                            }
+                            isolated.push(*b);
+                        }
+                        false
+                    }
+                    Ok(ReportStep::Nothing) => false,
+                    Err(_) => {
+                        assert!(
+                            garbage
+                                || offer.is_empty()
+                                || !features.contains(Features::PAGE_REPORTING)
+                                || reporter_before.in_flight(),
+                            "an honest offer was refused"
+                        );
+                        true
+                    }
+                }
+            }
+            7 => match reporter.acked() {
+                Ok(blocks) => {
+                    assert_eq!(blocks, &isolated[..]);
+                    for b in isolated.drain(..) {
+                        for p in b.gfn.get()..b.gfn.get() + b.pages() {
+                            guest.free_page(Gfn::new(p));
+                            reported.insert(p);
+                        }
+                    }
+                    false
+                }
+                Err(_) => true,
+            },
+            8 => {
+                // The guest allocates a page, and tells the reporter.
+                if let Some(gfn) = guest.alloc_page() {
+                    used.insert(gfn.get());
+                    reporter.allocated(gfn, 0).unwrap();
+                    let g = gfn.get() >> report_order << report_order;
+                    for p in g..g + (1 << report_order) {
+                        reported.remove(&p);
+                    }
+                } else if let Some(p) = used.pop_first() {
+                    guest.free_page(Gfn::new(p));
+                }
+                false
+            }
+            _ => {
+                // The balloon takes or gives pages (the device acks at once).
+                drv.config_changed(u32::from(input.u16()) % (guest_pages as u32 + 1));
+                if let Ok(DriverStep::Inflate(_) | DriverStep::Deflate(_)) = drv.poll(&mut guest) {
+                    let _ = drv.ack(&mut guest).unwrap();
+                }
+                false
+            }
+        };
+        if refused {
+            assert!(hinter == hinter_before, "a refused step changed the hinter");
+            assert!(
+                reporter == reporter_before,
+                "a refused step changed the reporter"
+            );
+        }
+        assert_eq!(hinter.hinted_pages(), hinted.len() as u64);
+        let in_report: u64 = isolated.iter().map(FreeBlock::pages).sum();
+        let ballooned = u64::from(drv.actual());
+        assert_eq!(
+            guest.0.len() as u64 + used.len() as u64 + hinted.len() as u64 + in_report + ballooned,
+            guest_pages,
+            "a page was lost or counted twice"
+        );
+        for &p in hinted.iter().take(8) {
+            assert!(hinter.is_hinted(Gfn::new(p)));
+        }
+        // Reported pages are reported in the reporter (whole granules only).
+        for &p in reported.iter().take(8) {
+            assert!(reporter.is_reported(Gfn::new(p)));
+        }
     }
 }

@@ -673,13 +673,17 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> BalloonDevice<S> {
         // holds for the rest of the pass: skip its further pieces.
         let mut decided: Option<u64> = None;
         for i in 0..count {
-            let hp = u64::from(self.pfn_at(buffer, i)) >> self.piece_shift;
+            let pfn = u64::from(self.pfn_at(buffer, i));
+            let hp = pfn >> self.piece_shift;
             if self.piece_shift != 0 {
                 if decided == Some(hp) {
                     continue;
                 }
                 decided = Some(hp);
-                if self.host.get(hp)
+                // A host page of 64 pieces or more is incomplete while the
+                // word holding this piece is: usually one read decides.
+                if (self.piece_shift >= 6 && !self.pieces.word_full(pfn))
+                    || self.host.get(hp)
                     || !self
                         .pieces
                         .all_set(hp << self.piece_shift, 1 << self.piece_shift)

@@ -24,10 +24,11 @@
 //! - **Statistics.** When the device returns the stats buffer, the driver
 //!   fills a new one with the same tag subset every time
 //!   ([`BalloonDriver::fill_stats`]).
-//! - **Free page hinting.** A new command id >= 2 in config is answered
-//!   with exactly one command buffer carrying it; when the driver has
-//!   nothing more to hint it sends STOP; DONE lets it release every hinted
-//!   page ([`BalloonDriver::hint_config`]).
+//! - **Free page hinting and reporting** run beside the balloon, each with
+//!   its own state: [`FreePageHinter`](crate::virtio::hinter::FreePageHinter)
+//!   and [`FreePageReporter`](crate::virtio::reporter::FreePageReporter).
+//!   Both ask the driver whether a free block holds balloon pages
+//!   ([`BalloonDriver::holds_any`]).
 //! - **Poison.** With PAGE_POISON the driver writes `poison_val` once,
 //!   before DRIVER_OK ([`BalloonDriver::poison_val`]).
 
@@ -39,7 +40,6 @@ use crate::bitmap::{PageBitmap, StorageError, bitmap_words};
 use crate::guest::GuestPages;
 use crate::virtio::device::MAX_PFNS_PER_REQUEST;
 use crate::virtio::features::{Features, GuestPoisoning, driver_accepts};
-use crate::virtio::hint::{CMD_ID_DONE, CMD_ID_STOP};
 use crate::virtio::stats::{Stats, StatsError};
 
 /// Words of storage for a guest of `guest_pages` 4 KiB pages with pages of
@@ -136,20 +136,6 @@ pub enum DriverStep<'a> {
 #[must_use]
 pub struct WriteActual(pub u32);
 
-/// What a hinting config change asks of the driver.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[must_use]
-pub enum HintStep {
-    /// Send this 4-byte command id on free_page_vq, then hint free blocks.
-    SendCommand(u32),
-    /// Stop hinting (STOP written, or an id already answered).
-    Stop,
-    /// DONE: release every hinted page to the guest.
-    ReleaseAll,
-    /// Nothing new.
-    Nothing,
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Request {
     Inflate,
@@ -173,7 +159,6 @@ pub struct BalloonDriver<S> {
     buffer: [u8; MAX_PFNS_PER_REQUEST * 4],
     buffer_len: usize,
     stats_mask: Option<u16>,
-    hint_answered: u32,
     poison: Option<u32>,
 }
 
@@ -214,7 +199,6 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> BalloonDriver<S> {
             buffer: [0; MAX_PFNS_PER_REQUEST * 4],
             buffer_len: 0,
             stats_mask: None,
-            hint_answered: CMD_ID_STOP,
             poison: negotiated.contains(Features::PAGE_POISON).then_some(poison),
         })
     }
@@ -248,6 +232,22 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> BalloonDriver<S> {
     #[must_use]
     pub fn is_ballooned(&self, gfn: Gfn) -> bool {
         self.balloon.get(gfn.get() >> self.piece_shift)
+    }
+
+    /// Whether any guest page of the `pages` 4 KiB frames from `gfn` is in
+    /// the balloon or in the request in flight: such pages are not free.
+    #[must_use]
+    pub fn holds_any(&self, gfn: Gfn, pages: u64) -> bool {
+        let first = gfn.get() >> self.piece_shift;
+        let last = gfn.get().saturating_add(pages.max(1) - 1) >> self.piece_shift;
+        if self.balloon.any_set(first, last - first + 1) {
+            return true;
+        }
+        self.in_flight.is_some()
+            && self.pages.get(..self.npages).is_some_and(|p| {
+                p.iter()
+                    .any(|&f| (first..=last).contains(&(u64::from(f) >> self.piece_shift)))
+            })
     }
 
     /// Whether a request is in flight.
@@ -425,21 +425,5 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> BalloonDriver<S> {
         let n = stats.encode(out)?;
         self.stats_mask = Some(mask);
         Ok(n)
-    }
-
-    /// The device changed `free_page_hint_cmd_id` to `id`.
-    pub fn hint_config(&mut self, id: u32) -> HintStep {
-        if !self.negotiated.contains(Features::FREE_PAGE_HINT) {
-            return HintStep::Nothing;
-        }
-        match id {
-            CMD_ID_DONE => HintStep::ReleaseAll,
-            CMD_ID_STOP => HintStep::Stop,
-            id if id == self.hint_answered => HintStep::Nothing,
-            id => {
-                self.hint_answered = id;
-                HintStep::SendCommand(id)
-            }
-        }
     }
 }

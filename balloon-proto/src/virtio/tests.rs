@@ -12,18 +12,21 @@ use hvmem_types::Gfn;
 use proptest::prelude::*;
 
 use crate::GuestPages;
+use crate::virtio::blocks::{BlockError, FreeBlock};
 use crate::virtio::config::{ConfigAccessError, config_len};
 use crate::virtio::device::{
     BalloonDevice, DeviceConfig, HintOutcome, HostAction, ReportError, RequestError,
     SetTargetError, host_page_storage_words, piece_storage_words,
 };
-use crate::virtio::driver::{
-    BalloonDriver, DriverError, DriverStep, HintStep, driver_storage_words,
-};
+use crate::virtio::driver::{BalloonDriver, DriverError, DriverStep, driver_storage_words};
 use crate::virtio::features::{
     DEVICE_ID, Features, GuestPoisoning, NegotiationError, Queue, QueueLayout, driver_accepts,
 };
 use crate::virtio::hint::HintError;
+use crate::virtio::hinter::{FreePageHinter, HintBlockError, HintStep, hinter_storage_words};
+use crate::virtio::reporter::{
+    FreePageReporter, REPORT_CAPACITY, ReportStep, ReporterError, reporter_storage_words,
+};
 use crate::virtio::stats::{StatTag, Stats, StatsError};
 
 pub(crate) type Dev = BalloonDevice<Vec<u64>>;
@@ -625,10 +628,297 @@ fn the_driver_keeps_the_same_stats_tags_and_answers_each_hint_id_once() {
     let mut other = stats;
     other.set(StatTag::Caches, 2);
     assert!(drv.fill_stats(&other, &mut out).is_err());
-    assert_eq!(drv.hint_config(9), HintStep::SendCommand(9));
-    assert_eq!(drv.hint_config(9), HintStep::Nothing);
-    assert_eq!(drv.hint_config(0), HintStep::Stop);
-    assert_eq!(drv.hint_config(1), HintStep::ReleaseAll);
+    let mut hinter = hinter(Features::FREE_PAGE_HINT, 64, 2);
+    assert_eq!(hinter.config_changed(9), HintStep::SendCommand(9));
+    assert_eq!(hinter.config_changed(9), HintStep::Nothing);
+    assert_eq!(hinter.config_changed(0), HintStep::Stop);
+    assert_eq!(hinter.config_changed(1), HintStep::ReleaseAll);
+}
+
+type Hinter = FreePageHinter<Vec<u64>>;
+type Reporter = FreePageReporter<Vec<u64>>;
+
+fn hinter(negotiated: Features, guest_pages: u64, order: u32) -> Hinter {
+    FreePageHinter::new(
+        negotiated,
+        guest_pages,
+        12,
+        order,
+        vec![0; hinter_storage_words(guest_pages, order)],
+    )
+    .unwrap()
+}
+
+fn reporter(negotiated: Features, guest_pages: u64, order: u32) -> Reporter {
+    FreePageReporter::new(
+        negotiated,
+        guest_pages,
+        12,
+        order,
+        vec![0; reporter_storage_words(guest_pages, order)],
+    )
+    .unwrap()
+}
+
+fn block(gfn: u64, order: u32) -> FreeBlock {
+    FreeBlock {
+        gfn: Gfn::new(gfn),
+        order,
+    }
+}
+
+/// Takes a whole aligned block of `2^order` pages out of the guest.
+fn take_block(guest: &mut Free, order: u32) -> Option<FreeBlock> {
+    let n = 1u64 << order;
+    let start = guest
+        .0
+        .iter()
+        .copied()
+        .find(|&g| g % n == 0 && (g..g + n).all(|p| guest.0.contains(&p)))?;
+    for p in start..start + n {
+        guest.0.remove(&p);
+    }
+    Some(block(start, order))
+}
+
+#[test]
+fn a_hinting_round_answers_the_id_once_hints_blocks_and_ends_with_one_stop() {
+    let f = Features::FREE_PAGE_HINT | Features::VERSION_1;
+    let mut dev = running(f, 256, 12);
+    let drv = driver(f, 256, 12);
+    let mut hinter = hinter(f, 256, 4);
+    let mut guest = Free((0..256).collect());
+    // No round yet: nothing may be hinted.
+    assert_eq!(hinter.hint(block(0, 4), &drv), Err(HintBlockError::NoRound));
+    let id = dev.start_hinting().unwrap();
+    let HintStep::SendCommand(sent) = hinter.config_changed(dev.hint_cmd_id()) else {
+        panic!("a fresh id must be answered");
+    };
+    assert_eq!(sent, id);
+    dev.hint_command(&sent.to_le_bytes()).unwrap();
+    let mut hinted = 0;
+    while let Some(b) = take_block(&mut guest, 4) {
+        let (addr, len) = hinter.hint(b, &drv).unwrap();
+        assert_eq!(
+            dev.hint_pages(addr, len),
+            Ok(HintOutcome::Hinted {
+                first_pfn: addr >> 12,
+                pages: 16
+            })
+        );
+        hinted += 1;
+    }
+    assert_eq!(hinted, 16);
+    assert_eq!(hinter.hinted_pages(), 256);
+    let stop = hinter.finish().unwrap();
+    dev.hint_command(&stop).unwrap();
+    // One STOP per round: a second finish has nothing to send.
+    assert_eq!(hinter.finish(), None);
+    // The same id read again does not open another round.
+    assert_eq!(hinter.config_changed(id), HintStep::Nothing);
+    assert_eq!(hinter.hint(block(0, 4), &drv), Err(HintBlockError::NoRound));
+}
+
+#[test]
+fn done_releases_every_hinted_page_exactly_once() {
+    let f = Features::FREE_PAGE_HINT;
+    let drv = driver(f, 256, 12);
+    let mut hinter = hinter(f, 256, 4);
+    let mut guest = Free((0..256).collect());
+    let _ = hinter.config_changed(5);
+    for _ in 0..6 {
+        let b = take_block(&mut guest, 4).unwrap();
+        hinter.hint(b, &drv).unwrap();
+    }
+    assert_eq!(guest.0.len(), 256 - 96);
+    assert_eq!(hinter.config_changed(1), HintStep::ReleaseAll);
+    // `Free` panics on a page freed twice.
+    assert_eq!(hinter.release(usize::MAX, &mut guest), 6);
+    assert_eq!(guest.0.len(), 256);
+    assert_eq!(hinter.hinted_pages(), 0);
+    assert_eq!(hinter.release(usize::MAX, &mut guest), 0);
+}
+
+#[test]
+fn memory_pressure_takes_back_only_the_blocks_asked_for() {
+    let f = Features::FREE_PAGE_HINT;
+    let drv = driver(f, 256, 12);
+    let mut hinter = hinter(f, 256, 4);
+    let mut guest = Free((0..256).collect());
+    let _ = hinter.config_changed(5);
+    for _ in 0..4 {
+        let b = take_block(&mut guest, 4).unwrap();
+        hinter.hint(b, &drv).unwrap();
+    }
+    assert_eq!(hinter.release(1, &mut guest), 1);
+    assert_eq!(hinter.hinted_pages(), 48);
+    assert!(!hinter.is_hinted(Gfn::new(0)));
+    assert!(hinter.is_hinted(Gfn::new(16)));
+}
+
+#[test]
+fn a_hinted_block_is_refused_when_misaligned_past_memory_ballooned_or_hinted_twice() {
+    let f = Features::FREE_PAGE_HINT | Features::MUST_TELL_HOST;
+    let mut drv = driver(f, 256, 12);
+    let mut guest = Free((0..256).collect());
+    drv.config_changed(16);
+    let _ = drv.poll(&mut guest).unwrap();
+    let _ = drv.ack(&mut guest).unwrap();
+    // The balloon holds pages 0..16 now.
+    let mut hinter = hinter(f, 256, 4);
+    let _ = hinter.config_changed(7);
+    let refused = |e| Err(HintBlockError::Block(e));
+    assert_eq!(
+        hinter.hint(block(0, 4), &drv),
+        refused(BlockError::InBalloon { block: block(0, 4) })
+    );
+    assert_eq!(
+        hinter.hint(block(8, 4), &drv),
+        refused(BlockError::Misaligned { block: block(8, 4) })
+    );
+    assert_eq!(
+        hinter.hint(block(32, 5), &drv),
+        refused(BlockError::Misaligned {
+            block: block(32, 5)
+        })
+    );
+    assert_eq!(
+        hinter.hint(block(256, 4), &drv),
+        refused(BlockError::OutOfRange {
+            block: block(256, 4)
+        })
+    );
+    hinter.hint(block(32, 4), &drv).unwrap();
+    assert_eq!(
+        hinter.hint(block(32, 4), &drv),
+        refused(BlockError::AlreadyHeld {
+            block: block(32, 4)
+        })
+    );
+    assert_eq!(hinter.hinted_pages(), 16);
+}
+
+#[test]
+fn hinting_without_the_feature_does_nothing() {
+    let drv = driver(Features::empty(), 64, 12);
+    let mut hinter = hinter(Features::empty(), 64, 2);
+    assert_eq!(hinter.config_changed(9), HintStep::Nothing);
+    assert_eq!(
+        hinter.hint(block(0, 2), &drv),
+        Err(HintBlockError::Block(BlockError::NotNegotiated))
+    );
+}
+
+#[test]
+fn a_report_takes_at_most_32_unreported_blocks_and_the_ack_marks_them_reported() {
+    let f = Features::PAGE_REPORTING | Features::VERSION_1;
+    let pages = 64 * 16;
+    let mut dev = running(f, pages, 12);
+    let drv = driver(f, pages, 12);
+    let mut rep = reporter(f, pages, 4);
+    let free: Vec<FreeBlock> = (0..64).map(|i| block(i * 16, 4)).collect();
+    let ReportStep::Send { blocks, ranges } = rep.report(&free, &drv).unwrap() else {
+        panic!("64 unreported blocks must give a report");
+    };
+    assert_eq!(blocks.len(), REPORT_CAPACITY);
+    assert_eq!(ranges[1], (16 << 12, 16 << 12));
+    let mut discarded = 0;
+    dev.report(ranges, |a| {
+        if let HostAction::Discard { pages, .. } = a {
+            discarded += pages;
+        }
+    })
+    .unwrap();
+    assert_eq!(discarded, 32 * 16);
+    // One report at a time.
+    assert_eq!(rep.report(&free, &drv), Err(ReporterError::InFlight));
+    assert_eq!(rep.acked().unwrap().len(), 32);
+    assert_eq!(rep.reported_pages(), 32 * 16);
+    // The next report skips what is reported already.
+    let ReportStep::Send { blocks, .. } = rep.report(&free, &drv).unwrap() else {
+        panic!()
+    };
+    assert_eq!(blocks[0], block(32 * 16, 4));
+    assert_eq!(rep.acked().unwrap().len(), 32);
+    assert_eq!(rep.report(&free, &drv), Ok(ReportStep::Nothing));
+    assert_eq!(rep.acked(), Err(ReporterError::NothingInFlight));
+}
+
+#[test]
+fn an_allocation_makes_its_reported_block_reportable_again() {
+    let f = Features::PAGE_REPORTING;
+    let drv = driver(f, 256, 12);
+    let mut rep = reporter(f, 256, 4);
+    let free = [block(0, 5), block(64, 4)];
+    let ReportStep::Send { blocks, .. } = rep.report(&free, &drv).unwrap() else {
+        panic!()
+    };
+    assert_eq!(blocks, &free[..]);
+    let _ = rep.acked().unwrap();
+    assert!(rep.is_reported(Gfn::new(31)));
+    assert_eq!(rep.report(&free, &drv), Ok(ReportStep::Nothing));
+    // One 4 KiB page of the order-5 block is allocated, then freed again:
+    // its 16-page granule is unreported, the block is offered again.
+    rep.allocated(Gfn::new(17), 0).unwrap();
+    assert!(!rep.is_reported(Gfn::new(16)));
+    assert!(rep.is_reported(Gfn::new(0)));
+    let ReportStep::Send { blocks, .. } = rep.report(&free, &drv).unwrap() else {
+        panic!()
+    };
+    assert_eq!(blocks, &[block(0, 5)][..]);
+    assert_eq!(
+        rep.allocated(Gfn::new(256), 0),
+        Err(BlockError::OutOfRange {
+            block: block(256, 0)
+        })
+    );
+    assert_eq!(
+        rep.allocated(Gfn::new(3), 1),
+        Err(BlockError::Misaligned { block: block(3, 1) })
+    );
+}
+
+#[test]
+fn a_bad_offer_is_refused_and_nothing_is_taken() {
+    let f = Features::PAGE_REPORTING | Features::MUST_TELL_HOST;
+    let mut drv = driver(f, 256, 12);
+    let mut guest = Free((0..256).collect());
+    drv.config_changed(16);
+    let _ = drv.poll(&mut guest).unwrap();
+    let _ = drv.ack(&mut guest).unwrap();
+    let mut rep = reporter(f, 256, 4);
+    let cases = [
+        (
+            vec![block(64, 4), block(0, 4)],
+            BlockError::InBalloon { block: block(0, 4) },
+        ),
+        (
+            vec![block(64, 4), block(8, 3)],
+            BlockError::Misaligned { block: block(8, 3) },
+        ),
+        (
+            vec![block(64, 4), block(64, 5)],
+            BlockError::AlreadyHeld {
+                block: block(64, 5),
+            },
+        ),
+        (
+            vec![block(240, 4), block(256, 4)],
+            BlockError::OutOfRange {
+                block: block(256, 4),
+            },
+        ),
+    ];
+    for (offer, error) in cases {
+        assert_eq!(rep.report(&offer, &drv), Err(ReporterError::Block(error)));
+        assert!(!rep.in_flight());
+    }
+    let unnegotiated = driver(Features::empty(), 256, 12);
+    let mut off = reporter(Features::empty(), 256, 4);
+    assert_eq!(
+        off.report(&[block(64, 4)], &unnegotiated),
+        Err(ReporterError::Block(BlockError::NotNegotiated))
+    );
 }
 
 #[test]
