@@ -243,6 +243,9 @@ pub struct Host<'s> {
     owner: Vec<u16>,
     /// Per frame: the guest frame it backs (M2P), or `INVALID`.
     m2p: Vec<u64>,
+    /// Per frame: taken from the heap as part of a larger extent, and so
+    /// held as a heap reservation that is given back a frame at a time.
+    reserved: Vec<bool>,
     pub(crate) domains: Vec<Domain>,
     pub(crate) host_frames: u64,
     pub(crate) pv: PvConfig,
@@ -297,6 +300,7 @@ impl<'s> Host<'s> {
             books: HostMemory::new(config.frames - config.xen_heap_frames),
             owner: vec![NO_OWNER; n],
             m2p: vec![INVALID; n],
+            reserved: vec![false; n],
             domains: Vec::new(),
             host_frames: 0,
             pv: PvConfig::new(MAX_PHYS_BITS).ok_or(BootError::Layout)?,
@@ -530,6 +534,23 @@ impl<'s> Host<'s> {
             let _ = self.heap.free(mfn, order);
             return None;
         }
+        if n > 1 {
+            // The frames of an extent are freed one at a time (a guest gives
+            // back single pages), which the heap allows for a reservation,
+            // not for an allocated block: turn the block into one.
+            let range = FrameRange::new(mfn, n)?;
+            let freed = self.heap.free(mfn, order);
+            let reserved = self.heap.reserve(range);
+            debug_assert!(freed.is_ok() && reserved.is_ok());
+            for j in 0..n {
+                if let Some(r) = self
+                    .index(Mfn::new(mfn.get() + j))
+                    .and_then(|i| self.reserved.get_mut(i))
+                {
+                    *r = true;
+                }
+            }
+        }
         for j in 0..n {
             let m = Mfn::new(mfn.get() + j);
             let assigned = self.table.assign(m, Owner::Domain(dom));
@@ -611,8 +632,17 @@ impl<'s> Host<'s> {
                 Some(Owner::Host) => self.host_frames = self.host_frames.saturating_sub(1),
                 None => {}
             }
-            let freed = self.heap.free(mfn, PageOrder::ZERO);
-            debug_assert!(freed.is_ok(), "{mfn}: {freed:?}");
+            let reserved = self
+                .index(mfn)
+                .and_then(|i| self.reserved.get_mut(i))
+                .is_some_and(core::mem::take);
+            if reserved {
+                let released = FrameRange::new(mfn, 1).map(|r| self.heap.release(r));
+                debug_assert!(matches!(released, Some(Ok(()))), "{mfn}: {released:?}");
+            } else {
+                let freed = self.heap.free(mfn, PageOrder::ZERO);
+                debug_assert!(freed.is_ok(), "{mfn}: {freed:?}");
+            }
         }
     }
 

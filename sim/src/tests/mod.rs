@@ -1,4 +1,5 @@
-//! The host and its hypercall layer, driven directly.
+//! The host and its hypercall layer, driven directly; scenarios; the
+//! advisories' regressions.
 #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
 
 use hvmem_pagetable::pv::MmuUpdate;
@@ -7,6 +8,9 @@ use hvmem_types::{DomId, Gfn, Mfn};
 use crate::abi::*;
 use crate::host::{Host, HostConfig, HostStorage};
 use crate::hypercall::{CONTROL_DOMAIN, Hypercall, MemoryArg, MmuextOp, Outcome, Reservation};
+
+mod regressions;
+mod scenarios;
 
 pub(crate) const P: u64 = 1;
 pub(crate) const RW: u64 = 2;

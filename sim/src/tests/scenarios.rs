@@ -1,0 +1,179 @@
+//! Scenarios run short with every invariant on; determinism; the report's
+//! figures add up.
+
+use crate::attack::{self, Campaign};
+use crate::report::{self, Outcome};
+use crate::scenario::{self, Config, Policy, PolicyReport, Scenario};
+
+fn small(scenario: Scenario, seed: u64) -> Config {
+    Config {
+        host_mib: 96,
+        guests: 3,
+        overcommit: 1.5,
+        seed,
+        scenario,
+        steps: 150,
+        audit_every: 25,
+        sample_every: 5,
+    }
+}
+
+fn run(config: &Config, policy: Policy) -> PolicyReport {
+    let mut r = scenario::run(config, policy, &mut |_| {}).unwrap();
+    r.wall_secs = 0.0;
+    r
+}
+
+#[test]
+fn every_scenario_and_offered_policy_runs_with_invariants_checked() {
+    for s in Scenario::ALL {
+        for p in Policy::ALL
+            .into_iter()
+            .filter(|p| p.unavailable().is_none())
+        {
+            let config = small(s, 3);
+            let r = run(&config, p);
+            assert_eq!(r.counter_checks, config.steps);
+            assert_eq!(r.audits, config.steps / config.audit_every);
+            assert!(r.data_checks > 0 && r.stats.accesses > 0, "{s:?} {p:?}");
+            assert!(r.stats.processes > 0, "{s:?} {p:?}: no page-table churn");
+            if p == Policy::Toolstack {
+                assert!(r.stats.ballooned_in + r.stats.ballooned_out > 0, "{p:?}");
+            }
+        }
+    }
+}
+
+/// Linux never selfballoons a guest under 16 MiB and keeps a large floor
+/// under 64 MiB: the guests here are big enough to give memory back.
+#[test]
+fn selfballooning_guests_give_idle_memory_back() {
+    let config = Config {
+        host_mib: 256,
+        guests: 2,
+        steps: 60,
+        ..small(Scenario::Consolidation, 2)
+    };
+    let r = run(&config, Policy::SelfBalloon);
+    assert!(r.stats.ballooned_out > 0);
+    assert!(r.final_free > 0);
+}
+
+#[test]
+fn same_seed_same_report() {
+    let config = small(Scenario::Consolidation, 9);
+    assert_eq!(
+        run(&config, Policy::Toolstack),
+        run(&config, Policy::Toolstack)
+    );
+    let other = small(Scenario::Consolidation, 10);
+    assert_ne!(
+        run(&config, Policy::Toolstack),
+        run(&other, Policy::Toolstack)
+    );
+}
+
+#[test]
+fn report_figures_add_up_to_the_host() {
+    let config = small(Scenario::Churn, 4);
+    for p in [Policy::Static, Policy::SelfBalloon] {
+        let r = run(&config, p);
+        let end: u64 = r.final_pages.iter().sum();
+        assert_eq!(end + r.final_free + r.host_frames, r.total_frames);
+        for s in &r.timeline {
+            let held: u64 = s.pages.iter().sum();
+            assert_eq!(
+                held + s.free + r.host_frames,
+                r.total_frames,
+                "second {}",
+                s.second
+            );
+        }
+        assert!(r.utilization_per_mille <= r.allocated_per_mille);
+        assert!(r.allocated_per_mille <= 1000);
+        assert!(r.stats.misses <= r.stats.accesses);
+    }
+}
+
+#[test]
+fn reports_name_the_policies_that_are_not_offered_yet() {
+    let config = small(Scenario::Consolidation, 1);
+    let outcomes: Vec<Outcome> = Policy::ALL
+        .into_iter()
+        .map(|p| match p.unavailable() {
+            Some(why) => Outcome::Unavailable(p, why),
+            None => Outcome::Ran(Box::new(run(&config, p))),
+        })
+        .collect();
+    let text = report::text(&config, &outcomes);
+    assert!(text.contains("ballooning + tmem: not offered yet"));
+    assert!(text.contains("memory utilization"));
+    let json = report::json(&config, &outcomes);
+    assert_eq!(json.matches('{').count(), json.matches('}').count());
+    assert!(json.contains("\"available\":false"));
+    assert!(json.contains("\"policy\":\"static allocation\""));
+    let svg = report::svg(&config, &outcomes);
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert_eq!(svg.matches("<polyline").count(), 3 * 4);
+}
+
+#[test]
+fn config_ranges_are_checked() {
+    let ok = Config::default();
+    assert!(ok.validate().is_ok());
+    for bad in [
+        Config { host_mib: 8, ..ok },
+        Config { guests: 0, ..ok },
+        Config { guests: 64, ..ok },
+        Config {
+            overcommit: 0.5,
+            ..ok
+        },
+        Config {
+            overcommit: f64::NAN,
+            ..ok
+        },
+        Config { steps: 0, ..ok },
+        Config {
+            host_mib: 16,
+            guests: 40,
+            ..ok
+        },
+    ] {
+        assert!(bad.validate().is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn a_short_attack_campaign_breaks_no_invariant() {
+    let campaign = Campaign {
+        host_mib: 16,
+        guests: 2,
+        seed: 5,
+        steps: 3000,
+    };
+    let summary = attack::run(&campaign, &mut |_| {}).unwrap();
+    let calls: u64 = summary.results.values().sum();
+    assert_eq!(calls, 3000);
+    // The attack reaches past the argument checks: some calls succeed.
+    assert!(
+        summary
+            .results
+            .iter()
+            .any(|((n, rc), _)| *n == "mmu_update" && *rc == 0)
+    );
+    assert!(
+        summary
+            .results
+            .iter()
+            .any(|((n, rc), _)| *n == "mmuext_op" && *rc == 0)
+    );
+}
+
+#[test]
+fn fuzz_inputs_replay_without_violation() {
+    attack::replay(&[]).unwrap();
+    attack::replay(&[0, 1, 2, 200, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]).unwrap();
+    let bytes: Vec<u8> = (0..4000u32).map(|i| (i * 7919 % 251) as u8).collect();
+    attack::replay(&bytes).unwrap();
+}
