@@ -171,15 +171,17 @@ impl<S: PageStore> Tmem<'_, S> {
         data: &Page,
         dedup: bool,
     ) -> Result<(), TmemError> {
-        let c = *self.client(client)?;
+        let c = self.client(client)?;
+        let (persistent_pages, quota) = (c.persistent_pages, c.config.persistent_quota);
+        let (ephemeral_pages, cap) = (c.ephemeral_pages, c.config.ephemeral_cap);
         if p.persistent {
-            if c.persistent_pages >= c.config.persistent_quota {
+            if persistent_pages >= quota {
                 return Err(TmemError::QuotaExceeded);
             }
-        } else if let Some(cap) = c.config.ephemeral_cap {
+        } else if let Some(cap) = cap {
             // At the cap the client's own oldest pages make room. Bounded by
             // the client's ephemeral pages.
-            for _ in 0..=c.ephemeral_pages {
+            for _ in 0..=ephemeral_pages {
                 let (held, oldest) = self
                     .client(client)
                     .map(|c| (c.ephemeral_pages, c.lru_head))?;
