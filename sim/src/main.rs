@@ -193,3 +193,61 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn args(list: &[&str]) -> Result<Option<Args>, String> {
+        parse(list.iter().map(|s| (*s).to_string()))
+    }
+
+    #[test]
+    fn options_set_the_config() {
+        let a = args(&[
+            "--host-mib",
+            "512",
+            "--guests=4",
+            "--overcommit",
+            "2",
+            "--steps",
+            "9",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (a.config.host_mib, a.config.guests, a.config.steps),
+            (512, 4, 9)
+        );
+        assert!((a.config.overcommit - 2.0).abs() < f64::EPSILON);
+        let a = args(&["attack", "--seed", "3", "--steps", "50"])
+            .unwrap()
+            .unwrap();
+        assert!(a.attack);
+        assert_eq!((a.config.seed, a.attack_steps), (3, Some(50)));
+        assert!(args(&["--help"]).unwrap().is_none());
+    }
+
+    #[test]
+    fn bad_options_are_named_in_the_error() {
+        assert!(
+            args(&["--guests", "many"])
+                .unwrap_err()
+                .contains("--guests")
+        );
+        assert!(args(&["--seed"]).unwrap_err().contains("needs a value"));
+        assert!(
+            args(&["--frobnicate"])
+                .unwrap_err()
+                .contains("--frobnicate")
+        );
+        assert!(
+            args(&["--scenario", "nope"])
+                .unwrap_err()
+                .contains("unknown scenario")
+        );
+        let a = args(&["--guests", "0"]).unwrap().unwrap();
+        assert!(run(&a).unwrap_err().contains("--guests"));
+    }
+}
