@@ -28,6 +28,26 @@ pub trait TableAllocator {
     /// update that freed it has been carried out: the allocator must not reuse
     /// the frame before then (queue it, as Linux defers table freeing).
     fn free_table(&mut self, table: PhysAddr);
+
+    /// `tables` physically contiguous table frames aligned to their total
+    /// size, for a concatenated root (AArch64 stage 2 starts with up to 16).
+    /// The default gives a single table and nothing larger.
+    fn alloc_root(&mut self, tables: usize) -> Option<PhysAddr> {
+        if tables == 1 {
+            self.alloc_table()
+        } else {
+            None
+        }
+    }
+
+    /// A root from [`alloc_root`](Self::alloc_root) the editor no longer
+    /// uses (same reuse rule as [`free_table`](Self::free_table)). The
+    /// default frees a single table.
+    fn free_root(&mut self, root: PhysAddr, tables: usize) {
+        if tables == 1 {
+            self.free_table(root);
+        }
+    }
 }
 
 /// Frames taken for one update, chained through their entry 0.
@@ -73,6 +93,8 @@ impl Reservation {
             for e in table {
                 e.store(0, Ordering::Relaxed);
             }
+            #[cfg(test)]
+            crate::bbm::trace::fresh(table);
             if let Some(first) = table.first() {
                 // Link: next frame + 1, so that 0 means "end" even for frame 0.
                 first.store(r.head.map_or(0, |h| h + 1), Ordering::Relaxed);

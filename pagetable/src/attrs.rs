@@ -12,13 +12,19 @@ bitflags::bitflags! {
         const WRITE = 1 << 1;
         /// Instruction fetches allowed.
         const EXECUTE = 1 << 2;
-        /// Accessible from user mode (x86 U/S, AArch64 EL0).
+        /// Accessible from user mode (x86 U/S, AArch64 EL0 via AP[1]).
         const USER = 1 << 3;
+        /// Instruction fetches allowed from user mode, separately from
+        /// [`EXECUTE`](Self::EXECUTE), which is then the privileged right
+        /// (AArch64 UXN beside PXN; stage-2 XN[1:0] with FEAT_XNX). x86 and
+        /// EPT have no separate control and refuse it.
+        const USER_EXECUTE = 1 << 4;
     }
 }
 
 /// The memory type (cacheability) of a mapping.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum MemoryType {
     /// Write-back cacheable: normal RAM.
     WriteBack,
@@ -32,6 +38,25 @@ pub enum MemoryType {
     Uncacheable,
     /// x86 UC-: uncacheable, but MTRR WC may override.
     UncacheableMinus,
+    /// AArch64 Device-nGnRE: uncached, no gathering or reordering, early
+    /// write acknowledgement ([`Uncacheable`](Self::Uncacheable) is
+    /// Device-nGnRnE there). x86 has none.
+    Device,
+    /// Stage 2 with FEAT_S2FWB: leave the memory type to stage 1 (MemAttr
+    /// `0b0111`). Nothing else has it.
+    Inherited,
+}
+
+/// Shareability of a mapping (AArch64 SH; x86 memory is always coherent,
+/// which is [`Inner`](Self::Inner)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Shareability {
+    /// Non-shareable (SH `0b00`).
+    NonShareable,
+    /// Outer shareable (SH `0b10`).
+    Outer,
+    /// Inner shareable (SH `0b11`).
+    Inner,
 }
 
 /// Everything a leaf says about the page it maps.
@@ -47,6 +72,16 @@ pub struct Attributes {
     pub protection_key: u8,
     /// EPT: ignore the guest's PAT and use `memory_type` as is.
     pub ignore_guest_pat: bool,
+    /// AArch64 shareability; [`Shareability::Inner`] elsewhere.
+    pub shareability: Shareability,
+    /// AArch64 access flag (AF). Clear, the first access faults (or sets it,
+    /// with hardware AF management). x86 and EPT leave the accessed bit to
+    /// the hardware and take only `true`.
+    pub accessed: bool,
+    /// AArch64 dirty-bit modifier (DBM): with hardware dirty management a
+    /// write to a read-only page makes it writable instead of faulting.
+    /// Only AArch64 has it.
+    pub dirty_bit_modifier: bool,
 }
 
 impl Attributes {
@@ -66,7 +101,28 @@ impl Attributes {
             global: false,
             protection_key: 0,
             ignore_guest_pat: false,
+            shareability: Shareability::Inner,
+            accessed: true,
+            dirty_bit_modifier: false,
         }
+    }
+
+    /// Checks the AArch64-only fields hold the values x86 and EPT imply
+    /// (inner shareable, accessed, no DBM).
+    pub(crate) fn check_x86(&self) -> Result<(), AttrError> {
+        if self.access.contains(Access::USER_EXECUTE) {
+            return Err(AttrError::Access(self.access));
+        }
+        if self.shareability != Shareability::Inner {
+            return Err(AttrError::Shareability(self.shareability));
+        }
+        if !self.accessed {
+            return Err(AttrError::AccessFlag);
+        }
+        if self.dirty_bit_modifier {
+            return Err(AttrError::DirtyBitModifier);
+        }
+        Ok(())
     }
 
     /// The same attributes with another memory type.
@@ -93,6 +149,13 @@ pub enum AttrError {
     ProtectionKey(u8),
     /// Ignore-PAT outside EPT.
     IgnoreGuestPat,
+    /// The format cannot express this shareability (x86; AArch64 with
+    /// LPA2, where it comes from TCR/VTCR).
+    Shareability(Shareability),
+    /// A clear access flag, in a format whose hardware manages it.
+    AccessFlag,
+    /// The dirty-bit modifier, in a format without one.
+    DirtyBitModifier,
 }
 
 impl fmt::Display for AttrError {
@@ -103,6 +166,9 @@ impl fmt::Display for AttrError {
             Self::Global => f.write_str("the format has no global mappings"),
             Self::ProtectionKey(k) => write!(f, "protection key {k} is not available"),
             Self::IgnoreGuestPat => f.write_str("ignore-PAT exists only in EPT"),
+            Self::Shareability(s) => write!(f, "the format cannot express shareability {s:?}"),
+            Self::AccessFlag => f.write_str("the format cannot leave the access flag clear"),
+            Self::DirtyBitModifier => f.write_str("the format has no dirty-bit modifier"),
         }
     }
 }

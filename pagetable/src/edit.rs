@@ -27,6 +27,7 @@ use hvmem_types::PhysAddr;
 
 use crate::alloc::{Reservation, TableAllocator};
 use crate::attrs::Attributes;
+use crate::bbm::{Break, BreakBeforeMake};
 use crate::error::TableError;
 use crate::flush::TlbFlush;
 use crate::format::{Descriptor, Format};
@@ -113,21 +114,93 @@ fn slots(shift: u32, base: u64, start: u64, end: u64) -> impl Iterator<Item = Sl
 }
 
 /// The engine over one format and memory, for one update.
-pub(crate) struct Editor<'a, F: Format, M: PhysMem> {
+pub(crate) struct Editor<'a, F: Format, M: PhysMem, B: BreakBeforeMake> {
     format: &'a F,
     mem: &'a M,
     reservation: Reservation,
     flush: TlbFlush,
+    bbm: &'a mut B,
 }
 
-impl<'a, F: Format, M: PhysMem> Editor<'a, F, M> {
-    pub(crate) fn new(format: &'a F, mem: &'a M, reservation: Reservation) -> Self {
+impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
+    pub(crate) fn new(format: &'a F, mem: &'a M, reservation: Reservation, bbm: &'a mut B) -> Self {
         Self {
             format,
             mem,
             reservation,
             flush: TlbFlush::NONE,
+            bbm,
         }
+    }
+
+    /// Writes `new` over `old` (just read) in an entry covering the slot at
+    /// `start` (index space) of `size` bytes at `level`.
+    #[inline]
+    fn store(&self, entry: &AtomicU64, old: u64, new: u64, level: u8, start: u64, size: u64) {
+        entry.store(new, Ordering::Release);
+        #[cfg(test)]
+        crate::bbm::trace::write(
+            entry,
+            level,
+            self.format.index_to_input(start),
+            size,
+            old,
+            new,
+        );
+        let _ = (old, level, start, size);
+    }
+
+    /// Exchanges an entry for `new`; returns what it held.
+    #[inline]
+    fn swap(&self, entry: &AtomicU64, new: u64, level: u8, start: u64, size: u64) -> u64 {
+        let old = entry.swap(new, Ordering::AcqRel);
+        #[cfg(test)]
+        crate::bbm::trace::write(
+            entry,
+            level,
+            self.format.index_to_input(start),
+            size,
+            old,
+            new,
+        );
+        let _ = (level, start, size);
+        old
+    }
+
+    /// Asks the caller to invalidate `[start, start + size)` (index space).
+    fn invalidate(&mut self, start: u64, size: u64, level: u8, table: bool) {
+        let at = self.format.index_to_input(start);
+        let broken = Break {
+            start: at,
+            end: at.saturating_add(size),
+            level,
+            table,
+        };
+        #[cfg(test)]
+        crate::bbm::trace::record(crate::bbm::trace::Event::Invalidate(broken));
+        self.bbm.invalidate(&broken);
+    }
+
+    /// Replaces the valid entry `old` (just read) by `new`, with
+    /// break-before-make if the format needs it. Returns the entry's previous
+    /// value and whether it was broken (its translations are then already
+    /// invalidated).
+    fn replace(
+        &mut self,
+        entry: &AtomicU64,
+        old: u64,
+        new: u64,
+        level: u8,
+        slot: &Slot,
+    ) -> (u64, bool) {
+        if !self.format.needs_break(old, new, level) {
+            return (self.swap(entry, new, level, slot.start, slot.size), false);
+        }
+        let old = self.swap(entry, 0, level, slot.start, slot.size);
+        let table = matches!(self.format.decode(old, level), Descriptor::Table(_));
+        self.invalidate(slot.start, slot.size, level, table);
+        self.store(entry, 0, new, level, slot.start, slot.size);
+        (old, true)
     }
 
     /// The entries of the table at `table`, which sits at `level`.
@@ -344,6 +417,181 @@ impl<'a, F: Format, M: PhysMem> Editor<'a, F, M> {
         }
     }
 
+    /// The part of `[start, end)` (this table's piece, index space) whose
+    /// leaves a map writes as whole contiguous runs: runs entirely inside
+    /// the piece whose output address is aligned to the run.
+    fn contiguous_span(&self, edit: &Edit, level: u8, start: u64, end: u64) -> (u64, u64) {
+        let run = self.format.contiguous_run(level);
+        let Edit::Map {
+            pa,
+            start: map_start,
+            sizes,
+            ..
+        } = *edit
+        else {
+            return (0, 0);
+        };
+        if run == 0 || !sizes.allows(level) || !self.format.leaf_allowed(level) {
+            return (0, 0);
+        }
+        let size = 1u64 << (self.format.level_shift(level) + run);
+        // Output and input advance together: one run aligned means all are.
+        if (pa.wrapping_sub(map_start)) & (size - 1) != 0 {
+            return (0, 0);
+        }
+        let first = start.div_ceil(size).saturating_mul(size);
+        let last = end & !(size - 1);
+        if first >= last { (0, 0) } else { (first, last) }
+    }
+
+    /// Before a table's slots change: makes every contiguous run the update
+    /// touches safe to edit entry by entry. A run a map rewrites whole with
+    /// the hint is broken outright (its old entries invalidated together);
+    /// a run that keeps the hint (unmapped whole, or given new permissions
+    /// whole) is left alone; any other touched run with the hint is
+    /// unfolded: broken, then written back without the hint.
+    #[allow(clippy::too_many_arguments)]
+    fn prepare_runs(
+        &mut self,
+        entries: &[AtomicU64],
+        level: u8,
+        base: u64,
+        start: u64,
+        end: u64,
+        edit: &Edit,
+        alloc: &mut impl TableAllocator,
+    ) {
+        let run = self.format.contiguous_run(level);
+        let n = 1usize << run;
+        let shift = self.format.level_shift(level);
+        let (span_start, span_end) = self.contiguous_span(edit, level, start, end);
+        for group in slots(shift + run, base, start, end) {
+            let first = group.index << run;
+            let Some(run_entries) = entries.get(first..first + n) else {
+                continue;
+            };
+            if group.start >= span_start && group.start < span_end {
+                let Edit::Map {
+                    pa,
+                    start: map_start,
+                    templates,
+                    ..
+                } = edit
+                else {
+                    continue;
+                };
+                let template = templates.get(usize::from(level)).copied().unwrap_or(0);
+                let stale = run_entries.iter().enumerate().any(|(i, e)| {
+                    let old = e.load(Ordering::Acquire);
+                    let at = group.start + ((i as u64) << shift);
+                    let new = self.format.with_contiguous(
+                        self.format
+                            .with_output_address(template, pa + (at - map_start), level),
+                        true,
+                    );
+                    self.format.decode(old, level) != Descriptor::Invalid && old != new
+                });
+                if stale {
+                    self.break_run(run_entries, level, &group, false, alloc);
+                }
+                continue;
+            }
+            let hinted = run_entries.iter().any(|e| {
+                let raw = e.load(Ordering::Acquire);
+                matches!(self.format.decode(raw, level), Descriptor::Leaf(..))
+                    && self.format.is_contiguous(raw)
+            });
+            if !hinted {
+                continue;
+            }
+            let keep = group.is_full()
+                && match edit {
+                    Edit::Unmap => true,
+                    Edit::Protect { attrs } => run_entries.iter().all(|e| {
+                        let raw = e.load(Ordering::Acquire);
+                        match self.format.decode(raw, level) {
+                            Descriptor::Leaf(pa, _) => {
+                                self.format.encode_leaf(pa, attrs, level).is_ok_and(|new| {
+                                    !self.format.needs_break(
+                                        raw,
+                                        self.format.with_contiguous(new, true),
+                                        level,
+                                    )
+                                })
+                            }
+                            _ => false,
+                        }
+                    }),
+                    Edit::Map { .. } => false,
+                };
+            if !keep {
+                self.break_run(run_entries, level, &group, true, alloc);
+            }
+        }
+    }
+
+    /// Break-before-make over a whole run: invalidates every valid entry of
+    /// it at once, then either writes them back without the contiguous hint
+    /// (`restore`) or leaves them invalid for the caller to fill, freeing the
+    /// tables they pointed to.
+    fn break_run(
+        &mut self,
+        run_entries: &[AtomicU64],
+        level: u8,
+        group: &Slot,
+        restore: bool,
+        alloc: &mut impl TableAllocator,
+    ) {
+        const MAX_RUN: usize = 128;
+        let mut olds = [0u64; MAX_RUN];
+        let mut valid = 0u128;
+        let mut table = false;
+        let shift = self.format.level_shift(level);
+        let size = 1u64 << shift;
+        for (i, (e, old)) in run_entries.iter().zip(olds.iter_mut()).enumerate() {
+            let raw = e.load(Ordering::Acquire);
+            let at = group.start + ((i as u64) << shift);
+            match self.format.decode(raw, level) {
+                Descriptor::Invalid => continue,
+                Descriptor::Table(_) => table = true,
+                Descriptor::Leaf(..) | Descriptor::Malformed => {}
+            }
+            *old = self.swap(e, 0, level, at, size);
+            valid |= 1 << i;
+        }
+        if valid == 0 {
+            return;
+        }
+        self.invalidate(group.start, group.size, level, table);
+        for (i, (e, &old)) in run_entries.iter().zip(olds.iter()).enumerate() {
+            if valid & (1 << i) == 0 {
+                continue;
+            }
+            let at = group.start + ((i as u64) << shift);
+            match self.format.decode(old, level) {
+                Descriptor::Leaf(..) if restore => {
+                    self.store(
+                        e,
+                        0,
+                        self.format.with_contiguous(old, false),
+                        level,
+                        at,
+                        size,
+                    );
+                }
+                Descriptor::Table(_) | Descriptor::Malformed if restore => {
+                    self.store(e, 0, old, level, at, size);
+                }
+                Descriptor::Table(child) => {
+                    if let Some(l) = level.checked_sub(1) {
+                        self.free_subtree(child, l, alloc);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Step 3: applies the update. Cannot fail.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn commit(
@@ -359,6 +607,9 @@ impl<'a, F: Format, M: PhysMem> Editor<'a, F, M> {
         let Ok(entries) = self.table(table, level) else {
             return;
         };
+        if self.format.contiguous_run(level) > 0 {
+            self.prepare_runs(entries, level, base, start, end, edit, alloc);
+        }
         if level == 0 {
             if let Edit::Map {
                 pa,
@@ -369,6 +620,7 @@ impl<'a, F: Format, M: PhysMem> Editor<'a, F, M> {
             } = edit
             {
                 if sizes.allows(0) {
+                    let span = self.contiguous_span(edit, 0, start, end);
                     self.map_last_level(
                         entries,
                         base,
@@ -376,12 +628,14 @@ impl<'a, F: Format, M: PhysMem> Editor<'a, F, M> {
                         end,
                         pa + (start - map_start),
                         templates[0],
+                        span,
                         alloc,
                     );
                     return;
                 }
             }
         }
+        let span = self.contiguous_span(edit, level, start, end);
         for slot in slots(self.format.level_shift(level), base, start, end) {
             let Some(entry) = entries.get(slot.index) else {
                 continue;
@@ -398,18 +652,21 @@ impl<'a, F: Format, M: PhysMem> Editor<'a, F, M> {
                 } = edit
                 {
                     let template = templates.get(usize::from(level)).copied().unwrap_or(0);
-                    let leaf = self.format.with_output_address(
+                    let mut leaf = self.format.with_output_address(
                         template,
                         pa + (slot.piece_start - map_start),
                         level,
                     );
+                    if slot.start >= span.0 && slot.start < span.1 {
+                        leaf = self.format.with_contiguous(leaf, true);
+                    }
                     if current == Descriptor::Invalid {
                         // Walkers do not write to invalid entries: a plain
                         // store cannot lose an accessed/dirty update.
-                        entry.store(leaf, Ordering::Release);
+                        self.store(entry, raw, leaf, level, slot.start, slot.size);
                     } else {
-                        let old = entry.swap(leaf, Ordering::AcqRel);
-                        self.dispose(old, level, &slot, alloc);
+                        let (old, broken) = self.replace(entry, raw, leaf, level, &slot);
+                        self.dispose(old, level, &slot, broken, alloc);
                     }
                 }
                 continue;
@@ -420,7 +677,8 @@ impl<'a, F: Format, M: PhysMem> Editor<'a, F, M> {
                     let (Some(l), Some(child)) = (below, self.take_table()) else {
                         continue;
                     };
-                    entry.store(self.format.encode_table(child, level), Ordering::Release);
+                    let table_entry = self.format.encode_table(child, level);
+                    self.store(entry, raw, table_entry, level, slot.start, slot.size);
                     self.commit(
                         child,
                         l,
@@ -433,12 +691,17 @@ impl<'a, F: Format, M: PhysMem> Editor<'a, F, M> {
                 }
                 (_, Descriptor::Invalid) => {}
                 (Edit::Unmap, _) if slot.is_full() => {
-                    let old = entry.swap(0, Ordering::AcqRel);
-                    self.dispose(old, level, &slot, alloc);
+                    let old = self.swap(entry, 0, level, slot.start, slot.size);
+                    self.dispose(old, level, &slot, false, alloc);
                 }
                 (Edit::Protect { attrs }, Descriptor::Leaf(pa, _)) if slot.is_full() => {
-                    if let Ok(new) = self.format.encode_leaf(pa, attrs, level) {
-                        if entry.swap(new, Ordering::AcqRel) != new {
+                    if let Ok(mut new) = self.format.encode_leaf(pa, attrs, level) {
+                        // A run still hinted here is one that keeps the hint.
+                        if self.format.is_contiguous(raw) {
+                            new = self.format.with_contiguous(new, true);
+                        }
+                        let (old, broken) = self.replace(entry, raw, new, level, &slot);
+                        if old != new && !broken {
                             self.flush_slot(&slot, false);
                         }
                     }
@@ -455,7 +718,7 @@ impl<'a, F: Format, M: PhysMem> Editor<'a, F, M> {
                         alloc,
                     );
                     if matches!(edit, Edit::Unmap) && self.is_empty(child, l) {
-                        entry.store(0, Ordering::Release);
+                        self.store(entry, raw, 0, level, slot.start, slot.size);
                         alloc.free_table(PhysAddr::new(child));
                         self.flush_slot(&slot, true);
                     }
@@ -465,8 +728,11 @@ impl<'a, F: Format, M: PhysMem> Editor<'a, F, M> {
                         continue;
                     };
                     self.fill_split(child, l, pa, &attrs);
-                    entry.store(self.format.encode_table(child, level), Ordering::Release);
-                    self.flush_slot(&slot, true);
+                    let table_entry = self.format.encode_table(child, level);
+                    let (_, broken) = self.replace(entry, raw, table_entry, level, &slot);
+                    if !broken {
+                        self.flush_slot(&slot, true);
+                    }
                     self.commit(
                         child,
                         l,
@@ -483,8 +749,8 @@ impl<'a, F: Format, M: PhysMem> Editor<'a, F, M> {
 
     /// The bulk-map fast path: every slot of a last-level table in
     /// `[start, end)` gets a leaf (the range is aligned to the smallest page,
-    /// so every slot is whole). Same decisions as the general loop, without
-    /// the per-slot bookkeeping.
+    /// so every slot is whole), with the contiguous hint inside `span`. Same
+    /// decisions as the general loop, without the per-slot bookkeeping.
     #[allow(clippy::too_many_arguments)]
     fn map_last_level(
         &mut self,
@@ -494,6 +760,7 @@ impl<'a, F: Format, M: PhysMem> Editor<'a, F, M> {
         end: u64,
         pa: u64,
         template: u64,
+        span: (u64, u64),
         alloc: &mut impl TableAllocator,
     ) {
         let shift = self.format.level_shift(0);
@@ -502,15 +769,20 @@ impl<'a, F: Format, M: PhysMem> Editor<'a, F, M> {
         let Some(run) = entries.get(first..=last) else {
             return;
         };
+        let hinted = self.format.with_contiguous(template, true);
         for (i, entry) in run.iter().enumerate() {
             let offset = (i as u64) << shift;
+            let slot_start = start + offset;
+            let template = if slot_start >= span.0 && slot_start < span.1 {
+                hinted
+            } else {
+                template
+            };
             let leaf = self.format.with_output_address(template, pa + offset, 0);
             let old = entry.load(Ordering::Acquire);
             if self.format.decode(old, 0) == Descriptor::Invalid {
-                entry.store(leaf, Ordering::Release);
+                self.store(entry, old, leaf, 0, slot_start, 1 << shift);
             } else {
-                let old = entry.swap(leaf, Ordering::AcqRel);
-                let slot_start = start + offset;
                 let slot = Slot {
                     index: first + i,
                     start: slot_start,
@@ -518,21 +790,36 @@ impl<'a, F: Format, M: PhysMem> Editor<'a, F, M> {
                     piece_start: slot_start,
                     piece_end: slot_start + (1 << shift),
                 };
-                self.dispose(old, 0, &slot, alloc);
+                let (old, broken) = self.replace(entry, old, leaf, 0, &slot);
+                self.dispose(old, 0, &slot, broken, alloc);
             }
         }
     }
 
-    /// Accounts for an entry just overwritten: flush it, free its subtree.
-    fn dispose(&mut self, old: u64, level: u8, slot: &Slot, alloc: &mut impl TableAllocator) {
+    /// Accounts for an entry just overwritten: flush it (unless a break
+    /// already invalidated it), free its subtree.
+    fn dispose(
+        &mut self,
+        old: u64,
+        level: u8,
+        slot: &Slot,
+        broken: bool,
+        alloc: &mut impl TableAllocator,
+    ) {
         match self.format.decode(old, level) {
             Descriptor::Invalid => {}
-            Descriptor::Leaf(..) | Descriptor::Malformed => self.flush_slot(slot, false),
+            Descriptor::Leaf(..) | Descriptor::Malformed => {
+                if !broken {
+                    self.flush_slot(slot, false);
+                }
+            }
             Descriptor::Table(child) => {
                 if let Some(l) = level.checked_sub(1) {
                     self.free_subtree(child, l, alloc);
                 }
-                self.flush_slot(slot, true);
+                if !broken {
+                    self.flush_slot(slot, true);
+                }
             }
         }
     }
@@ -560,6 +847,8 @@ impl<'a, F: Format, M: PhysMem> Editor<'a, F, M> {
     }
 
     /// Merges uniform tables in `[start, end)` below `table`, bottom up.
+    /// Replacing a table entry by a block is a size change: with
+    /// break-before-make where the format needs it.
     pub(crate) fn merge(
         &mut self,
         table: u64,
@@ -603,13 +892,30 @@ impl<'a, F: Format, M: PhysMem> Editor<'a, F, M> {
             let Ok(leaf) = self.format.encode_leaf(pa, &attrs, level) else {
                 continue;
             };
+            let broken = self.format.needs_break(raw, leaf, level);
+            let step = if broken { 0 } else { leaf };
             if entry
-                .compare_exchange(raw, leaf, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
+                .compare_exchange(raw, step, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
             {
-                alloc.free_table(PhysAddr::new(child));
+                continue;
+            }
+            #[cfg(test)]
+            crate::bbm::trace::write(
+                entry,
+                level,
+                self.format.index_to_input(slot.start),
+                slot.size,
+                raw,
+                step,
+            );
+            if broken {
+                self.invalidate(slot.start, slot.size, level, true);
+                self.store(entry, 0, leaf, level, slot.start, slot.size);
+            } else {
                 self.flush_slot(&slot, true);
             }
+            alloc.free_table(PhysAddr::new(child));
         }
     }
 

@@ -53,7 +53,15 @@ pub enum Descriptor {
 
 /// A page-table format: geometry and entry encoding.
 ///
-/// Implemented by [`X86Paging`](crate::X86Paging), [`Ept`](crate::Ept).
+/// Implemented by [`X86Paging`](crate::X86Paging), [`Ept`](crate::Ept),
+/// [`aarch64::Stage1`](crate::aarch64::Stage1) and
+/// [`aarch64::Stage2`](crate::aarch64::Stage2).
+///
+/// Two hooks let the one editor follow both architectures' rules for live
+/// tables: [`needs_break`](Self::needs_break) says when a valid entry may not
+/// be replaced by another in one store (AArch64 break-before-make; never on
+/// x86), and [`contiguous_run`](Self::contiguous_run) says where runs of
+/// entries may carry a contiguous hint (AArch64; none on x86).
 pub trait Format {
     /// The kind of address this format translates.
     type Input: InputAddress;
@@ -73,6 +81,12 @@ pub trait Format {
     /// concatenated roots, fewer when the input size does not fill it).
     fn root_entries(&self) -> usize {
         self.entries()
+    }
+
+    /// How many granule-sized tables the root spans (AArch64 stage-2
+    /// concatenated roots: up to 16, aligned to their total size).
+    fn root_tables(&self) -> usize {
+        self.root_entries().div_ceil(self.entries()).max(1)
     }
 
     /// log2 of the size an entry at `level` maps.
@@ -118,6 +132,32 @@ pub trait Format {
         template | pa
     }
 
+    /// Whether replacing the valid entry `old` by the valid entry `new` at
+    /// `level` needs break-before-make: an invalid entry and a TLB
+    /// invalidation in between (AArch64: a change of output address, of
+    /// block/table size, of memory type or shareability, of the contiguous
+    /// bit). Never on x86, where one store and a later flush suffice.
+    fn needs_break(&self, _old: u64, _new: u64, _level: u8) -> bool {
+        false
+    }
+
+    /// log2 of the number of entries at `level` that form one contiguous
+    /// run (AArch64: 16 for 4 KiB pages, ...), or 0 if the format has no
+    /// contiguous hint there.
+    fn contiguous_run(&self, _level: u8) -> u32 {
+        0
+    }
+
+    /// Whether the leaf `raw` carries the contiguous hint.
+    fn is_contiguous(&self, _raw: u64) -> bool {
+        false
+    }
+
+    /// The leaf `raw` with the contiguous hint set (`on`) or clear.
+    fn with_contiguous(&self, raw: u64, _on: bool) -> u64 {
+        raw
+    }
+
     /// The rights a table entry at `level` leaves to the entries below it
     /// (x86 ANDs R/W and U/S and ORs XD down the walk). The editor writes
     /// table entries that restrict nothing; guest-written ones may.
@@ -125,3 +165,10 @@ pub trait Format {
         crate::Access::all()
     }
 }
+
+/// Formats whose live entries may be replaced in a single store, with the
+/// TLB flush afterwards (x86-64 paging, EPT): they have the plain
+/// [`PageTable::map`](crate::PageTable::map), `unmap`, `protect` and `merge`.
+/// Formats that need break-before-make are edited only through the `*_live`
+/// methods, which take a [`BreakBeforeMake`](crate::BreakBeforeMake).
+pub trait WithoutBreakBeforeMake: Format {}

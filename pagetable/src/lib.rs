@@ -67,8 +67,10 @@
 #[cfg(test)]
 extern crate std;
 
+pub mod aarch64;
 mod alloc;
 mod attrs;
+mod bbm;
 mod edit;
 mod error;
 mod flush;
@@ -81,13 +83,16 @@ mod walk;
 mod x86;
 
 #[cfg(test)]
+mod model_tests;
+#[cfg(test)]
 mod tests;
 
 pub use alloc::TableAllocator;
-pub use attrs::{Access, AttrError, Attributes, MemoryType};
+pub use attrs::{Access, AttrError, Attributes, MemoryType, Shareability};
+pub use bbm::{Break, BreakBeforeMake};
 pub use error::{MapError, ProtectError, RangeError, TableError, TranslateError, UnmapError};
 pub use flush::TlbFlush;
-pub use format::{Descriptor, Format, InputAddress};
+pub use format::{Descriptor, Format, InputAddress, WithoutBreakBeforeMake};
 pub use mem::{PhysMem, SliceMem};
 pub use table::{LeafSizes, MapOptions, PageTable};
 pub use walk::{Translation, Visit};

@@ -16,6 +16,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use hvmem_types::PhysAddr;
 
 use crate::alloc::{Reservation, ReserveFailure, TableAllocator};
+use crate::bbm::{Break, BreakBeforeMake};
 use crate::error::TableError;
 use crate::flush::TlbFlush;
 use crate::format::{Descriptor, Format};
@@ -62,11 +63,26 @@ impl<F: Format> PageTable<F> {
         entries.get(i as usize)
     }
 
+    /// Records an entry write for the break-before-make checker of the tests.
+    #[inline]
+    fn traced_store(&self, entry: &AtomicU64, old: u64, new: u64, level: u8, index: u64) {
+        entry.store(new, Ordering::Release);
+        #[cfg(test)]
+        {
+            let size = 1u64 << self.format.level_shift(level);
+            let at = self.format.index_to_input(index & !(size - 1));
+            crate::bbm::trace::write(entry, level, at, size, old, new);
+        }
+        let _ = (old, level, index);
+    }
+
     /// Maps one leaf at `level` for the index `index` with entry `leaf`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn map_single(
         &mut self,
         mem: &impl PhysMem,
         alloc: &mut impl TableAllocator,
+        bbm: &mut impl BreakBeforeMake,
         index: u64,
         level: u8,
         leaf: u64,
@@ -99,15 +115,31 @@ impl<F: Format> PageTable<F> {
             let raw = entry.load(Ordering::Acquire);
             return Ok(match self.format.decode(raw, level) {
                 Descriptor::Invalid => {
-                    entry.store(leaf, Ordering::Release);
+                    self.traced_store(entry, raw, leaf, level, index);
                     Single::Done(TlbFlush::NONE)
                 }
+                // Part of a contiguous run: the general engine unfolds it.
+                Descriptor::Leaf(..) if self.format.is_contiguous(raw) => Single::General,
                 Descriptor::Leaf(..) if replace => {
-                    entry.store(leaf, Ordering::Release);
                     let mut flush = TlbFlush::NONE;
                     let size = 1u64 << self.format.level_shift(level);
                     let at = self.format.index_to_input(index & !(size - 1));
-                    flush.add(at, at.saturating_add(size), false);
+                    if self.format.needs_break(raw, leaf, level) {
+                        self.traced_store(entry, raw, 0, level, index);
+                        let broken = Break {
+                            start: at,
+                            end: at.saturating_add(size),
+                            level,
+                            table: false,
+                        };
+                        #[cfg(test)]
+                        crate::bbm::trace::record(crate::bbm::trace::Event::Invalidate(broken));
+                        bbm.invalidate(&broken);
+                        self.traced_store(entry, 0, leaf, level, index);
+                    } else {
+                        self.traced_store(entry, raw, leaf, level, index);
+                        flush.add(at, at.saturating_add(size), false);
+                    }
                     Single::Done(flush)
                 }
                 Descriptor::Leaf(..) => {
@@ -138,10 +170,9 @@ impl<F: Format> PageTable<F> {
             below = Some(t);
         }
         if let Some(child) = below {
-            top_entry.store(
-                self.format.encode_table(child, top_level),
-                Ordering::Release,
-            );
+            let old = top_entry.load(Ordering::Relaxed);
+            let table = self.format.encode_table(child, top_level);
+            self.traced_store(top_entry, old, table, top_level, index);
         }
         reservation.release(mem, alloc);
         Ok(Single::Done(TlbFlush::NONE))
@@ -172,10 +203,11 @@ impl<F: Format> PageTable<F> {
             };
             *p = Some(entry);
             *t = table;
-            match self.format.decode(entry.load(Ordering::Acquire), l) {
+            let raw = entry.load(Ordering::Acquire);
+            match self.format.decode(raw, l) {
                 Descriptor::Invalid => return Ok(Single::Done(TlbFlush::NONE)),
                 Descriptor::Table(next) if l > level => table = next,
-                Descriptor::Leaf(..) if l == level => break,
+                Descriptor::Leaf(..) if l == level && !self.format.is_contiguous(raw) => break,
                 _ => return Ok(Single::General),
             }
             l -= 1;
@@ -184,7 +216,8 @@ impl<F: Format> PageTable<F> {
         let size = 1u64 << self.format.level_shift(level);
         let at = self.format.index_to_input(index & !(size - 1));
         if let Some(Some(entry)) = path.get(usize::from(level)) {
-            entry.store(0, Ordering::Release);
+            let old = entry.load(Ordering::Relaxed);
+            self.traced_store(entry, old, 0, level, index);
         }
         flush.add(at, at.saturating_add(size), false);
         // Free the tables on the path that are now empty, bottom up.
@@ -202,7 +235,8 @@ impl<F: Format> PageTable<F> {
             let Some(Some(parent)) = path.get(usize::from(lv) + 1) else {
                 break;
             };
-            parent.store(0, Ordering::Release);
+            let old = parent.load(Ordering::Relaxed);
+            self.traced_store(parent, old, 0, lv + 1, index);
             alloc.free_table(PhysAddr::new(t));
             let span = 1u64 << self.format.level_shift(lv + 1);
             let start = self.format.index_to_input(index & !(span - 1));

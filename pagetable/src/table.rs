@@ -7,10 +7,11 @@ use hvmem_types::{PageSize, PhysAddr};
 
 use crate::alloc::{Reservation, ReserveFailure, TableAllocator};
 use crate::attrs::Attributes;
+use crate::bbm::{BreakBeforeMake, NeverBreak};
 use crate::edit::{Edit, Editor};
 use crate::error::{MapError, ProtectError, RangeError, TableError, TranslateError, UnmapError};
 use crate::flush::TlbFlush;
-use crate::format::{Format, InputAddress};
+use crate::format::{Format, InputAddress, WithoutBreakBeforeMake};
 use crate::mem::PhysMem;
 use crate::single::{Single, SingleError};
 use crate::walk::{self, Translation, Visit};
@@ -123,19 +124,46 @@ pub struct PageTable<F: Format> {
 impl<F: Format> PageTable<F> {
     /// A new, empty table with a root from `alloc`.
     ///
+    /// A root that spans several tables (AArch64 stage-2 concatenation,
+    /// [`Format::root_tables`]) comes from [`TableAllocator::alloc_root`].
+    ///
     /// # Errors
     ///
     /// [`MapError::OutOfMemory`] if `alloc` has no frame,
+    /// [`MapError::Range`] if a concatenated root is not aligned to its size,
     /// [`MapError::Table`] if the frame is not accessible through `mem`.
     pub fn new(
         format: F,
         mem: &impl PhysMem,
         alloc: &mut impl TableAllocator,
     ) -> Result<Self, MapError> {
-        let mut r = Reservation::take_frames(1, format.root_entries(), mem, alloc)
-            .map_err(reserve_error::<MapError>)?;
-        let root = r.take(mem).ok_or(MapError::OutOfMemory)?;
-        Ok(Self { format, root })
+        let tables = format.root_tables();
+        if tables <= 1 {
+            let mut r = Reservation::take_frames(1, format.root_entries(), mem, alloc)
+                .map_err(reserve_error::<MapError>)?;
+            let root = r.take(mem).ok_or(MapError::OutOfMemory)?;
+            return Ok(Self { format, root });
+        }
+        // A concatenated root: contiguous tables, aligned to their total size.
+        let root = alloc.alloc_root(tables).ok_or(MapError::OutOfMemory)?;
+        let bytes = format.root_entries() as u64 * 8;
+        if root.get() % bytes != 0 {
+            alloc.free_root(root, tables);
+            return Err(MapError::Range(RangeError::Misaligned));
+        }
+        let Some(entries) = mem.table(root, format.root_entries()) else {
+            alloc.free_root(root, tables);
+            return Err(MapError::Table(TableError::NotAccessible { table: root }));
+        };
+        for e in entries {
+            e.store(0, Ordering::Relaxed);
+        }
+        #[cfg(test)]
+        crate::bbm::trace::fresh(entries);
+        Ok(Self {
+            format,
+            root: root.get(),
+        })
     }
 
     /// A handle on existing tables rooted at `root` (a guest's CR3 or EPTP
@@ -229,11 +257,12 @@ impl<F: Format> PageTable<F> {
     ///   `options.replace` is off,
     /// - [`MapError::OutOfMemory`]: `alloc` ran out,
     /// - [`MapError::Table`]: an inaccessible table or malformed entry.
-    #[allow(clippy::too_many_arguments)] // where, to what, how long, how, and the two resources
-    pub fn map(
+    #[allow(clippy::too_many_arguments)] // where, to what, how long, how, and the resources
+    fn map_with(
         &mut self,
         mem: &impl PhysMem,
         alloc: &mut impl TableAllocator,
+        bbm: &mut impl BreakBeforeMake,
         input: F::Input,
         pa: PhysAddr,
         len: u64,
@@ -262,7 +291,7 @@ impl<F: Format> PageTable<F> {
                     .encode_leaf(0, attrs, level)
                     .map_err(MapError::Attributes)?;
                 let leaf = self.format.with_output_address(template, pa.get(), level);
-                match self.map_single(mem, alloc, start, level, leaf, options.replace) {
+                match self.map_single(mem, alloc, bbm, start, level, leaf, options.replace) {
                     Ok(Single::Done(flush)) => return Ok(flush),
                     Ok(Single::General) => {}
                     Err(SingleError::Table(t)) => return Err(MapError::Table(t)),
@@ -288,14 +317,14 @@ impl<F: Format> PageTable<F> {
             replace: options.replace,
         };
         let flush = self
-            .run(mem, alloc, start, end, &edit)
+            .run(mem, alloc, bbm, start, end, &edit)
             .map_err(|e| match e {
                 EditFailure::Reserve(r) => reserve_error(r),
                 EditFailure::Table(t) => MapError::Table(t),
                 EditFailure::Mapped(at) => MapError::AlreadyMapped { at },
             })?;
         if options.merge {
-            Ok(flush.merge(self.merge_index(mem, alloc, start, end)))
+            Ok(flush.merge(self.merge_index(mem, alloc, bbm, start, end)))
         } else {
             Ok(flush)
         }
@@ -313,10 +342,11 @@ impl<F: Format> PageTable<F> {
     ///   untranslatable,
     /// - [`UnmapError::OutOfMemory`]: a split needed a table `alloc` lacked,
     /// - [`UnmapError::Table`]: an inaccessible table or malformed entry.
-    pub fn unmap(
+    fn unmap_with(
         &mut self,
         mem: &impl PhysMem,
         alloc: &mut impl TableAllocator,
+        bbm: &mut impl BreakBeforeMake,
         input: F::Input,
         len: u64,
     ) -> Result<TlbFlush, UnmapError> {
@@ -338,7 +368,7 @@ impl<F: Format> PageTable<F> {
                 }
             }
         }
-        self.run(mem, alloc, start, end, &Edit::Unmap)
+        self.run(mem, alloc, bbm, start, end, &Edit::Unmap)
             .map_err(|e| match e {
                 EditFailure::Reserve(ReserveFailure::OutOfMemory) => UnmapError::OutOfMemory,
                 EditFailure::Reserve(ReserveFailure::NotAccessible(table)) => {
@@ -364,10 +394,11 @@ impl<F: Format> PageTable<F> {
     ///   a level where the range has a leaf,
     /// - [`ProtectError::OutOfMemory`]: a split needed a table `alloc` lacked,
     /// - [`ProtectError::Table`]: an inaccessible table or malformed entry.
-    pub fn protect(
+    fn protect_with(
         &mut self,
         mem: &impl PhysMem,
         alloc: &mut impl TableAllocator,
+        bbm: &mut impl BreakBeforeMake,
         input: F::Input,
         len: u64,
         attrs: &Attributes,
@@ -381,18 +412,23 @@ impl<F: Format> PageTable<F> {
                     .map_err(ProtectError::Attributes)?;
             }
         }
-        self.run(mem, alloc, start, end, &Edit::Protect { attrs: *attrs })
-            .map_err(|e| match e {
-                EditFailure::Reserve(ReserveFailure::OutOfMemory) => ProtectError::OutOfMemory,
-                EditFailure::Reserve(ReserveFailure::NotAccessible(table)) => {
-                    ProtectError::Table(TableError::NotAccessible { table })
-                }
-                EditFailure::Table(t) => ProtectError::Table(t),
-                // Only a map without `replace` refuses mapped entries.
-                EditFailure::Mapped(at) => {
-                    ProtectError::Table(TableError::Malformed { at, level: 0 })
-                }
-            })
+        self.run(
+            mem,
+            alloc,
+            bbm,
+            start,
+            end,
+            &Edit::Protect { attrs: *attrs },
+        )
+        .map_err(|e| match e {
+            EditFailure::Reserve(ReserveFailure::OutOfMemory) => ProtectError::OutOfMemory,
+            EditFailure::Reserve(ReserveFailure::NotAccessible(table)) => {
+                ProtectError::Table(TableError::NotAccessible { table })
+            }
+            EditFailure::Table(t) => ProtectError::Table(t),
+            // Only a map without `replace` refuses mapped entries.
+            EditFailure::Mapped(at) => ProtectError::Table(TableError::Malformed { at, level: 0 }),
+        })
     }
 
     /// Replaces every table in `len` bytes at `input` whose entries are all
@@ -403,26 +439,33 @@ impl<F: Format> PageTable<F> {
     /// # Errors
     ///
     /// [`RangeError`] for a misaligned or untranslatable range.
-    pub fn merge(
+    fn merge_with(
         &mut self,
         mem: &impl PhysMem,
         alloc: &mut impl TableAllocator,
+        bbm: &mut impl BreakBeforeMake,
         input: F::Input,
         len: u64,
     ) -> Result<TlbFlush, RangeError> {
         let align = 1u64 << self.format.granule_shift();
         let (start, end) = self.index_range(input, len, align)?;
-        Ok(self.merge_index(mem, alloc, start, end))
+        Ok(self.merge_index(mem, alloc, bbm, start, end))
     }
 
     fn merge_index(
         &mut self,
         mem: &impl PhysMem,
         alloc: &mut impl TableAllocator,
+        bbm: &mut impl BreakBeforeMake,
         start: u64,
         end: u64,
     ) -> TlbFlush {
-        let mut editor = Editor::new(&self.format, mem, Reservation::empty(self.format.entries()));
+        let mut editor = Editor::new(
+            &self.format,
+            mem,
+            Reservation::empty(self.format.entries()),
+            bbm,
+        );
         editor.merge(self.root, self.top_level(), 0, start, end, alloc);
         editor.finish(mem, alloc)
     }
@@ -436,6 +479,7 @@ impl<F: Format> PageTable<F> {
         &mut self,
         mem: &impl PhysMem,
         alloc: &mut impl TableAllocator,
+        bbm: &mut impl BreakBeforeMake,
         start: u64,
         end: u64,
         edit: &Edit,
@@ -443,7 +487,13 @@ impl<F: Format> PageTable<F> {
         if start == end {
             return Ok(TlbFlush::NONE);
         }
-        let planner = Editor::new(&self.format, mem, Reservation::empty(self.format.entries()));
+        let mut never = NeverBreak;
+        let planner = Editor::new(
+            &self.format,
+            mem,
+            Reservation::empty(self.format.entries()),
+            &mut never,
+        );
         let needed = planner
             .plan(
                 crate::edit::Node::Real(self.root),
@@ -459,7 +509,7 @@ impl<F: Format> PageTable<F> {
             })?;
         let reservation = Reservation::take_frames(needed, self.format.entries(), mem, alloc)
             .map_err(EditFailure::Reserve)?;
-        let mut editor = Editor::new(&self.format, mem, reservation);
+        let mut editor = Editor::new(&self.format, mem, reservation, bbm);
         editor.commit(self.root, self.top_level(), 0, start, end, edit, alloc);
         Ok(editor.finish(mem, alloc))
     }
@@ -516,8 +566,26 @@ impl<F: Format> PageTable<F> {
     /// Frees every table, the root included, to `alloc`; returns the flush
     /// of the whole address space.
     pub fn destroy(self, mem: &impl PhysMem, alloc: &mut impl TableAllocator) -> TlbFlush {
-        let editor = Editor::new(&self.format, mem, Reservation::empty(self.format.entries()));
-        editor.free_subtree(self.root, self.top_level(), alloc);
+        let mut never = NeverBreak;
+        let editor = Editor::new(
+            &self.format,
+            mem,
+            Reservation::empty(self.format.entries()),
+            &mut never,
+        );
+        if let Some(l) = self.top_level().checked_sub(1) {
+            if let Some(entries) = mem.table(PhysAddr::new(self.root), self.format.root_entries()) {
+                for e in entries {
+                    if let crate::Descriptor::Table(child) = self
+                        .format
+                        .decode(e.load(Ordering::Acquire), self.top_level())
+                    {
+                        editor.free_subtree(child, l, alloc);
+                    }
+                }
+            }
+        }
+        alloc.free_root(PhysAddr::new(self.root), self.format.root_tables());
         TlbFlush::ALL
     }
 
@@ -528,6 +596,191 @@ impl<F: Format> PageTable<F> {
         let index = self.format.input_to_index(input.raw())?;
         walk::entry_at(&self.format, mem, self.root, index, level)
             .map(|e| e.load(Ordering::Acquire))
+    }
+}
+
+/// Editing tables whose live entries may be replaced in one store (x86-64
+/// paging, EPT): everything to invalidate comes back as the [`TlbFlush`].
+impl<F: WithoutBreakBeforeMake> PageTable<F> {
+    /// Maps `len` bytes at `input` to the physical range at `pa` with
+    /// `attrs`, using the largest leaves `options.sizes` allows that fit the
+    /// alignment of both addresses.
+    ///
+    /// All or nothing: every table the mapping needs is reserved from `alloc`
+    /// before any entry changes. Returns the translations to invalidate
+    /// (those replaced, and large leaves split at the edges).
+    ///
+    /// # Errors
+    ///
+    /// The tables are unchanged on every error:
+    /// - [`MapError::Range`]: misaligned for the smallest allowed leaf,
+    ///   untranslatable input, physical range beyond the output size, or no
+    ///   allowed leaf size,
+    /// - [`MapError::Attributes`]: the format cannot express `attrs`,
+    /// - [`MapError::AlreadyMapped`]: something is mapped there and
+    ///   `options.replace` is off,
+    /// - [`MapError::OutOfMemory`]: `alloc` ran out,
+    /// - [`MapError::Table`]: an inaccessible table or malformed entry.
+    #[allow(clippy::too_many_arguments)] // where, to what, how long, how, and the two resources
+    pub fn map(
+        &mut self,
+        mem: &impl PhysMem,
+        alloc: &mut impl TableAllocator,
+        input: F::Input,
+        pa: PhysAddr,
+        len: u64,
+        attrs: &Attributes,
+        options: MapOptions,
+    ) -> Result<TlbFlush, MapError> {
+        self.map_with(mem, alloc, &mut NeverBreak, input, pa, len, attrs, options)
+    }
+
+    /// Removes every translation in `len` bytes at `input`. A large leaf
+    /// only partly inside is split first; tables left empty are freed to
+    /// `alloc` (see [`TableAllocator::free_table`] for when they may be
+    /// reused).
+    ///
+    /// # Errors
+    ///
+    /// The tables are unchanged on every error:
+    /// - [`UnmapError::Range`]: not aligned to the smallest page, or
+    ///   untranslatable,
+    /// - [`UnmapError::OutOfMemory`]: a split needed a table `alloc` lacked,
+    /// - [`UnmapError::Table`]: an inaccessible table or malformed entry.
+    pub fn unmap(
+        &mut self,
+        mem: &impl PhysMem,
+        alloc: &mut impl TableAllocator,
+        input: F::Input,
+        len: u64,
+    ) -> Result<TlbFlush, UnmapError> {
+        self.unmap_with(mem, alloc, &mut NeverBreak, input, len)
+    }
+
+    /// Gives every translation in `len` bytes at `input` the attributes
+    /// `attrs`, keeping its physical address. Holes stay holes; a large leaf
+    /// only partly inside is split first.
+    ///
+    /// # Errors
+    ///
+    /// The tables are unchanged on every error:
+    /// - [`ProtectError::Range`]: not aligned to the smallest page, or
+    ///   untranslatable,
+    /// - [`ProtectError::Attributes`]: the format cannot express `attrs` at
+    ///   a level where the range has a leaf,
+    /// - [`ProtectError::OutOfMemory`]: a split needed a table `alloc` lacked,
+    /// - [`ProtectError::Table`]: an inaccessible table or malformed entry.
+    pub fn protect(
+        &mut self,
+        mem: &impl PhysMem,
+        alloc: &mut impl TableAllocator,
+        input: F::Input,
+        len: u64,
+        attrs: &Attributes,
+    ) -> Result<TlbFlush, ProtectError> {
+        self.protect_with(mem, alloc, &mut NeverBreak, input, len, attrs)
+    }
+
+    /// Replaces every table in `len` bytes at `input` whose entries are all
+    /// leaves with contiguous physical addresses and identical attributes by
+    /// one larger leaf, where the format allows one, and frees the table.
+    /// Never allocates; malformed or inaccessible parts are left alone.
+    ///
+    /// # Errors
+    ///
+    /// [`RangeError`] for a misaligned or untranslatable range.
+    pub fn merge(
+        &mut self,
+        mem: &impl PhysMem,
+        alloc: &mut impl TableAllocator,
+        input: F::Input,
+        len: u64,
+    ) -> Result<TlbFlush, RangeError> {
+        self.merge_with(mem, alloc, &mut NeverBreak, input, len)
+    }
+}
+
+/// Editing tables that hardware may be walking, for every format: where the
+/// architecture requires break-before-make (AArch64), the editor writes the
+/// invalid entries, calls `bbm` to invalidate them, and only then writes the
+/// new entries; the rest comes back as the [`TlbFlush`]. On x86 and EPT
+/// `bbm` is never called.
+impl<F: Format> PageTable<F> {
+    /// [`map`](PageTable::map) on a live table: replacing a valid entry by
+    /// one of another output address, size or memory attributes, splitting
+    /// a block, or touching part of a contiguous run goes through `bbm`.
+    /// A run of the right length and alignment gets the contiguous hint.
+    ///
+    /// # Errors
+    ///
+    /// As [`map`](PageTable::map); the tables are unchanged on every error
+    /// and `bbm` has not been called.
+    #[allow(clippy::too_many_arguments)]
+    pub fn map_live(
+        &mut self,
+        mem: &impl PhysMem,
+        alloc: &mut impl TableAllocator,
+        bbm: &mut impl BreakBeforeMake,
+        input: F::Input,
+        pa: PhysAddr,
+        len: u64,
+        attrs: &Attributes,
+        options: MapOptions,
+    ) -> Result<TlbFlush, MapError> {
+        self.map_with(mem, alloc, bbm, input, pa, len, attrs, options)
+    }
+
+    /// [`unmap`](PageTable::unmap) on a live table (splitting a block, or
+    /// unfolding a contiguous run cut by the range, goes through `bbm`).
+    ///
+    /// # Errors
+    ///
+    /// As [`unmap`](PageTable::unmap).
+    pub fn unmap_live(
+        &mut self,
+        mem: &impl PhysMem,
+        alloc: &mut impl TableAllocator,
+        bbm: &mut impl BreakBeforeMake,
+        input: F::Input,
+        len: u64,
+    ) -> Result<TlbFlush, UnmapError> {
+        self.unmap_with(mem, alloc, bbm, input, len)
+    }
+
+    /// [`protect`](PageTable::protect) on a live table: permission changes
+    /// are written in place and flushed; memory-type or shareability changes
+    /// and splits go through `bbm`.
+    ///
+    /// # Errors
+    ///
+    /// As [`protect`](PageTable::protect).
+    pub fn protect_live(
+        &mut self,
+        mem: &impl PhysMem,
+        alloc: &mut impl TableAllocator,
+        bbm: &mut impl BreakBeforeMake,
+        input: F::Input,
+        len: u64,
+        attrs: &Attributes,
+    ) -> Result<TlbFlush, ProtectError> {
+        self.protect_with(mem, alloc, bbm, input, len, attrs)
+    }
+
+    /// [`merge`](PageTable::merge) on a live table: each table replaced by a
+    /// block goes through `bbm`.
+    ///
+    /// # Errors
+    ///
+    /// As [`merge`](PageTable::merge).
+    pub fn merge_live(
+        &mut self,
+        mem: &impl PhysMem,
+        alloc: &mut impl TableAllocator,
+        bbm: &mut impl BreakBeforeMake,
+        input: F::Input,
+        len: u64,
+    ) -> Result<TlbFlush, RangeError> {
+        self.merge_with(mem, alloc, bbm, input, len)
     }
 }
 

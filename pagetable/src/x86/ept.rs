@@ -90,7 +90,7 @@ fn memory_type_code(mt: MemoryType) -> Option<u64> {
         MemoryType::WriteThrough => Some(4),
         MemoryType::WriteProtect => Some(5),
         MemoryType::WriteBack => Some(6),
-        MemoryType::UncacheableMinus => None,
+        MemoryType::UncacheableMinus | MemoryType::Device | MemoryType::Inherited => None,
     }
 }
 
@@ -104,6 +104,8 @@ fn memory_type_of(code: u64) -> Option<MemoryType> {
         _ => None,
     }
 }
+
+impl crate::format::WithoutBreakBeforeMake for Ept {}
 
 impl Format for Ept {
     type Input = GuestPhysAddr;
@@ -187,6 +189,7 @@ impl Format for Ept {
                 global: false,
                 protection_key: 0,
                 ignore_guest_pat: raw & IPAT != 0,
+                ..Attributes::DATA
             },
         )
     }
@@ -198,6 +201,7 @@ impl Format for Ept {
 
     #[inline]
     fn encode_leaf(&self, pa: u64, attrs: &Attributes, level: u8) -> Result<u64, AttrError> {
+        attrs.check_x86()?;
         let access = attrs.access;
         let mut raw = pa & address_mask(self.max_phys_bits);
         if access.contains(Access::READ) {

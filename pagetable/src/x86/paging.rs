@@ -137,9 +137,12 @@ impl X86Paging {
                 0
             },
             ignore_guest_pat: false,
+            ..Attributes::DATA
         }
     }
 }
+
+impl crate::format::WithoutBreakBeforeMake for X86Paging {}
 
 impl Format for X86Paging {
     type Input = VirtAddr;
@@ -221,6 +224,7 @@ impl Format for X86Paging {
 
     #[inline]
     fn encode_leaf(&self, pa: u64, attrs: &Attributes, level: u8) -> Result<u64, AttrError> {
+        attrs.check_x86()?;
         let access = attrs.access;
         if !access.contains(Access::READ) {
             return Err(AttrError::Access(access));
