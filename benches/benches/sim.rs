@@ -131,7 +131,8 @@ fn invariant_checks(c: &mut Criterion) {
         let mut host = Host::boot(&mut storage).expect("boot");
         let share = host.guest_frames() / 8;
         for d in 1..=8 {
-            host.create_domain(DomId::new(d), share, share).expect("guest");
+            host.create_domain(DomId::new(d), share, share)
+                .expect("guest");
         }
         counters.bench_with_input(BenchmarkId::from_parameter(mib), &host, |b, host| {
             b.iter(|| black_box(host.check_counters()).expect("holds"));
@@ -145,7 +146,8 @@ fn invariant_checks(c: &mut Criterion) {
         let mut host = Host::boot(&mut storage).expect("boot");
         let share = host.guest_frames() / 8;
         for d in 1..=8 {
-            host.create_domain(DomId::new(d), share, share).expect("guest");
+            host.create_domain(DomId::new(d), share, share)
+                .expect("guest");
         }
         audit.throughput(Throughput::Elements(host.total_frames()));
         audit.bench_with_input(BenchmarkId::from_parameter(mib), &host, |b, host| {

@@ -1,4 +1,4 @@
-//! The malicious-guest target: a small host with two honest guests and an
+//! The malicious-guest target: an 8 MiB host with two honest guests and an
 //! attacker whose hypercalls come from the fuzzer's bytes.
 //!
 //! Each byte below 32 runs one second of the honest guests (their

@@ -392,14 +392,18 @@ impl<'s> World<'s> {
 }
 
 /// Runs fuzzer input: each byte below 32 is an honest second, anything else
-/// a hostile call decoded from the bytes that follow. Small host, audit
+/// a hostile call decoded from the bytes that follow. A small host (8 MiB:
+/// two honest guests and the attacker of about 2 MiB each), the full audit
 /// after every call.
 ///
 /// # Errors
 ///
 /// The first [`Violation`]: a bug the input found.
 pub fn replay(data: &[u8]) -> Result<(), Violation> {
-    let mut storage = HostStorage::new(HostConfig::with_mib(16));
+    let mut storage = HostStorage::new(HostConfig {
+        frames: 2048,
+        xen_heap_frames: 16,
+    });
     let mut world = World::new(&mut storage, 2, 1, 1)?;
     let mut src = Bytes(data);
     while let Some(b) = src.byte() {
