@@ -26,7 +26,9 @@
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use hvmem_benches::buddy::workloads::{self, MixedTrace, RandomBatch};
-use hvmem_benches::buddy::{BuddyAllocHeap, BuddySystemHeap, FrameAllocHeap, FrameHeap, HvmemHeap};
+use hvmem_benches::buddy::{
+    BuddyAllocHeap, BuddySystemHeap, FrameAllocHeap, FrameHeap, HvmemHeap, HvmemHotHeap,
+};
 use hvmem_types::PageOrder;
 
 /// Seed of the random-orders batch.
@@ -140,8 +142,10 @@ impl Workload for MixedTrace {
 fn compare<W: Workload>(c: &mut Criterion, workload: &mut W) {
     let mut group = c.benchmark_group(workload.group());
     group.throughput(Throughput::Elements(workload.pairs() as u64));
-    let mut metadata = HvmemHeap::metadata();
-    measure(&mut group, workload, HvmemHeap::new(&mut metadata));
+    let mut metadata = HvmemHeap::<0>::metadata();
+    measure(&mut group, workload, HvmemHeap::<0>::new(&mut metadata));
+    let mut metadata = HvmemHotHeap::metadata();
+    measure(&mut group, workload, HvmemHotHeap::new(&mut metadata));
     measure(&mut group, workload, BuddySystemHeap::new());
     measure(&mut group, workload, BuddyAllocHeap::new());
     measure(&mut group, workload, FrameAllocHeap::new());

@@ -14,7 +14,7 @@
 mod heaps;
 pub mod workloads;
 
-pub use heaps::{BuddyAllocHeap, BuddySystemHeap, FrameAllocHeap, HvmemHeap};
+pub use heaps::{BuddyAllocHeap, BuddySystemHeap, FrameAllocHeap, HvmemHeap, HvmemHotHeap};
 
 use hvmem_types::PageOrder;
 

@@ -87,6 +87,13 @@ impl FrameState {
         Self(Self::ALLOCATED | (k & Self::ORDER_MASK))
     }
 
+    /// The head of a free block of order `k` on a hot list: free, but not
+    /// merged, so to the merge loop it looks taken (the dirty-list flag
+    /// marks it under the allocated kind).
+    pub(crate) const fn hot(k: u8) -> Self {
+        Self(Self::ALLOCATED | Self::ON_DIRTY_LIST | (k & Self::ORDER_MASK))
+    }
+
     pub(crate) const fn is_tail(self) -> bool {
         self.0 == 0
     }
@@ -96,7 +103,12 @@ impl FrameState {
     }
 
     pub(crate) const fn is_allocated(self) -> bool {
-        self.0 & Self::KIND_MASK == Self::ALLOCATED
+        self.0 & (Self::KIND_MASK | Self::ON_DIRTY_LIST) == Self::ALLOCATED
+    }
+
+    /// Whether this is the head of a block on a hot list.
+    pub(crate) const fn is_hot(self) -> bool {
+        self.0 & (Self::KIND_MASK | Self::ON_DIRTY_LIST) == Self::ALLOCATED | Self::ON_DIRTY_LIST
     }
 
     pub(crate) const fn is_reserved(self) -> bool {

@@ -20,6 +20,10 @@ pub struct Stats {
     pub reserved_frames: u64,
     /// The order of the largest free block.
     pub largest_free: Option<PageOrder>,
+    /// Free frames on hot lists (see
+    /// [`BuddyAllocator::set_hot_frames`](crate::BuddyAllocator::set_hot_frames)),
+    /// included in `free_frames` and in the free blocks of their orders.
+    pub hot_frames: u64,
     free_blocks: [u64; ORDERS],
 }
 
@@ -29,6 +33,7 @@ impl Stats {
         self.free_frames += zone.free_frames();
         self.dirty_frames += zone.dirty_frames();
         self.reserved_frames += zone.reserved_frames();
+        self.hot_frames += zone.hot_frames();
         for (k, count) in self.free_blocks.iter_mut().enumerate() {
             *count += u64::from(zone.free_blocks(k));
         }

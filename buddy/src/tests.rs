@@ -137,6 +137,104 @@ fn double_free_is_refused_and_changes_nothing() {
 }
 
 #[test]
+fn a_hot_block_comes_back_first_without_splitting_anything() {
+    let zone = [range(0, 1024)];
+    let mut meta = Meta::for_ranges(&zone);
+    let mut heap = meta.heap(10, &zone, Contents::Clean);
+    heap.set_hot_frames(64);
+    let a = heap.alloc(order(0)).unwrap();
+    let b = heap.alloc(order(0)).unwrap();
+    heap.free(a, order(0)).unwrap();
+    heap.free(b, order(0)).unwrap();
+    // LIFO: the most recently freed, still cache-warm frame first.
+    assert_eq!(heap.alloc(order(0)), Ok(b));
+    assert_eq!(heap.alloc(order(0)), Ok(a));
+    // The 1024-frame block was split once, by the first allocation only.
+    assert_eq!(heap.stats().free_blocks(order(9)), 1);
+}
+
+#[test]
+fn hot_frames_count_as_free_and_dirty_blocks_of_their_order() {
+    let zone = [range(0, 1024)];
+    let mut meta = Meta::for_ranges(&zone);
+    let mut heap = meta.heap(10, &zone, Contents::Clean);
+    heap.set_hot_frames(64);
+    let a = heap.alloc(order(3)).unwrap();
+    heap.free(a, order(3)).unwrap();
+    let stats = heap.stats();
+    assert_eq!(
+        (stats.hot_frames, stats.free_frames, stats.dirty_frames),
+        (8, 1024, 8)
+    );
+    assert_eq!(stats.free_blocks(order(3)), 2);
+    // Merged back, the dirty marks survive and the scrubber finds them.
+    heap.flush_hot();
+    let stats = heap.stats();
+    assert_eq!((stats.hot_frames, stats.dirty_frames), (0, 8));
+    assert_eq!(stats.free_blocks(order(10)), 1);
+    let mut scrubbed = 0;
+    let _ = heap.scrub(u64::MAX, |_| scrubbed += 1);
+    assert_eq!(scrubbed, 8);
+}
+
+#[test]
+fn double_free_of_a_hot_block_is_refused_and_changes_nothing() {
+    let zone = [range(0, 64)];
+    let mut meta = Meta::for_ranges(&zone);
+    let mut heap = meta.heap(6, &zone, Contents::Clean);
+    heap.set_hot_frames(16);
+    let a = heap.alloc(order(1)).unwrap();
+    heap.free(a, order(1)).unwrap();
+    let before = heap.stats();
+    assert_eq!(before.hot_frames, 2);
+    assert_eq!(heap.free(a, order(1)), Err(FreeError::NotAllocated));
+    assert_eq!(heap.free(a, order(0)), Err(FreeError::NotAllocated));
+    assert_eq!(heap.stats(), before);
+}
+
+#[test]
+fn hot_blocks_merge_when_an_allocation_would_otherwise_fail() {
+    let zone = [range(0, 64)];
+    let mut meta = Meta::for_ranges(&zone);
+    let mut heap = meta.heap(6, &zone, Contents::Clean);
+    heap.set_hot_frames(1024);
+    let frames: Vec<_> = (0..64).map(|_| heap.alloc(order(0)).unwrap()).collect();
+    for f in frames {
+        heap.free(f, order(0)).unwrap();
+    }
+    assert_eq!(heap.stats().hot_frames, 64);
+    // 64 unmerged frames, yet the whole zone is one free block to a caller.
+    let all = heap.alloc(order(6)).unwrap();
+    assert_eq!(all, Mfn::new(0));
+    heap.free(all, order(6)).unwrap();
+    // Reserving a range of hot frames merges them first as well.
+    let frames: Vec<_> = (0..8).map(|_| heap.alloc(order(0)).unwrap()).collect();
+    for f in frames {
+        heap.free(f, order(0)).unwrap();
+    }
+    heap.reserve(range(0, 8)).unwrap();
+    assert_eq!(heap.stats().reserved_frames, 8);
+}
+
+#[test]
+fn a_full_hot_list_merges_its_older_half_and_a_lower_limit_merges_the_excess() {
+    let zone = [range(0, 256)];
+    let mut meta = Meta::for_ranges(&zone);
+    let mut heap = meta.heap(8, &zone, Contents::Clean);
+    heap.set_hot_frames(8);
+    let frames: Vec<_> = (0..32).map(|_| heap.alloc(order(0)).unwrap()).collect();
+    for f in frames {
+        heap.free(f, order(0)).unwrap();
+        assert!(heap.stats().hot_frames <= 8);
+    }
+    heap.set_hot_frames(2);
+    assert!(heap.stats().hot_frames <= 2);
+    heap.set_hot_frames(0);
+    assert_eq!(heap.stats().hot_frames, 0);
+    assert_eq!(heap.stats().free_blocks(order(8)), 1);
+}
+
+#[test]
 fn free_with_the_wrong_order_is_refused() {
     let zone = [range(0, 64)];
     let mut meta = Meta::for_ranges(&zone);
@@ -420,6 +518,10 @@ enum Op {
     Reserve(u64, u64),
     Release(u64, u64),
     Scrub(u64),
+    /// Set the hot-list limit (frames per cached order).
+    Hot(u32),
+    /// Merge every hot block.
+    FlushHot,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -431,6 +533,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u64..600, 0u64..40).prop_map(|(s, n)| Op::Reserve(s, n)),
         1 => (0u64..600, 0u64..40).prop_map(|(s, n)| Op::Release(s, n)),
         1 => (0u64..200).prop_map(Op::Scrub),
+        1 => prop_oneof![Just(0u32), Just(2), Just(8), Just(64), Just(1024)].prop_map(Op::Hot),
+        1 => Just(Op::FlushHot),
     ]
 }
 
@@ -618,13 +722,28 @@ fn run_model(max: u8, zones: &[FrameRange], ops: &[Op]) {
                     model.dirty[f] = false;
                 }
             }
+            Op::Hot(frames) => {
+                heap.set_hot_frames(frames);
+                assert_eq!(heap.hot_frames(), frames);
+                let hot = heap.stats().hot_frames;
+                assert!(
+                    hot <= 5 * u64::from(frames),
+                    "{hot} hot frames over the limit"
+                );
+            }
+            Op::FlushHot => {
+                heap.flush_hot();
+                assert_eq!(heap.stats().hot_frames, 0);
+            }
         }
         check(&heap, &model);
     }
-    // Give everything back: each zone is again its maximal aligned blocks.
+    // Give everything back: each zone is again its maximal aligned blocks
+    // once the hot lists are merged.
     for (mfn, k) in core::mem::take(&mut model.live) {
         heap.free(mfn, order(k)).unwrap();
     }
+    heap.flush_hot();
     for z in zones {
         let mut f = z.start().get();
         while f < z.end().get() {
@@ -671,7 +790,8 @@ proptest! {
     /// or reserved exactly once, counts and dirty counts match, clean
     /// allocations and the scrubber only ever see what they should, an
     /// allocation fails only when no aligned free run exists, refused
-    /// operations change nothing, and freeing everything restores one maximal
+    /// operations change nothing, hot lists stay within their limit, and
+    /// freeing everything (and merging the hot lists) restores one maximal
     /// block per aligned region.
     #[test]
     fn random_operations_match_the_model(

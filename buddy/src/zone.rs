@@ -25,6 +25,19 @@
 //! split knows when a half is certainly clean. Merging a clean block with a
 //! dirty one gives a dirty block; the per-frame bits are untouched, so no dirty
 //! mark is lost and clean frames are never scrubbed twice.
+//!
+//! ## Hot lists
+//!
+//! Optionally (a limit set by the embedder, off by default), a freed block of
+//! order 0 to 3 or 9, the orders Linux keeps on its per-CPU page lists, is not
+//! merged at once: it goes on a LIFO *hot list* of its order, and the next
+//! allocation of that order takes the most recently freed (cache-warm) block
+//! back without splitting anything. A hot block is free: it counts in the free
+//! and dirty totals and in the statistics as a free block of its order, and a
+//! double free of it is refused. It is not merged while hot, so the lists are
+//! bounded (a full list merges its older half), and they are merged back
+//! entirely before anything that needs the buddies whole: an allocation that
+//! would fail, a reservation, a scrub.
 
 use hvmem_types::{FrameRange, Mfn, PageOrder};
 
@@ -37,6 +50,33 @@ pub(crate) const ORDERS: usize = MAX_SUPPORTED_ORDER.get() as usize + 1;
 
 const CLEAN: usize = 0;
 const DIRTY: usize = 1;
+
+/// Hot lists, one per cached order.
+pub(crate) const HOT_LISTS: usize = 5;
+
+/// The hot list of order `k`: orders 0 to 3 (Linux's `PAGE_ALLOC_COSTLY_ORDER`)
+/// and 9 (the pageblock order, 2 MiB of 4 KiB frames).
+#[inline]
+const fn hot_list(k: u8) -> Option<usize> {
+    match k {
+        0..=3 => Some(k as usize),
+        9 => Some(4),
+        _ => None,
+    }
+}
+
+/// The order of hot list `s`.
+const fn hot_order(s: usize) -> u8 {
+    if s < 4 { s as u8 } else { 9 }
+}
+
+/// One hot list: an intrusive LIFO through the heads' `next` links.
+#[derive(Clone, Copy, Debug)]
+struct HotList {
+    head: u32,
+    blocks: u32,
+    limit: u32,
+}
 
 /// A zone's free lists over its metadata.
 #[derive(Debug)]
@@ -51,6 +91,9 @@ pub(crate) struct Zone<'m> {
     free_frames: u64,
     dirty_frames: u64,
     reserved_frames: u64,
+    hot: [HotList; HOT_LISTS],
+    /// Whether any hot list holds a block.
+    any_hot: bool,
 }
 
 impl<'m> Zone<'m> {
@@ -84,6 +127,12 @@ impl<'m> Zone<'m> {
             free_frames: range.len(),
             dirty_frames: 0,
             reserved_frames: 0,
+            hot: [HotList {
+                head: NIL,
+                blocks: 0,
+                limit: 0,
+            }; HOT_LISTS],
+            any_hot: false,
         };
         let dirty = contents == Contents::Dirty;
         for (mfn, order) in range.aligned_blocks(max_order) {
@@ -231,19 +280,143 @@ impl<'m> Zone<'m> {
     /// Allocates a block; its frames may hold a previous user's data.
     #[inline]
     pub(crate) fn alloc(&mut self, order: u8) -> Option<Mfn> {
-        let (i, dirty) = self.take_block(order, false)?;
+        if let Some(i) = self.pop_hot(order) {
+            // A hot block's frames count as dirty without their bits set
+            // (see `free`): nothing to clear.
+            self.free_frames -= 1 << order;
+            self.dirty_frames -= 1 << order;
+            self.meta.set_state(i, FrameState::allocated(order));
+            return Some(self.mfn(i));
+        }
+        self.alloc_from_lists(order)
+    }
+
+    /// [`alloc`](Self::alloc) past the hot lists: split a free block.
+    #[inline(never)]
+    fn alloc_from_lists(&mut self, order: u8) -> Option<Mfn> {
+        let (i, dirty) = match self.take_block(order, false) {
+            Some(taken) => taken,
+            None if self.any_hot => {
+                self.flush_hot();
+                self.take_block(order, false)?
+            }
+            None => return None,
+        };
         if dirty {
             self.dirty_frames -= u64::from(self.meta.mark_clean(i, 1 << order));
         }
         Some(self.mfn(i))
     }
 
+    /// Takes the most recently freed block of order `k` off its hot list.
+    #[inline]
+    fn pop_hot(&mut self, k: u8) -> Option<u32> {
+        let list = self.hot.get_mut(hot_list(k)?)?;
+        if list.head == NIL {
+            return None;
+        }
+        let i = list.head;
+        list.head = self.meta.next(i);
+        list.blocks -= 1;
+        Some(i)
+    }
+
+    /// Puts the free block `(i, k)` on its hot list if it has one with room
+    /// (merging the older half of a full list first); `false` if the block
+    /// must be merged now.
+    #[inline]
+    fn push_hot(&mut self, i: u32, k: u8) -> bool {
+        let Some(s) = hot_list(k) else {
+            return false;
+        };
+        let Some(&list) = self.hot.get(s) else {
+            return false;
+        };
+        if list.limit == 0 {
+            return false;
+        }
+        if list.blocks >= list.limit {
+            self.merge_hot(s, list.limit.div_ceil(2));
+        }
+        let Some(list) = self.hot.get_mut(s) else {
+            return false;
+        };
+        self.meta.set_links(i, list.head, NIL);
+        self.meta.set_state(i, FrameState::hot(k));
+        list.head = i;
+        list.blocks += 1;
+        self.any_hot = true;
+        true
+    }
+
+    /// Merges the `keep`-th and later blocks of hot list `s` (the oldest)
+    /// into the free lists.
+    #[inline(never)]
+    fn merge_hot(&mut self, s: usize, keep: u32) {
+        let k = hot_order(s);
+        let Some(list) = self.hot.get_mut(s) else {
+            return;
+        };
+        let mut rest = list.head;
+        if keep == 0 {
+            list.head = NIL;
+        } else {
+            let mut last = list.head;
+            for _ in 1..keep {
+                last = self.meta.next(last);
+            }
+            rest = self.meta.next(last);
+            self.meta.set_next(last, NIL);
+        }
+        list.blocks = list.blocks.min(keep);
+        while rest != NIL {
+            let next = self.meta.next(rest);
+            self.merge_freed(rest, k);
+            rest = next;
+        }
+    }
+
+    /// Merges every hot block into the free lists.
+    pub(crate) fn flush_hot(&mut self) {
+        for s in 0..HOT_LISTS {
+            self.merge_hot(s, 0);
+        }
+        self.any_hot = false;
+    }
+
+    /// Sets each hot list's limit to `frames` frames' worth of blocks of its
+    /// order (0 turns hot lists off), merging what no longer fits.
+    pub(crate) fn set_hot_frames(&mut self, frames: u32) {
+        for s in 0..HOT_LISTS {
+            let limit = frames >> hot_order(s);
+            if let Some(list) = self.hot.get_mut(s) {
+                list.limit = limit;
+                if list.blocks > limit {
+                    self.merge_hot(s, limit);
+                }
+            }
+        }
+        self.any_hot = self.hot.iter().any(|l| l.blocks != 0);
+    }
+
+    /// Frames on hot lists.
+    pub(crate) fn hot_frames(&self) -> u64 {
+        (0..HOT_LISTS)
+            .map(|s| u64::from(self.hot.get(s).map_or(0, |l| l.blocks)) << hot_order(s))
+            .sum()
+    }
+
     /// Allocates a block whose frames are all clean: a clean block if there is
     /// one, otherwise a dirty block whose dirty frames are scrubbed now.
     pub(crate) fn alloc_clean(&mut self, order: u8, scrub: &mut impl FnMut(Mfn)) -> Option<Mfn> {
-        let (i, dirty) = self
+        let mut taken = self
             .take_block(order, true)
-            .or_else(|| self.take_block(order, false))?;
+            .or_else(|| self.take_block(order, false));
+        if taken.is_none() && self.any_hot {
+            self.flush_hot();
+            taken = self.take_block(order, false);
+        }
+        let (i, dirty) = taken?;
         if dirty {
             let base = self.range.start();
             let mut budget = u64::MAX;
@@ -274,10 +447,26 @@ impl<'m> Zone<'m> {
                 allocated: PageOrder::new(state.order()).unwrap_or(PageOrder::ZERO),
             });
         }
-        self.dirty_frames += u64::from(self.meta.mark_dirty(i, 1 << k));
         self.free_frames += 1 << k;
-        self.merge_and_insert(i, k, true, 0);
+        // An allocated block's dirty bits are clear. On a hot list the block
+        // counts as dirty as a whole and its bits stay clear, so that taking
+        // it back costs nothing; they are set when it leaves the hot list to
+        // be merged.
+        self.dirty_frames += 1 << k;
+        if !self.push_hot(i, k) {
+            self.merge_freed(i, k);
+        }
         Ok(())
+    }
+
+    /// Merges a freed (or formerly hot) block whose dirty bits are clear and
+    /// already counted in `dirty_frames`: set them, then merge. Out of line,
+    /// so that the hot-list path stays small.
+    #[inline(never)]
+    fn merge_freed(&mut self, i: u32, k: u8) {
+        let newly = self.meta.mark_dirty(i, 1 << k);
+        debug_assert_eq!(newly, 1 << k, "an allocated block had dirty bits");
+        self.merge_and_insert(i, k, true, 0);
     }
 
     /// Inserts the free block `(i, k)`, first merging it with its buddies.
@@ -329,13 +518,21 @@ impl<'m> Zone<'m> {
 
     /// Takes the zone-relative frames `[start, end)` out of the free pool.
     pub(crate) fn reserve(&mut self, start: u32, end: u32) -> Result<(), ReserveError> {
-        // Check every frame first, so that a refusal changes nothing.
+        // Check every frame first, so that a refusal changes nothing (hot
+        // blocks are free, too).
         let mut f = start;
         while f < end {
             match self.container(f) {
-                Some((head, state)) if state.is_free() => f = head + (1 << state.order()),
+                Some((head, state)) if state.is_free() || state.is_hot() => {
+                    f = head + (1 << state.order());
+                }
                 _ => return Err(ReserveError::NotFree { mfn: self.mfn(f) }),
             }
+        }
+        // Merge the hot blocks, so that every frame of the range sits in a
+        // block on the free lists.
+        if self.any_hot {
+            self.flush_hot();
         }
         let mut f = start;
         while f < end {
@@ -415,6 +612,10 @@ impl<'m> Zone<'m> {
     pub(crate) fn scrub(&mut self, budget: &mut u64, scrub: &mut impl FnMut(Mfn)) -> u64 {
         let base = self.range.start();
         let mut scrubbed = 0;
+        if *budget > 0 && self.any_hot {
+            // Hot blocks are dirty: give them to the scrubber.
+            self.flush_hot();
+        }
         while *budget > 0 && self.nonempty[DIRTY] != 0 {
             let k = (31 - self.nonempty[DIRTY].leading_zeros()) as u8;
             let Some(&i) = self.heads[DIRTY].get(usize::from(k)) else {
@@ -452,14 +653,24 @@ impl<'m> Zone<'m> {
         self.reserved_frames
     }
 
-    /// Free blocks of order `k`.
+    /// Free blocks of order `k`, hot ones included.
     pub(crate) fn free_blocks(&self, k: usize) -> u32 {
-        self.blocks.get(k).copied().unwrap_or(0)
+        let hot = u8::try_from(k)
+            .ok()
+            .and_then(hot_list)
+            .and_then(|s| self.hot.get(s))
+            .map_or(0, |l| l.blocks);
+        self.blocks.get(k).copied().unwrap_or(0) + hot
     }
 
-    /// The order of the largest free block, if any.
+    /// The order of the largest free block, if any (hot ones included).
     pub(crate) fn largest_free(&self) -> Option<u8> {
-        let all = self.nonempty[CLEAN] | self.nonempty[DIRTY];
+        let mut all = self.nonempty[CLEAN] | self.nonempty[DIRTY];
+        for (s, list) in self.hot.iter().enumerate() {
+            if list.blocks != 0 {
+                all |= 1 << hot_order(s);
+            }
+        }
         (all != 0).then(|| (31 - all.leading_zeros()) as u8)
     }
 

@@ -6,7 +6,9 @@
 //! by construction (arbitrary frames, orders up to 255, huge ranges), and the
 //! checks demand that the allocator refuse it and stay unchanged.
 
-use hvmem_buddy::{BuddyAllocator, Contents, ZoneId, ZonePolicy, metadata_words};
+use hvmem_buddy::{
+    AllocError, BuddyAllocator, Contents, Stats, ZoneId, ZonePolicy, metadata_words,
+};
 use hvmem_types::{FrameRange, Mfn, PageOrder};
 
 use crate::bytes::Bytes;
@@ -38,11 +40,16 @@ impl Model {
                 .all(|&f| f == what)
     }
 
-    fn has_free_block(&self, order: PageOrder) -> bool {
+    /// Whether an aligned run of `2^order` frames is free within one zone
+    /// (a block never spans two zones, even adjacent ones).
+    fn has_free_block(&self, order: PageOrder, zones: &[FrameRange]) -> bool {
         let n = order.frames() as usize;
-        self.frames
-            .chunks(n)
-            .any(|c| c.len() == n && c.iter().all(|&f| f == Frame::Free))
+        self.frames.chunks(n).enumerate().any(|(i, c)| {
+            let block = FrameRange::new(Mfn::new((i * n) as u64), n as u64);
+            c.len() == n
+                && c.iter().all(|&f| f == Frame::Free)
+                && block.is_some_and(|b| zones.iter().any(|z| z.contains_range(&b)))
+        })
     }
 
     fn take(&mut self, mfn: Mfn, order: PageOrder) {
@@ -60,6 +67,7 @@ impl Model {
 
     fn check(&self, heap: &BuddyAllocator<'_, 2>) {
         let s = heap.stats();
+        assert!(s.hot_frames <= 5 * u64::from(heap.hot_frames()));
         let count = |w| self.frames.iter().filter(|&&f| f == w).count() as u64;
         assert_eq!(s.free_frames, count(Frame::Free));
         assert_eq!(s.reserved_frames, count(Frame::Reserved));
@@ -67,6 +75,26 @@ impl Model {
             .filter(|&f| self.frames[f] == Frame::Free && self.dirty[f])
             .count() as u64;
         assert_eq!(s.dirty_frames, dirty);
+    }
+}
+
+/// A refused call changed nothing. Running out of memory may have merged
+/// the hot lists first (`merged`): the same frames are free and dirty, in
+/// larger blocks.
+fn same_memory(heap: &BuddyAllocator<'_, 2>, before: &Stats, merged: bool) {
+    let after = heap.stats();
+    if merged {
+        assert_eq!(
+            (after.free_frames, after.dirty_frames, after.reserved_frames),
+            (
+                before.free_frames,
+                before.dirty_frames,
+                before.reserved_frames
+            )
+        );
+        assert!(after.largest_free >= before.largest_free);
+    } else {
+        assert_eq!(after, *before);
     }
 }
 
@@ -87,16 +115,20 @@ pub fn run(data: &[u8]) {
     ) else {
         return;
     };
-    let contents = if input.u8() & 1 == 0 {
+    let setup = input.u8();
+    let contents = if setup & 1 == 0 {
         Contents::Clean
     } else {
         Contents::Dirty
     };
+    // Hot lists off, small, medium or large (bits 1-2 of the same byte).
+    let hot = [0, 4, 64, 1024][usize::from((setup >> 1) & 3)];
     let mut m0 = vec![0u64; metadata_words(z0.len())];
     let mut m1 = vec![0u64; metadata_words(z1.len())];
     let mut heap = BuddyAllocator::<2>::new(max).unwrap();
     heap.add_zone(z0, &mut m0, contents).unwrap();
     heap.add_zone(z1, &mut m1, contents).unwrap();
+    heap.set_hot_frames(hot);
 
     let top = z1.end().get() as usize;
     let mut model = Model {
@@ -126,11 +158,14 @@ pub fn run(data: &[u8]) {
                 };
                 match heap.alloc_in(order, policy) {
                     Ok(mfn) => model.take(mfn, order),
-                    Err(_) => {
+                    Err(e) => {
                         if policy == ZonePolicy::Any && order <= max {
-                            assert!(!model.has_free_block(order), "spurious failure {order:?}");
+                            assert!(
+                                !model.has_free_block(order, &[z0, z1]),
+                                "spurious failure {order:?}"
+                            );
                         }
-                        assert_eq!(heap.stats(), before);
+                        same_memory(&heap, &before, e == AllocError::OutOfMemory);
                     }
                 }
             }
@@ -149,9 +184,9 @@ pub fn run(data: &[u8]) {
                         );
                         model.take(mfn, order);
                     }
-                    Err(_) => {
-                        assert!(order > max || !model.has_free_block(order));
-                        assert_eq!(heap.stats(), before);
+                    Err(e) => {
+                        assert!(order > max || !model.has_free_block(order, &[z0, z1]));
+                        same_memory(&heap, &before, e == AllocError::OutOfMemory);
                     }
                 }
             }

@@ -30,12 +30,18 @@ const FIRST_FRAME: usize = FRAMES;
 const METADATA_SLACK: usize = 1 << 20;
 
 /// `hvmem-buddy`'s [`BuddyAllocator`] with its default zone capacity, one zone
-/// of 1 GiB added clean.
-pub struct HvmemHeap<'m> {
+/// of 1 GiB added clean. `HOT` is its hot-list limit in frames per cached
+/// order ([`BuddyAllocator::set_hot_frames`]): 0 (the default, Xen's
+/// behaviour) merges every free at once.
+pub struct HvmemHeap<'m, const HOT: u32 = 0> {
     heap: BuddyAllocator<'m>,
 }
 
-impl<'m> HvmemHeap<'m> {
+/// [`HvmemHeap`] with hot lists of 1024 frames (4 MiB) per cached order,
+/// within Linux's usual per-CPU list sizes.
+pub type HvmemHotHeap<'m> = HvmemHeap<'m, 1024>;
+
+impl<'m, const HOT: u32> HvmemHeap<'m, HOT> {
     /// Metadata storage for the heap: [`metadata_words`] of 1 GiB of frames.
     #[must_use]
     pub fn metadata() -> Vec<u64> {
@@ -51,20 +57,26 @@ impl<'m> HvmemHeap<'m> {
             .expect("1 GiB at 1 GiB is a valid range");
         heap.add_zone(ram, metadata, Contents::Clean)
             .expect("one zone with metadata_words() of storage");
+        heap.set_hot_frames(HOT);
         Self { heap }
     }
 }
 
-impl fmt::Debug for HvmemHeap<'_> {
+impl<const HOT: u32> fmt::Debug for HvmemHeap<'_, HOT> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HvmemHeap")
             .field("free_frames", &self.heap.free_frames())
+            .field("hot_frames", &HOT)
             .finish()
     }
 }
 
-impl FrameHeap for HvmemHeap<'_> {
-    const NAME: &'static str = "hvmem-buddy";
+impl<const HOT: u32> FrameHeap for HvmemHeap<'_, HOT> {
+    const NAME: &'static str = if HOT == 0 {
+        "hvmem-buddy"
+    } else {
+        "hvmem-buddy+hot"
+    };
 
     #[inline]
     fn alloc(&mut self, order: PageOrder) -> Option<usize> {
@@ -354,8 +366,10 @@ mod tests {
 
     #[test]
     fn every_heap_manages_exactly_one_gib() {
-        let mut metadata = HvmemHeap::metadata();
-        smoke(&mut HvmemHeap::new(&mut metadata));
+        let mut metadata = HvmemHeap::<0>::metadata();
+        smoke(&mut HvmemHeap::<0>::new(&mut metadata));
+        let mut metadata = HvmemHotHeap::metadata();
+        smoke(&mut HvmemHotHeap::new(&mut metadata));
         smoke(&mut BuddySystemHeap::new());
         smoke(&mut BuddyAllocHeap::new());
         smoke(&mut FrameAllocHeap::new());
