@@ -45,11 +45,24 @@ pub(crate) enum Edit {
         templates: [u64; 8],
         sizes: LeafSizes,
         replace: bool,
+        /// Whether whole aligned runs get the contiguous hint.
+        contiguous: bool,
     },
     /// Remove translations.
     Unmap,
     /// Rewrite the attributes of existing leaves.
     Protect { attrs: Attributes },
+}
+
+/// What [`Editor::break_run`] writes back after invalidating a run.
+#[derive(Clone, Copy)]
+enum Refill<'e> {
+    /// Nothing: the caller fills the run (tables below are freed).
+    Nothing,
+    /// The same entries without the contiguous hint (unfolding).
+    Unhinted,
+    /// The same leaves with these attributes, hint kept.
+    Protect(&'e Attributes),
 }
 
 /// A table as the plan sees it.
@@ -426,12 +439,13 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
             pa,
             start: map_start,
             sizes,
+            contiguous,
             ..
         } = *edit
         else {
             return (0, 0);
         };
-        if run == 0 || !sizes.allows(level) || !self.format.leaf_allowed(level) {
+        if run == 0 || !contiguous || !sizes.allows(level) || !self.format.leaf_allowed(level) {
             return (0, 0);
         }
         let size = 1u64 << (self.format.level_shift(level) + run);
@@ -447,9 +461,11 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
     /// Before a table's slots change: makes every contiguous run the update
     /// touches safe to edit entry by entry. A run a map rewrites whole with
     /// the hint is broken outright (its old entries invalidated together);
-    /// a run that keeps the hint (unmapped whole, or given new permissions
-    /// whole) is left alone; any other touched run with the hint is
-    /// unfolded: broken, then written back without the hint.
+    /// a run unmapped whole, or given new permissions whole, is left alone
+    /// (the flush covers it); a run given a new memory type whole is broken
+    /// and rewritten with the hint kept; any other touched run with the hint
+    /// is unfolded: broken, then written back without the hint (Linux's
+    /// contpte rules).
     #[allow(clippy::too_many_arguments)]
     fn prepare_runs(
         &mut self,
@@ -492,7 +508,7 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
                     self.format.decode(old, level) != Descriptor::Invalid && old != new
                 });
                 if stale {
-                    self.break_run(run_entries, level, &group, false, alloc);
+                    self.break_run(run_entries, level, &group, Refill::Nothing, alloc);
                 }
                 continue;
             }
@@ -504,42 +520,59 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
             if !hinted {
                 continue;
             }
-            let keep = group.is_full()
-                && match edit {
-                    Edit::Unmap => true,
-                    Edit::Protect { attrs } => run_entries.iter().all(|e| {
+            if !group.is_full() {
+                self.break_run(run_entries, level, &group, Refill::Unhinted, alloc);
+                continue;
+            }
+            match edit {
+                // Every entry goes invalid; the flush covers the run.
+                Edit::Unmap => {}
+                Edit::Protect { attrs } => {
+                    let mut encodable = true;
+                    let mut needs_break = false;
+                    for e in run_entries {
                         let raw = e.load(Ordering::Acquire);
-                        match self.format.decode(raw, level) {
-                            Descriptor::Leaf(pa, _) => {
-                                self.format.encode_leaf(pa, attrs, level).is_ok_and(|new| {
-                                    !self.format.needs_break(
-                                        raw,
-                                        self.format.with_contiguous(new, true),
-                                        level,
-                                    )
-                                })
+                        let new = match self.format.decode(raw, level) {
+                            Descriptor::Leaf(pa, _) => self.format.encode_leaf(pa, attrs, level),
+                            _ => {
+                                encodable = false;
+                                break;
                             }
-                            _ => false,
+                        };
+                        match new {
+                            Ok(new) => {
+                                let new = self
+                                    .format
+                                    .with_contiguous(new, self.format.is_contiguous(raw));
+                                needs_break |= self.format.needs_break(raw, new, level);
+                            }
+                            Err(_) => encodable = false,
                         }
-                    }),
-                    Edit::Map { .. } => false,
-                };
-            if !keep {
-                self.break_run(run_entries, level, &group, true, alloc);
+                    }
+                    if !encodable {
+                        self.break_run(run_entries, level, &group, Refill::Unhinted, alloc);
+                    } else if needs_break {
+                        // The whole run at once: one invalidation, and the
+                        // run keeps its hint with the new attributes.
+                        self.break_run(run_entries, level, &group, Refill::Protect(attrs), alloc);
+                    }
+                    // Otherwise a permission change: in place, hint kept.
+                }
+                Edit::Map { .. } => {
+                    self.break_run(run_entries, level, &group, Refill::Unhinted, alloc);
+                }
             }
         }
     }
 
     /// Break-before-make over a whole run: invalidates every valid entry of
-    /// it at once, then either writes them back without the contiguous hint
-    /// (`restore`) or leaves them invalid for the caller to fill, freeing the
-    /// tables they pointed to.
+    /// it at once, then refills them as `refill` says.
     fn break_run(
         &mut self,
         run_entries: &[AtomicU64],
         level: u8,
         group: &Slot,
-        restore: bool,
+        refill: Refill<'_>,
         alloc: &mut impl TableAllocator,
     ) {
         const MAX_RUN: usize = 128;
@@ -568,27 +601,26 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
                 continue;
             }
             let at = group.start + ((i as u64) << shift);
-            match self.format.decode(old, level) {
-                Descriptor::Leaf(..) if restore => {
-                    self.store(
-                        e,
-                        0,
-                        self.format.with_contiguous(old, false),
-                        level,
-                        at,
-                        size,
-                    );
-                }
-                Descriptor::Table(_) | Descriptor::Malformed if restore => {
-                    self.store(e, 0, old, level, at, size);
-                }
-                Descriptor::Table(child) => {
+            let new = match (refill, self.format.decode(old, level)) {
+                (Refill::Nothing, Descriptor::Table(child)) => {
                     if let Some(l) = level.checked_sub(1) {
                         self.free_subtree(child, l, alloc);
                     }
+                    continue;
                 }
-                _ => {}
-            }
+                (Refill::Nothing, _) => continue,
+                (Refill::Protect(attrs), Descriptor::Leaf(pa, _)) => {
+                    match self.format.encode_leaf(pa, attrs, level) {
+                        Ok(new) => self
+                            .format
+                            .with_contiguous(new, self.format.is_contiguous(old)),
+                        Err(_) => self.format.with_contiguous(old, false),
+                    }
+                }
+                (_, Descriptor::Leaf(..)) => self.format.with_contiguous(old, false),
+                (_, _) => old,
+            };
+            self.store(e, 0, new, level, at, size);
         }
     }
 

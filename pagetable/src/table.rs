@@ -67,6 +67,9 @@ pub struct MapOptions {
     /// Afterwards, merge tables of uniform contiguous leaves in the range
     /// into larger leaves.
     pub merge: bool,
+    /// Set the contiguous hint on whole, aligned runs of leaves (AArch64;
+    /// no effect elsewhere). On by default.
+    pub contiguous_hint: bool,
 }
 
 impl Default for MapOptions {
@@ -83,6 +86,7 @@ impl MapOptions {
             sizes: LeafSizes::ANY,
             replace: false,
             merge: false,
+            contiguous_hint: true,
         }
     }
 
@@ -97,6 +101,13 @@ impl MapOptions {
     #[must_use]
     pub const fn replacing(mut self) -> Self {
         self.replace = true;
+        self
+    }
+
+    /// The same options, without the contiguous hint.
+    #[must_use]
+    pub const fn without_contiguous_hint(mut self) -> Self {
+        self.contiguous_hint = false;
         self
     }
 
@@ -315,6 +326,7 @@ impl<F: Format> PageTable<F> {
             templates,
             sizes: options.sizes,
             replace: options.replace,
+            contiguous: options.contiguous_hint,
         };
         let flush = self
             .run(mem, alloc, bbm, start, end, &edit)

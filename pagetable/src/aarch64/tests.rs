@@ -560,3 +560,221 @@ fn contiguous_runs_per_granule_and_level() {
         [5, 5, 0]
     );
 }
+
+// ---- Live edits: break-before-make and the contiguous hint ----------------
+
+use core::sync::atomic::AtomicU64;
+use std::vec::Vec;
+
+use crate::model_tests::Recorder;
+use crate::{MapOptions, PageTable, SliceMem, TableAllocator};
+use hvmem_types::{GuestPhysAddr, PhysAddr, VirtAddr};
+
+const ARENA: u64 = 0x100_0000;
+
+struct Frames(Vec<u64>);
+
+impl TableAllocator for Frames {
+    fn alloc_table(&mut self) -> Option<PhysAddr> {
+        self.0.pop().map(PhysAddr::new)
+    }
+    fn free_table(&mut self, table: PhysAddr) {
+        self.0.push(table.get());
+    }
+}
+
+fn arena(frames: usize) -> (Vec<AtomicU64>, Frames) {
+    (
+        (0..frames * 512).map(|_| AtomicU64::new(0)).collect(),
+        Frames(
+            (0..frames as u64)
+                .rev()
+                .map(|i| ARENA + i * 0x1000)
+                .collect(),
+        ),
+    )
+}
+
+#[test]
+fn splitting_a_live_block_breaks_before_making() {
+    let (words, mut frames) = arena(8);
+    let mem = SliceMem::new(PhysAddr::new(ARENA), &words);
+    let mut pt = PageTable::new(s1(Granule::Size4KiB, 39), &mem, &mut frames).unwrap();
+    let mut bbm = Recorder::default();
+    let va = VirtAddr::new(0x4000_0000);
+    let _ = pt
+        .map_live(
+            &mem,
+            &mut frames,
+            &mut bbm,
+            va,
+            PhysAddr::new(0x8000_0000),
+            0x20_0000,
+            &Attributes::DATA,
+            MapOptions::new(),
+        )
+        .unwrap();
+    assert!(bbm.0.is_empty(), "invalid to valid needs no break");
+    // Write-protecting one page splits the 2 MiB block: block -> invalid ->
+    // invalidate the block's range -> table.
+    let flush = pt
+        .protect_live(
+            &mem,
+            &mut frames,
+            &mut bbm,
+            VirtAddr::new(0x4000_1000),
+            0x1000,
+            &Attributes::READ_ONLY,
+        )
+        .unwrap();
+    assert_eq!(
+        bbm.0,
+        [crate::Break {
+            start: 0x4000_0000,
+            end: 0x4020_0000,
+            level: 1,
+            table: false
+        }]
+    );
+    // The permission change itself needs only the flush.
+    assert!(flush.covers(0x4000_1000));
+    let t = pt.translate(&mem, VirtAddr::new(0x4000_1000)).unwrap();
+    assert_eq!(
+        (t.output.get(), t.attributes),
+        (0x8000_1000, Attributes::READ_ONLY)
+    );
+}
+
+#[test]
+fn merging_into_a_live_block_breaks_before_making() {
+    let (words, mut frames) = arena(8);
+    let mem = SliceMem::new(PhysAddr::new(ARENA), &words);
+    let pt = PageTable::new(s2(Granule::Size4KiB, 40), &mem, &mut frames);
+    assert!(pt.is_err(), "two concatenated tables need alloc_root");
+    let f = s2(Granule::Size4KiB, 36);
+    let mut pt = PageTable::new(f, &mem, &mut frames).unwrap();
+    let mut bbm = Recorder::default();
+    let ipa = GuestPhysAddr::new(0x20_0000);
+    let opts = MapOptions::new().sizes(crate::LeafSizes::only_level(0));
+    let _ = pt
+        .map_live(
+            &mem,
+            &mut frames,
+            &mut bbm,
+            ipa,
+            PhysAddr::new(0x4000_0000),
+            0x20_0000,
+            &Attributes::DATA,
+            opts,
+        )
+        .unwrap();
+    assert_eq!(pt.translate(&mem, ipa).unwrap().size, 0x1000);
+    let _ = pt
+        .merge_live(&mem, &mut frames, &mut bbm, ipa, 0x20_0000)
+        .unwrap();
+    assert_eq!(
+        bbm.0,
+        [crate::Break {
+            start: 0x20_0000,
+            end: 0x40_0000,
+            level: 1,
+            table: true
+        }]
+    );
+    assert_eq!(pt.translate(&mem, ipa).unwrap().size, 0x20_0000);
+}
+
+#[test]
+fn a_whole_run_changes_permissions_in_place_but_memory_type_with_a_break() {
+    let (words, mut frames) = arena(8);
+    let mem = SliceMem::new(PhysAddr::new(ARENA), &words);
+    let f = s1(Granule::Size4KiB, 39);
+    let mut pt = PageTable::new(f, &mem, &mut frames).unwrap();
+    let mut bbm = Recorder::default();
+    let va = VirtAddr::new(0x10_0000);
+    // 64 KiB + 4 KiB: one hinted run of 16 pages, one plain page.
+    let _ = pt
+        .map_live(
+            &mem,
+            &mut frames,
+            &mut bbm,
+            va,
+            PhysAddr::new(0x20_0000),
+            0x1_1000,
+            &Attributes::DATA,
+            MapOptions::new(),
+        )
+        .unwrap();
+    let hinted = |pt: &PageTable<Stage1>, at: u64| {
+        f.is_contiguous(pt.raw_entry(&mem, VirtAddr::new(at), 0).unwrap())
+    };
+    assert!((0..16).all(|i| hinted(&pt, 0x10_0000 + i * 0x1000)));
+    assert!(!hinted(&pt, 0x11_0000));
+    // Read-only over the whole run: in place, the hint stays, flushed.
+    let flush = pt
+        .protect_live(
+            &mem,
+            &mut frames,
+            &mut bbm,
+            va,
+            0x1_0000,
+            &Attributes::READ_ONLY,
+        )
+        .unwrap();
+    assert!(bbm.0.is_empty() && flush.covers(0x10_f000));
+    assert!((0..16).all(|i| hinted(&pt, 0x10_0000 + i * 0x1000)));
+    // Device memory over the whole run: one break for the run.
+    let device = Attributes::READ_ONLY.with_memory_type(MemoryType::Device);
+    let _ = pt
+        .protect_live(&mem, &mut frames, &mut bbm, va, 0x1_0000, &device)
+        .unwrap();
+    assert_eq!(bbm.0.len(), 1);
+    assert_eq!((bbm.0[0].start, bbm.0[0].end), (0x10_0000, 0x11_0000));
+    // Half the run back to write-back: the run is unfolded first.
+    let _ = pt
+        .protect_live(
+            &mem,
+            &mut frames,
+            &mut bbm,
+            va,
+            0x8000,
+            &Attributes::READ_ONLY,
+        )
+        .unwrap();
+    assert!(!(0..16).any(|i| hinted(&pt, 0x10_0000 + i * 0x1000)));
+}
+
+#[test]
+fn x86_live_edits_never_break_and_return_flush_ranges() {
+    let (words, mut frames) = arena(8);
+    let mem = SliceMem::new(PhysAddr::new(ARENA), &words);
+    let mut pt = PageTable::new(crate::X86Paging::four_level(), &mem, &mut frames).unwrap();
+    let mut bbm = Recorder::default();
+    let va = VirtAddr::new(0x4000_0000);
+    let _ = pt
+        .map_live(
+            &mem,
+            &mut frames,
+            &mut bbm,
+            va,
+            PhysAddr::new(0x8000_0000),
+            0x20_0000,
+            &Attributes::DATA,
+            MapOptions::new(),
+        )
+        .unwrap();
+    let flush = pt
+        .map_live(
+            &mem,
+            &mut frames,
+            &mut bbm,
+            va,
+            PhysAddr::new(0xC000_0000),
+            0x1000,
+            &Attributes::DATA,
+            MapOptions::new().replacing(),
+        )
+        .unwrap();
+    assert!(bbm.0.is_empty());
+    assert!(flush.covers(0x4000_0000) && flush.tables_changed());
+}
