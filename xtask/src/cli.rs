@@ -11,6 +11,7 @@ commands:
   test --only <s>[,<s>...]  run only the named stages (in the usual order)
   test --skip <s>[,<s>...]  run every stage except the named ones
   stages                    list the stages
+  bench-summary             turn criterion's last results into benches/RESULTS.md
   help                      show this text";
 
 /// A parsed command line.
@@ -20,6 +21,8 @@ pub enum Cli {
     Test(Vec<Stage>),
     /// `stages`: list the stages.
     Stages,
+    /// `bench-summary`: criterion's results as one markdown table.
+    BenchSummary,
     /// `help`: show the usage.
     Help,
 }
@@ -33,6 +36,7 @@ impl Cli {
         match command.as_str() {
             "test" => parse_selection(rest).map(Self::Test),
             "stages" if rest.is_empty() => Ok(Self::Stages),
+            "bench-summary" if rest.is_empty() => Ok(Self::BenchSummary),
             "help" | "--help" | "-h" => Ok(Self::Help),
             "stages" => Err(format!(
                 "`stages` takes no arguments, got `{}`",

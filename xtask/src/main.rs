@@ -3,7 +3,9 @@
 //! `cargo xtask test` is the one command that runs every check (format,
 //! lints, tests, docs, `no_std` builds, loom, miri, fuzz corpus replay), stops
 //! at the first failing stage and prints a table of stage times at the end.
-//! `cargo xtask stages` lists the stages; `cargo xtask help` shows the usage.
+//! `cargo xtask stages` lists the stages; `cargo xtask bench-summary` turns
+//! criterion's last results into `benches/RESULTS.md`; `cargo xtask help`
+//! shows the usage.
 
 #![deny(missing_docs)]
 #![warn(clippy::missing_docs_in_private_items)]
@@ -15,6 +17,7 @@
     clippy::indexing_slicing
 )]
 
+mod bench_summary;
 mod child;
 mod cli;
 mod report;
@@ -36,6 +39,19 @@ fn main() -> ExitCode {
                 println!("{:<12} {}", stage.name(), stage.summary());
             }
             ExitCode::SUCCESS
+        }
+        Ok(Cli::BenchSummary) => {
+            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .expect("xtask lives in the workspace")
+                .to_path_buf();
+            match bench_summary::run(&root) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(message) => {
+                    eprintln!("xtask: {message}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Ok(Cli::Help) => {
             println!("{}", cli::USAGE);
