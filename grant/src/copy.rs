@@ -1,0 +1,359 @@
+//! `GNTTABOP_copy`: copies between grant references and/or the caller's own
+//! frames (reference b.9).
+//!
+//! Each side is a grant reference (its `GNTCOPY_*` flag set) or, only for
+//! `DOMID_SELF`, a frame number. The checks run in Xen's order: offset plus
+//! length within the page on both sides (`GNTST_bad_copy_arg`), frame
+//! numbers only for `DOMID_SELF` (`GNTST_permission_denied`), the domains
+//! (`GNTST_bad_domain`); a zero length then succeeds without touching
+//! anything. A source grant is pinned for reading, a destination grant for
+//! writing (so `GTF_reading`, and `GTF_writing` on the destination, are set
+//! for the copy's duration), each with the frame references a mapping of
+//! that kind would hold; the copy must lie inside a sub-page grant's window
+//! (`GNTST_general_error`). A v2 transitive grant is followed one level, to
+//! an entry that must not be transitive itself nor belong to the same
+//! domain; the transitive entry is pinned by one copy at a time.
+//!
+//! Xen keeps a pin across consecutive elements of a batch that name the
+//! same grant; this implementation pins and unpins per element, which
+//! gives the same results with more status-bit traffic.
+
+use hvmem_types::{DomId, Mfn};
+
+use crate::abi::{FRAME_SIZE, GnttabCopy, GnttabCopyPtr, GrantRef};
+use crate::active::{PIN_HOST_READ, PIN_HOST_WRITE, PIN_WRITE_MASK, PinnedKind, pin_can_add};
+use crate::error::GrantError;
+use crate::flags::{GntCopyFlags, GrantType, GtfFlags};
+use crate::frames::{Domains, GrantFrames};
+use crate::map::{gfn_error, lookup, pin_sub};
+use crate::mem::{GrantVersion, hdr_domid, hdr_flags};
+use crate::table::{GrantTable, status_of};
+
+/// One side of a copy, claimed.
+enum Claim<'d> {
+    /// A frame of the caller's own, with a general reference (and a
+    /// writable type reference if `writable`).
+    Local { mfn: Mfn, writable: bool },
+    /// A pinned grant.
+    Grant(GrantClaim<'d>),
+}
+
+struct GrantClaim<'d> {
+    table: &'d GrantTable<'d>,
+    gref: GrantRef,
+    mfn: Mfn,
+    window: (u16, u16),
+    readonly: bool,
+    /// For a transitive grant: the underlying grant it pinned.
+    inner: Option<(&'d GrantTable<'d>, GrantRef)>,
+}
+
+impl Claim<'_> {
+    fn mfn(&self) -> Mfn {
+        match self {
+            Self::Local { mfn, .. } => *mfn,
+            Self::Grant(claim) => claim.mfn,
+        }
+    }
+
+    fn window(&self) -> (u16, u16) {
+        match self {
+            Self::Local { .. } => (0, FRAME_SIZE as u16),
+            Self::Grant(claim) => claim.window,
+        }
+    }
+}
+
+/// `GNTTABOP_copy` for a batch issued by `copier`; each element gets its
+/// own status.
+pub fn copy<D, F>(copier: DomId, domains: &D, frames: &F, ops: &mut [GnttabCopy])
+where
+    D: Domains + ?Sized,
+    F: GrantFrames + ?Sized,
+{
+    for op in ops {
+        op.status = status_of(copy_one(copier, domains, frames, op));
+    }
+}
+
+fn copy_one<D, F>(copier: DomId, domains: &D, frames: &F, op: &GnttabCopy) -> Result<(), GrantError>
+where
+    D: Domains + ?Sized,
+    F: GrantFrames + ?Sized,
+{
+    let flags = GntCopyFlags::from_bits_retain(op.flags);
+    let len = usize::from(op.len);
+    for side in [&op.source, &op.dest] {
+        if usize::from(side.offset) + len > FRAME_SIZE {
+            return Err(GrantError::CopyBeyondPage);
+        }
+    }
+    let src_gref = flags.contains(GntCopyFlags::SOURCE_GREF);
+    let dst_gref = flags.contains(GntCopyFlags::DEST_GREF);
+    for (side, by_gref) in [(&op.source, src_gref), (&op.dest, dst_gref)] {
+        if !by_gref && DomId::new(side.domid) != DomId::SELF {
+            return Err(GrantError::CopyByFrameForeign);
+        }
+    }
+    let src_table = side_table(copier, domains, &op.source, src_gref)?;
+    let dst_table = side_table(copier, domains, &op.dest, dst_gref)?;
+    if len == 0 {
+        return Ok(());
+    }
+    let src = claim(copier, domains, frames, &op.source, src_table, true)?;
+    let dst = match claim(copier, domains, frames, &op.dest, dst_table, false) {
+        Ok(dst) => dst,
+        Err(error) => {
+            release(frames, src);
+            return Err(error);
+        }
+    };
+    let inside = |claim: &Claim<'_>, offset: u16| {
+        let (start, length) = claim.window();
+        offset >= start && usize::from(offset) + len <= usize::from(start) + usize::from(length)
+    };
+    let result = if inside(&src, op.source.offset) && inside(&dst, op.dest.offset) {
+        frames.copy(
+            src.mfn(),
+            usize::from(op.source.offset),
+            dst.mfn(),
+            usize::from(op.dest.offset),
+            len,
+        );
+        Ok(())
+    } else {
+        Err(GrantError::CopyOutsideWindow)
+    };
+    release(frames, dst);
+    release(frames, src);
+    result
+}
+
+/// The table a grant side names (`None` for a local frame).
+fn side_table<'d, D: Domains + ?Sized>(
+    copier: DomId,
+    domains: &'d D,
+    side: &GnttabCopyPtr,
+    by_gref: bool,
+) -> Result<Option<&'d GrantTable<'d>>, GrantError> {
+    if !by_gref {
+        return Ok(None);
+    }
+    let dom = match DomId::new(side.domid) {
+        DomId::SELF => copier,
+        dom => dom,
+    };
+    lookup(domains, dom).map(Some)
+}
+
+fn claim<'d, D, F>(
+    copier: DomId,
+    domains: &'d D,
+    frames: &F,
+    side: &GnttabCopyPtr,
+    table: Option<&'d GrantTable<'d>>,
+    readonly: bool,
+) -> Result<Claim<'d>, GrantError>
+where
+    D: Domains + ?Sized,
+    F: GrantFrames + ?Sized,
+{
+    let Some(table) = table else {
+        let mfn = frames.get_gfn(copier, side.gmfn()).map_err(gfn_error)?;
+        if !readonly && !frames.get_page_and_type(copier, mfn) {
+            frames.put_page(mfn);
+            return Err(GrantError::FrameInUse);
+        }
+        return Ok(Claim::Local {
+            mfn,
+            writable: !readonly,
+        });
+    };
+    acquire(domains, frames, table, side.gref(), copier, readonly, true).map(Claim::Grant)
+}
+
+/// Pins `gref` of `table` for a copy by `grantee` (Xen
+/// `acquire_grant_for_copy`).
+fn acquire<'d, D, F>(
+    domains: &'d D,
+    frames: &F,
+    table: &'d GrantTable<'d>,
+    gref: GrantRef,
+    grantee: DomId,
+    readonly: bool,
+    allow_transitive: bool,
+) -> Result<GrantClaim<'d>, GrantError>
+where
+    D: Domains + ?Sized,
+    F: GrantFrames + ?Sized,
+{
+    let incr = if readonly {
+        PIN_HOST_READ
+    } else {
+        PIN_HOST_WRITE
+    };
+    let active = table.lock(gref)?;
+    let pin = active.pin();
+    if pin != 0 {
+        if active.domid() != grantee || active.kind() == PinnedKind::Transitive {
+            return Err(GrantError::PinConflict);
+        }
+        if !pin_can_add(pin, incr) {
+            return Err(GrantError::PinOverflow);
+        }
+    }
+    let first = pin == 0;
+    if first || (!readonly && pin & PIN_WRITE_MASK == 0) {
+        table.set_status(gref, !first, readonly, false, grantee)?;
+    }
+    if first {
+        let flags = hdr_flags(table.header(gref));
+        let v2 = table.version() == GrantVersion::V2;
+        if v2 && GrantType::of(flags) == GrantType::Transitive {
+            let word1 = table.v2_word1(gref);
+            let trans_dom = DomId::new(hdr_flags(word1));
+            let trans_gref = GrantRef(
+                table
+                    .word(gref, 2)
+                    .map_or(0, |w| w.load(crate::sync::Ordering::Acquire)),
+            );
+            let inner_table = (allow_transitive && trans_dom != table.owner())
+                .then(|| lookup(domains, trans_dom).ok())
+                .flatten();
+            let Some(inner_table) = inner_table else {
+                table.reduce_status(gref, 0);
+                return Err(GrantError::NotGranted);
+            };
+            // Pinned exclusively while the inner grant is acquired without
+            // holding this lock, so no two active-entry locks nest.
+            active.set_target(grantee, Mfn::new(0), PinnedKind::Transitive, (0, 4096));
+            active.set_pin(incr);
+            drop(active);
+            let owner = table.owner();
+            return match acquire(
+                domains,
+                frames,
+                inner_table,
+                trans_gref,
+                owner,
+                readonly,
+                false,
+            ) {
+                Ok(inner) => Ok(GrantClaim {
+                    table,
+                    gref,
+                    mfn: inner.mfn,
+                    window: inner.window,
+                    readonly,
+                    inner: Some((inner_table, trans_gref)),
+                }),
+                Err(error) => {
+                    unpin(frames, table, gref, incr, Mfn::new(0), false);
+                    Err(error)
+                }
+            };
+        }
+        let (kind, window) = if v2 && flags & GtfFlags::SUB_PAGE.bits() != 0 {
+            let word1 = table.v2_word1(gref);
+            let (start, length) = (hdr_flags(word1), hdr_domid(word1));
+            if usize::from(start) + usize::from(length) > FRAME_SIZE {
+                table.reduce_status(gref, 0);
+                return Err(GrantError::NotGranted);
+            }
+            (PinnedKind::SubPage, (start, length))
+        } else {
+            (PinnedKind::FullPage, (0, FRAME_SIZE as u16))
+        };
+        match frames.get_gfn(table.owner(), table.entry_frame(gref)) {
+            Ok(mfn) => active.set_target(grantee, mfn, kind, window),
+            Err(error) => {
+                table.reduce_status(gref, 0);
+                return Err(gfn_error(error));
+            }
+        }
+    }
+    let mfn = active.mfn();
+    let referenced = if readonly {
+        frames.get_page(table.owner(), mfn)
+    } else {
+        frames.get_page_and_type(table.owner(), mfn)
+    };
+    if !referenced {
+        if first {
+            frames.put_page(mfn);
+            active.clear_target();
+        }
+        table.reduce_status(gref, pin);
+        return Err(GrantError::FrameInUse);
+    }
+    active.set_pin(pin + incr);
+    Ok(GrantClaim {
+        table,
+        gref,
+        mfn,
+        window: active.window(),
+        readonly,
+        inner: None,
+    })
+}
+
+/// Drops a copy's pin `incr` on `gref`, with the per-copy references if
+/// `referenced`, and the active entry's own reference on its last pin.
+fn unpin<F: GrantFrames + ?Sized>(
+    frames: &F,
+    table: &GrantTable<'_>,
+    gref: GrantRef,
+    incr: u32,
+    mfn: Mfn,
+    referenced: bool,
+) {
+    let Ok(active) = table.lock(gref) else {
+        debug_assert!(false, "pinned entry left the table");
+        return;
+    };
+    let Some(left) = pin_sub(active.pin(), incr) else {
+        debug_assert!(false, "copy pin missing");
+        return;
+    };
+    let transitive = active.kind() == PinnedKind::Transitive;
+    active.set_pin(left);
+    if referenced {
+        if incr == PIN_HOST_READ {
+            frames.put_page(mfn);
+        } else {
+            frames.put_page_and_type(mfn);
+        }
+    }
+    table.reduce_status(gref, left);
+    if left == 0 {
+        if !transitive {
+            frames.put_page(active.mfn());
+        }
+        active.clear_target();
+    }
+}
+
+fn release<F: GrantFrames + ?Sized>(frames: &F, claim: Claim<'_>) {
+    match claim {
+        Claim::Local { mfn, writable } => {
+            if writable {
+                frames.put_page_and_type(mfn);
+            }
+            frames.put_page(mfn);
+        }
+        Claim::Grant(claim) => {
+            let incr = if claim.readonly {
+                PIN_HOST_READ
+            } else {
+                PIN_HOST_WRITE
+            };
+            match claim.inner {
+                Some((inner_table, inner_gref)) => {
+                    unpin(frames, inner_table, inner_gref, incr, claim.mfn, true);
+                    unpin(frames, claim.table, claim.gref, incr, claim.mfn, false);
+                }
+                None => unpin(frames, claim.table, claim.gref, incr, claim.mfn, true),
+            }
+        }
+    }
+}

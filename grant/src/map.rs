@@ -1,0 +1,444 @@
+//! `GNTTABOP_map_grant_ref` and `GNTTABOP_unmap_grant_ref` (reference b.8,
+//! b.9), and the release of every mapping a dying domain holds.
+//!
+//! A map, in order: work out the pin increments from the flags; refuse PV
+//! mapping kinds to a translated mapper; find the granter; take a maptrack
+//! handle; lock the active entry; if it is already pinned, check that the
+//! pin is ours, that no counter overflows, and that it is a full-page grant;
+//! on the first pin (or first writable pin) set the status bits (module
+//! `table`), and on the first pin translate the frame, taking the active
+//! entry's reference; take the mapping's own references; add the pins; fill
+//! the maptrack entry, flags last. Every failure unwinds what the steps
+//! before it did, so a refused map leaves no pin, bit, reference or handle.
+//!
+//! An unmap runs in two phases, as Xen's does: the first removes the
+//! mapping kinds from the maptrack entry (under the active-entry lock, so of
+//! two unmaps of one handle only one finds each kind), the embedder's TLB
+//! flush runs for the batch (every 32 unmaps), and only then does the second
+//! phase drop the pins and references. A frame is never released while a
+//! stale translation to it may remain.
+
+use hvmem_types::{DomId, Mfn};
+
+use crate::abi::{GnttabMapGrantRef, GnttabUnmapGrantRef, GrantHandle, GrantRef};
+use crate::active::{
+    PIN_DEV_READ, PIN_DEV_WRITE, PIN_HOST_READ, PIN_HOST_WRITE, PinnedKind, pin_can_add,
+};
+use crate::error::{GntSt, GrantError};
+use crate::flags::GntMapFlags;
+use crate::frames::{Domains, GfnError, GrantFrames};
+use crate::maptrack::Maptrack;
+use crate::sync::Ordering;
+use crate::table::GrantTable;
+
+/// Unmaps between two TLB flushes (Xen `GNTTAB_UNMAP_BATCH_SIZE`).
+pub const UNMAP_BATCH: usize = 32;
+
+/// The kind bits a maptrack entry keeps.
+const KINDS: GntMapFlags = GntMapFlags::HOST_MAP.union(GntMapFlags::DEVICE_MAP);
+
+/// The pin increments of a mapping of `kinds`.
+fn pin_increments(kinds: GntMapFlags, readonly: bool) -> u32 {
+    let mut incr = 0;
+    if kinds.contains(GntMapFlags::DEVICE_MAP) {
+        incr += if readonly {
+            PIN_DEV_READ
+        } else {
+            PIN_DEV_WRITE
+        };
+    }
+    if kinds.contains(GntMapFlags::HOST_MAP) {
+        incr += if readonly {
+            PIN_HOST_READ
+        } else {
+            PIN_HOST_WRITE
+        };
+    }
+    incr
+}
+
+/// `pin - dec` counter by counter, or `None` if a counter would go below
+/// zero (a broken invariant, never a guest's doing).
+pub(crate) fn pin_sub(pin: u32, dec: u32) -> Option<u32> {
+    let mut shift = 0;
+    while shift < 32 {
+        if (dec >> shift) & 0xff > (pin >> shift) & 0xff {
+            return None;
+        }
+        shift += 8;
+    }
+    Some(pin - dec)
+}
+
+/// The frame reference of one mapping kind.
+fn get_kind_ref<F: GrantFrames + ?Sized>(frames: &F, owner: DomId, mfn: Mfn, ro: bool) -> bool {
+    if ro {
+        frames.get_page(owner, mfn)
+    } else {
+        frames.get_page_and_type(owner, mfn)
+    }
+}
+
+fn put_kind_ref<F: GrantFrames + ?Sized>(frames: &F, mfn: Mfn, ro: bool) {
+    if ro {
+        frames.put_page(mfn);
+    } else {
+        frames.put_page_and_type(mfn);
+    }
+}
+
+pub(crate) fn gfn_error(error: GfnError) -> GrantError {
+    match error {
+        GfnError::BadPage => GrantError::BadPage,
+        GfnError::PagedOut => GrantError::PagedOut,
+    }
+}
+
+/// What the first phase of an unmap left for the second.
+struct PendingUnmap<'d> {
+    table: &'d GrantTable<'d>,
+    gref: GrantRef,
+    mfn: Mfn,
+    done: GntMapFlags,
+    readonly: bool,
+    /// The handle, if it maps nothing any more and goes back to the list.
+    free: Option<GrantHandle>,
+}
+
+impl Maptrack<'_> {
+    /// `GNTTABOP_map_grant_ref` for a batch: each element gets its own
+    /// status, handle and `dev_bus_addr`.
+    pub fn map_grant_refs<D, F>(&self, domains: &D, frames: &F, ops: &mut [GnttabMapGrantRef])
+    where
+        D: Domains + ?Sized,
+        F: GrantFrames + ?Sized,
+    {
+        for op in ops {
+            self.map_grant_ref(domains, frames, op);
+        }
+    }
+
+    /// `GNTTABOP_map_grant_ref` for one element: on success `status` is
+    /// `GNTST_okay`, `handle` the maptrack handle and `dev_bus_addr` the
+    /// frame's address; otherwise `status` is the code Xen returns for the
+    /// fault (see [`GrantError::status`]) and nothing changed.
+    pub fn map_grant_ref<D, F>(&self, domains: &D, frames: &F, op: &mut GnttabMapGrantRef)
+    where
+        D: Domains + ?Sized,
+        F: GrantFrames + ?Sized,
+    {
+        match self.map_one(domains, frames, op) {
+            Ok((handle, mfn)) => {
+                op.handle = handle.0;
+                op.dev_bus_addr = mfn.to_phys().map_or(0, |addr| addr.get());
+                op.status = GntSt::Okay.raw();
+            }
+            Err(error) => op.status = error.status().raw(),
+        }
+    }
+
+    fn map_one<D, F>(
+        &self,
+        domains: &D,
+        frames: &F,
+        op: &GnttabMapGrantRef,
+    ) -> Result<(GrantHandle, Mfn), GrantError>
+    where
+        D: Domains + ?Sized,
+        F: GrantFrames + ?Sized,
+    {
+        let flags = GntMapFlags::from_bits_retain(op.flags);
+        let readonly = flags.contains(GntMapFlags::READONLY);
+        let kinds = flags & KINDS;
+        let incr = pin_increments(kinds, readonly);
+        if incr == 0 {
+            return Err(GrantError::NoMappingKind);
+        }
+        let pv_only =
+            GntMapFlags::DEVICE_MAP | GntMapFlags::APPLICATION_MAP | GntMapFlags::CONTAINS_PTE;
+        if self.translated && flags.intersects(pv_only) {
+            return Err(GrantError::TranslatedMapperFlags);
+        }
+        let dom = DomId::new(op.dom);
+        let granter = lookup(domains, dom)?;
+        let handle = self.alloc_handle().ok_or(GrantError::MaptrackFull)?;
+        let mapped = self.pin_for_map(granter, frames, op, kinds, readonly, incr, handle);
+        if mapped.is_err() {
+            self.free_handle(handle);
+        }
+        mapped.map(|mfn| (handle, mfn))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn pin_for_map<F: GrantFrames + ?Sized>(
+        &self,
+        granter: &GrantTable<'_>,
+        frames: &F,
+        op: &GnttabMapGrantRef,
+        kinds: GntMapFlags,
+        readonly: bool,
+        incr: u32,
+        handle: GrantHandle,
+    ) -> Result<Mfn, GrantError> {
+        let gref = GrantRef(op.gref);
+        let active = granter.lock(gref)?;
+        let pin = active.pin();
+        if pin != 0 {
+            if active.domid() != self.owner || active.kind() != PinnedKind::FullPage {
+                return Err(GrantError::PinConflict);
+            }
+            if !pin_can_add(pin, incr) {
+                return Err(GrantError::PinOverflow);
+            }
+        }
+        let first = pin == 0;
+        let first_write = !readonly && pin & crate::active::PIN_WRITE_MASK == 0;
+        if first || first_write {
+            granter.set_status(gref, !first, readonly, true, self.owner)?;
+        }
+        if first {
+            // Read once, after the pin made the entry stable.
+            let gfn = granter.entry_frame(gref);
+            match frames.get_gfn(granter.owner(), gfn) {
+                Ok(mfn) => active.set_target(self.owner, mfn, PinnedKind::FullPage, (0, 4096)),
+                Err(error) => {
+                    granter.reduce_status(gref, pin);
+                    return Err(gfn_error(error));
+                }
+            }
+        }
+        let mfn = active.mfn();
+        let owner = granter.owner();
+        let mut taken = GntMapFlags::empty();
+        for kind in [GntMapFlags::DEVICE_MAP, GntMapFlags::HOST_MAP] {
+            if !kinds.contains(kind) {
+                continue;
+            }
+            if !get_kind_ref(frames, owner, mfn, readonly) {
+                for _ in taken.iter() {
+                    put_kind_ref(frames, mfn, readonly);
+                }
+                if first {
+                    frames.put_page(mfn);
+                    active.clear_target();
+                }
+                granter.reduce_status(gref, pin);
+                return Err(GrantError::FrameInUse);
+            }
+            taken |= kind;
+        }
+        active.set_pin(pin + incr);
+        let Some(entry) = self.entry(handle) else {
+            debug_assert!(false, "allocated handle beyond the maptrack");
+            return Err(GrantError::MaptrackFull);
+        };
+        entry.domid.store(u32::from(owner.get()), Ordering::Relaxed);
+        entry.gref.store(gref.0, Ordering::Relaxed);
+        entry.host_addr.store(op.host_addr, Ordering::Relaxed);
+        let mut stored = kinds;
+        if readonly {
+            stored |= GntMapFlags::READONLY;
+        }
+        // Release: the fields above are visible to whoever sees the flags.
+        entry.flags.store(stored.bits(), Ordering::Release);
+        drop(active);
+        Ok(mfn)
+    }
+
+    /// `GNTTABOP_unmap_grant_ref` for a batch. Each element's status is
+    /// set; `flush_tlb` runs after the mappings of every 32 elements are
+    /// gone and before their frames' references are dropped.
+    pub fn unmap_grant_refs<D, F>(
+        &self,
+        domains: &D,
+        frames: &F,
+        ops: &mut [GnttabUnmapGrantRef],
+        flush_tlb: &mut dyn FnMut(),
+    ) where
+        D: Domains + ?Sized,
+        F: GrantFrames + ?Sized,
+    {
+        for chunk in ops.chunks_mut(UNMAP_BATCH) {
+            let mut pending: [Option<PendingUnmap<'_>>; UNMAP_BATCH] =
+                core::array::from_fn(|_| None);
+            for (op, slot) in chunk.iter_mut().zip(pending.iter_mut()) {
+                match self.unmap_begin(domains, op.handle, op.host_addr, op.dev_bus_addr, false) {
+                    Ok(done) => {
+                        *slot = done;
+                        op.status = GntSt::Okay.raw();
+                    }
+                    Err(error) => op.status = error.status().raw(),
+                }
+            }
+            flush_tlb();
+            for done in pending.into_iter().flatten() {
+                self.unmap_complete(frames, done);
+            }
+        }
+    }
+
+    /// Unmaps one handle (a batch of one, `flush_tlb` run once).
+    pub fn unmap_grant_ref<D, F>(
+        &self,
+        domains: &D,
+        frames: &F,
+        op: &mut GnttabUnmapGrantRef,
+        flush_tlb: &mut dyn FnMut(),
+    ) where
+        D: Domains + ?Sized,
+        F: GrantFrames + ?Sized,
+    {
+        self.unmap_grant_refs(domains, frames, core::slice::from_mut(op), flush_tlb);
+    }
+
+    /// The mapping domain is dying: releases every mapping it still holds,
+    /// dropping each pin and frame reference once. Returns how many handles
+    /// were released. `flush_tlb` runs before any reference is dropped.
+    pub fn release_all<D, F>(&self, domains: &D, frames: &F, flush_tlb: &mut dyn FnMut()) -> usize
+    where
+        D: Domains + ?Sized,
+        F: GrantFrames + ?Sized,
+    {
+        let mut released = 0;
+        let high = self.high_water();
+        let mut start = 0;
+        while start < high {
+            let end = high.min(start.saturating_add(UNMAP_BATCH as u32));
+            let mut pending: [Option<PendingUnmap<'_>>; UNMAP_BATCH] =
+                core::array::from_fn(|_| None);
+            for (handle, slot) in (start..end).zip(pending.iter_mut()) {
+                if let Ok(done) = self.unmap_begin(domains, handle, 0, 0, true) {
+                    *slot = done;
+                }
+            }
+            flush_tlb();
+            for done in pending.into_iter().flatten() {
+                released += usize::from(done.free.is_some());
+                self.unmap_complete(frames, done);
+            }
+            start = end;
+        }
+        released
+    }
+
+    /// Phase one: validates the handle and removes the kinds the request
+    /// names from its maptrack entry (all of them with `force`). `Ok(None)`:
+    /// nothing to do (both addresses zero, or naming kinds not mapped).
+    fn unmap_begin<'d, D: Domains + ?Sized>(
+        &self,
+        domains: &'d D,
+        handle: u32,
+        host_addr: u64,
+        dev_bus_addr: u64,
+        force: bool,
+    ) -> Result<Option<PendingUnmap<'d>>, GrantError> {
+        let handle = GrantHandle(handle);
+        let entry = self.entry(handle).ok_or(GrantError::BadHandle)?;
+        let flags = entry.flags.load(Ordering::Acquire);
+        if flags == 0 {
+            return Err(GrantError::BadHandle);
+        }
+        let dom = entry.domid.load(Ordering::Relaxed);
+        let gref = entry.gref.load(Ordering::Relaxed);
+        let table = domains
+            .grant_table(DomId::new(dom as u16))
+            .ok_or(GrantError::BadHandle)?;
+        // The entry may have been unmapped (and reused) meanwhile, so the
+        // ref is untrusted until re-checked under the lock.
+        let active = table
+            .lock(GrantRef(gref))
+            .map_err(|_| GrantError::BadHandle)?;
+        let flags = GntMapFlags::from_bits_retain(entry.flags.load(Ordering::Acquire));
+        if flags.is_empty()
+            || entry.domid.load(Ordering::Relaxed) != dom
+            || entry.gref.load(Ordering::Relaxed) != gref
+        {
+            return Err(GrantError::BadHandle);
+        }
+        let mfn = active.mfn();
+        let mut done = GntMapFlags::empty();
+        if force {
+            done = flags & KINDS;
+        } else {
+            if dev_bus_addr != 0 && mfn.to_phys().map(|addr| addr.get()) != Some(dev_bus_addr) {
+                return Err(GrantError::BadDevAddr);
+            }
+            if host_addr != 0 && flags.contains(GntMapFlags::HOST_MAP) {
+                if entry.host_addr.load(Ordering::Relaxed) != host_addr {
+                    return Err(GrantError::BadHostAddr);
+                }
+                done |= GntMapFlags::HOST_MAP;
+            }
+            if dev_bus_addr != 0 && flags.contains(GntMapFlags::DEVICE_MAP) {
+                done |= GntMapFlags::DEVICE_MAP;
+            }
+        }
+        if done.is_empty() {
+            return Ok(None);
+        }
+        let remaining = flags & KINDS & !done;
+        let free = if remaining.is_empty() {
+            entry.flags.store(0, Ordering::Release);
+            Some(handle)
+        } else {
+            entry.flags.store((flags & !done).bits(), Ordering::Release);
+            None
+        };
+        drop(active);
+        Ok(Some(PendingUnmap {
+            table,
+            gref: GrantRef(gref),
+            mfn,
+            done,
+            readonly: flags.contains(GntMapFlags::READONLY),
+            free,
+        }))
+    }
+
+    /// Phase two, after the TLB flush: drops the pins and references of the
+    /// kinds phase one removed, and frees the handle if it maps nothing.
+    fn unmap_complete<F: GrantFrames + ?Sized>(&self, frames: &F, done: PendingUnmap<'_>) {
+        let PendingUnmap {
+            table,
+            gref,
+            mfn,
+            done,
+            readonly,
+            free,
+        } = done;
+        if let Ok(active) = table.lock(gref) {
+            let pin = active.pin();
+            let dec = pin_increments(done, readonly);
+            if let Some(left) = pin_sub(pin, dec) {
+                active.set_pin(left);
+                for _ in done.iter() {
+                    put_kind_ref(frames, mfn, readonly);
+                }
+                table.reduce_status(gref, left);
+                if left == 0 {
+                    frames.put_page(mfn);
+                    active.clear_target();
+                }
+            } else {
+                debug_assert!(false, "maptrack entry without its pins");
+            }
+        } else {
+            debug_assert!(false, "mapped entry left the table");
+        }
+        if let Some(handle) = free {
+            self.free_handle(handle);
+        }
+    }
+}
+
+/// The table of `dom`, refusing reserved ids (`DOMID_SELF` included: a map
+/// names the granter by its real id).
+pub(crate) fn lookup<D: Domains + ?Sized>(
+    domains: &D,
+    dom: DomId,
+) -> Result<&GrantTable<'_>, GrantError> {
+    if dom.is_reserved() {
+        return Err(GrantError::UnknownDomain);
+    }
+    domains.grant_table(dom).ok_or(GrantError::UnknownDomain)
+}

@@ -1,0 +1,640 @@
+//! A domain's grant table as the hypervisor keeps it: the shared frames, the
+//! v2 status frames, the active entries, the version, growth up to a limit,
+//! and the table-level operations (`setup_table`, `query_size`,
+//! `set_version`, `get_status_frames`).
+//!
+//! Locking follows Xen's: operations on entries (map, unmap, copy,
+//! transfer) take `&GrantTable` and lock one active entry at a time;
+//! operations that reshape the table (growth, version switch, teardown) take
+//! `&mut GrantTable`, so the embedder's read-write lock around the table is
+//! Xen's grant-table rwlock.
+
+use core::fmt;
+
+use hvmem_types::DomId;
+
+use crate::abi::{
+    GnttabGetStatusFrames, GnttabQuerySize, GnttabSetVersion, GnttabSetupTable, GrantRef,
+    NR_RESERVED_ENTRIES,
+};
+use crate::active::{Active, ActiveEntry, PIN_WRITE_MASK};
+use crate::error::{GntSt, GrantError, VersionError};
+use crate::flags::{GTF_TYPE_MASK, GrantType, GtfFlags};
+use crate::mem::{
+    GrantMemory, GrantVersion, entry_word, hdr_domid, hdr_flags, hdr_word, join_u64, split_u64,
+    status_frames_for, status_word,
+};
+use crate::sync::{AtomicU16, AtomicU32, Ordering, fence};
+
+/// Attempts at the v1 status CAS before giving up on a granter that keeps
+/// rewriting its entry (Xen: 5).
+const STATUS_RETRIES: u32 = 5;
+
+/// Limits and properties of one domain's table, set at domain creation.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct GrantTableConfig {
+    /// The most grant frames the table may grow to (Xen default 64).
+    pub max_frames: u32,
+    /// The highest version the domain may select (`gnttab=max-ver:`).
+    pub max_version: GrantVersion,
+    /// Whether the domain is translated (HVM, PVH, Arm): its frame numbers
+    /// go through a p2m, and a transfer does not write the MFN back.
+    pub translated: bool,
+}
+
+impl GrantTableConfig {
+    /// Xen's defaults: 64 frames, v2 allowed, a PV (non-translated) domain.
+    pub const DEFAULT: Self = Self {
+        max_frames: 64,
+        max_version: GrantVersion::V2,
+        translated: false,
+    };
+}
+
+impl Default for GrantTableConfig {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// One domain's grant table, hypervisor side.
+pub struct GrantTable<'a> {
+    owner: DomId,
+    mem: &'a dyn GrantMemory,
+    active: &'a [ActiveEntry],
+    config: GrantTableConfig,
+    version: GrantVersion,
+    nr_frames: u32,
+    nr_status_frames: u32,
+}
+
+impl fmt::Debug for GrantTable<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GrantTable")
+            .field("owner", &self.owner)
+            .field("version", &self.version)
+            .field("nr_frames", &self.nr_frames)
+            .field("nr_status_frames", &self.nr_status_frames)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> GrantTable<'a> {
+    /// The v1 table of `owner` over `mem`, with its first grant frame
+    /// (Xen's initial size) cleared. `active` holds one [`ActiveEntry`] per
+    /// entry the table may ever have: `max_frames * 512` for full capacity;
+    /// entries beyond it count as out of range.
+    ///
+    /// # Errors
+    ///
+    /// [`GrantError::TooManyFrames`] if the limit is zero or `mem` has no
+    /// first frame.
+    pub fn new(
+        owner: DomId,
+        mem: &'a dyn GrantMemory,
+        active: &'a [ActiveEntry],
+        config: GrantTableConfig,
+    ) -> Result<Self, GrantError> {
+        let mut table = Self {
+            owner,
+            mem,
+            active,
+            config,
+            version: GrantVersion::V1,
+            nr_frames: 0,
+            nr_status_frames: 0,
+        };
+        table.grow(1)?;
+        Ok(table)
+    }
+
+    /// The owning (granting) domain.
+    #[must_use]
+    pub fn owner(&self) -> DomId {
+        self.owner
+    }
+
+    /// The table's configuration.
+    #[must_use]
+    pub fn config(&self) -> GrantTableConfig {
+        self.config
+    }
+
+    /// The entry layout in force.
+    #[must_use]
+    pub fn version(&self) -> GrantVersion {
+        self.version
+    }
+
+    /// Grant frames in use.
+    #[must_use]
+    pub fn nr_frames(&self) -> u32 {
+        self.nr_frames
+    }
+
+    /// v2 status frames in use (0 for v1).
+    #[must_use]
+    pub fn nr_status_frames(&self) -> u32 {
+        self.nr_status_frames
+    }
+
+    /// The number of entries (limited by the active-entry storage).
+    #[must_use]
+    pub fn nr_entries(&self) -> u32 {
+        let entries = self
+            .nr_frames
+            .saturating_mul(self.version.entries_per_frame());
+        entries.min(u32::try_from(self.active.len()).unwrap_or(u32::MAX))
+    }
+
+    /// The pin word of entry `gref` (four 8-bit counters, reference b.11),
+    /// or `None` beyond the table.
+    #[must_use]
+    pub fn pin_count(&self, gref: GrantRef) -> Option<u32> {
+        self.active_entry(gref).map(|entry| entry.lock().pin())
+    }
+
+    /// Entries pinned by any mapping or copy.
+    #[must_use]
+    pub fn pinned_entries(&self) -> usize {
+        self.active
+            .iter()
+            .take(self.nr_entries() as usize)
+            .filter(|entry| entry.lock().pin() != 0)
+            .count()
+    }
+
+    /// Grows the table to `nr_frames` grant frames (and the status frames
+    /// they need in v2), clearing the new frames. Asking for no more frames
+    /// than the table has is a no-op (tables never shrink).
+    ///
+    /// # Errors
+    ///
+    /// [`GrantError::TooManyFrames`]: beyond the limit, or the memory has no
+    /// such frame. Nothing changes then.
+    pub fn grow(&mut self, nr_frames: u32) -> Result<(), GrantError> {
+        if nr_frames <= self.nr_frames {
+            return Ok(());
+        }
+        if nr_frames > self.config.max_frames {
+            return Err(GrantError::TooManyFrames);
+        }
+        let status_frames = match self.version {
+            GrantVersion::V1 => 0,
+            GrantVersion::V2 => status_frames_for(nr_frames),
+        };
+        let shared_ok = (self.nr_frames..nr_frames).all(|i| self.mem.shared_frame(i).is_some());
+        let status_ok =
+            (self.nr_status_frames..status_frames).all(|i| self.mem.status_frame(i).is_some());
+        if !shared_ok || !status_ok {
+            return Err(GrantError::TooManyFrames);
+        }
+        for i in self.nr_frames..nr_frames {
+            clear_words(self.mem.shared_frame(i));
+        }
+        for i in self.nr_status_frames..status_frames {
+            clear_status(self.mem.status_frame(i));
+        }
+        self.nr_frames = nr_frames;
+        self.nr_status_frames = status_frames.max(self.nr_status_frames);
+        Ok(())
+    }
+
+    /// `GNTTABOP_set_version`: switches between v1 and v2, writing the
+    /// version in force back into `op` whatever the outcome.
+    ///
+    /// The switch is refused while any entry other than the 8 reserved ones
+    /// is pinned; the reserved entries are converted, every other entry is
+    /// wiped. Going to v2 brings in the status frames; going back releases
+    /// them, refused while the guest still maps one (XSA-255).
+    ///
+    /// # Errors
+    ///
+    /// [`VersionError::Invalid`], [`VersionError::NotSupported`],
+    /// [`VersionError::InUse`], [`VersionError::StatusFrameMapped`],
+    /// [`VersionError::Unrepresentable`], [`VersionError::NoMemory`].
+    pub fn set_version(&mut self, op: &mut GnttabSetVersion) -> Result<(), VersionError> {
+        let result = self.switch_version(op.version);
+        op.version = self.version.number();
+        result
+    }
+
+    fn switch_version(&mut self, raw: u32) -> Result<(), VersionError> {
+        let target = match raw {
+            1 => GrantVersion::V1,
+            2 => GrantVersion::V2,
+            _ => return Err(VersionError::Invalid),
+        };
+        if target == GrantVersion::V2 && self.config.max_version == GrantVersion::V1 {
+            return Err(VersionError::NotSupported);
+        }
+        if target == self.version {
+            return Ok(());
+        }
+        let busy = self
+            .active
+            .iter()
+            .take(self.nr_entries() as usize)
+            .skip(NR_RESERVED_ENTRIES as usize)
+            .any(|entry| entry.pin_unlocked() != 0);
+        if busy {
+            return Err(VersionError::InUse);
+        }
+        let reserved = self.nr_entries().min(NR_RESERVED_ENTRIES);
+        match self.version {
+            GrantVersion::V1 => {
+                let needed = status_frames_for(self.nr_frames);
+                if !(0..needed).all(|i| self.mem.status_frame(i).is_some()) {
+                    return Err(VersionError::NoMemory);
+                }
+            }
+            GrantVersion::V2 => {
+                for gref in 0..reserved {
+                    let (flags, _, frame) = self.reserved_entry(GrantRef(gref));
+                    match GrantType::of(flags) {
+                        GrantType::PermitAccess if frame >> 32 != 0 => {
+                            return Err(VersionError::Unrepresentable);
+                        }
+                        GrantType::Transitive => return Err(VersionError::Unrepresentable),
+                        _ => {}
+                    }
+                }
+                if (0..self.nr_status_frames).any(|i| self.mem.status_frame_mapped(i)) {
+                    return Err(VersionError::StatusFrameMapped);
+                }
+            }
+        }
+        // From here on nothing can fail.
+        let mut saved = [(0u16, 0u16, 0u64); NR_RESERVED_ENTRIES as usize];
+        for (gref, slot) in (0..reserved).zip(saved.iter_mut()) {
+            let entry = self.reserved_entry(GrantRef(gref));
+            if self.version == GrantVersion::V1 || GrantType::of(entry.0) == GrantType::PermitAccess
+            {
+                *slot = entry;
+            }
+        }
+        if self.version == GrantVersion::V2 {
+            for i in 0..self.nr_status_frames {
+                clear_status(self.mem.status_frame(i));
+                self.mem.release_status_frame(i);
+            }
+            self.nr_status_frames = 0;
+        }
+        for i in 0..self.nr_frames {
+            clear_words(self.mem.shared_frame(i));
+        }
+        if target == GrantVersion::V2 {
+            self.nr_status_frames = status_frames_for(self.nr_frames);
+            for i in 0..self.nr_status_frames {
+                clear_status(self.mem.status_frame(i));
+            }
+        }
+        self.version = target;
+        let pinned = (GtfFlags::READING | GtfFlags::WRITING).bits();
+        for (gref, &(flags, domid, frame)) in (0..reserved).zip(saved.iter()) {
+            let gref = GrantRef(gref);
+            match target {
+                GrantVersion::V1 => {
+                    self.store_word(gref, 1, frame as u32);
+                    self.store_word(gref, 0, hdr_word(flags, domid));
+                }
+                GrantVersion::V2 => {
+                    let (lo, hi) = split_u64(frame);
+                    self.store_word(gref, 2, lo);
+                    self.store_word(gref, 3, hi);
+                    if let Some(status) = self.status(gref) {
+                        status.store(flags & pinned, Ordering::Relaxed);
+                    }
+                    self.store_word(gref, 0, hdr_word(flags & !pinned, domid));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A reserved entry as (flags with status bits, domid, frame).
+    fn reserved_entry(&self, gref: GrantRef) -> (u16, u16, u64) {
+        let header = self.load_word(gref, 0);
+        let (flags, domid) = (hdr_flags(header), hdr_domid(header));
+        match self.version {
+            GrantVersion::V1 => (flags, domid, u64::from(self.load_word(gref, 1))),
+            GrantVersion::V2 => {
+                let status = self
+                    .status(gref)
+                    .map_or(0, |status| status.load(Ordering::Relaxed));
+                let frame = join_u64(self.load_word(gref, 2), self.load_word(gref, 3));
+                (flags | status, domid, frame)
+            }
+        }
+    }
+
+    /// The dying granter gives up its table: the status frames are released
+    /// and the shared frames wiped, once no other domain has an entry
+    /// pinned. Until then (a mapper has not unmapped yet, or is dying
+    /// itself) it returns how many entries are still pinned and changes
+    /// nothing; the embedder keeps the table for those mappers' unmaps and
+    /// calls again.
+    ///
+    /// # Errors
+    ///
+    /// The number of entries still pinned.
+    pub fn teardown(&mut self) -> Result<(), usize> {
+        match self.pinned_entries() {
+            0 => {}
+            pinned => return Err(pinned),
+        }
+        for i in 0..self.nr_status_frames {
+            clear_status(self.mem.status_frame(i));
+            self.mem.release_status_frame(i);
+        }
+        self.nr_status_frames = 0;
+        for i in 0..self.nr_frames {
+            clear_words(self.mem.shared_frame(i));
+        }
+        Ok(())
+    }
+
+    // ---- entry access, for the operations ----
+
+    pub(crate) fn active_entry(&self, gref: GrantRef) -> Option<&'a ActiveEntry> {
+        if gref.0 >= self.nr_entries() {
+            return None;
+        }
+        self.active.get(gref.0 as usize)
+    }
+
+    /// Locks the active entry of `gref`.
+    ///
+    /// # Errors
+    ///
+    /// [`GrantError::RefOutOfRange`].
+    pub(crate) fn lock(&self, gref: GrantRef) -> Result<Active<'a>, GrantError> {
+        // Every entry below nr_entries() must be reachable in memory too.
+        if self.word(gref, 0).is_none() {
+            return Err(GrantError::RefOutOfRange);
+        }
+        self.active_entry(gref)
+            .map(ActiveEntry::lock)
+            .ok_or(GrantError::RefOutOfRange)
+    }
+
+    pub(crate) fn word(&self, gref: GrantRef, word: u32) -> Option<&'a AtomicU32> {
+        if gref.0 >= self.nr_entries() {
+            return None;
+        }
+        entry_word(self.mem, self.version, gref, word)
+    }
+
+    pub(crate) fn status(&self, gref: GrantRef) -> Option<&'a AtomicU16> {
+        if self.version != GrantVersion::V2 || gref.0 >= self.nr_entries() {
+            return None;
+        }
+        status_word(self.mem, gref)
+    }
+
+    fn load_word(&self, gref: GrantRef, word: u32) -> u32 {
+        self.word(gref, word)
+            .map_or(0, |word| word.load(Ordering::Acquire))
+    }
+
+    fn store_word(&self, gref: GrantRef, word: u32, value: u32) {
+        if let Some(word) = self.word(gref, word) {
+            word.store(value, Ordering::Release);
+        }
+    }
+
+    /// The header word of `gref`, as it is now.
+    pub(crate) fn header(&self, gref: GrantRef) -> u32 {
+        self.load_word(gref, 0)
+    }
+
+    /// The frame field of a permit-access or accept-transfer entry.
+    pub(crate) fn entry_frame(&self, gref: GrantRef) -> u64 {
+        match self.version {
+            GrantVersion::V1 => u64::from(self.load_word(gref, 1)),
+            GrantVersion::V2 => join_u64(self.load_word(gref, 2), self.load_word(gref, 3)),
+        }
+    }
+
+    /// Writes the frame field (a completed transfer to a PV receiver).
+    pub(crate) fn set_entry_frame(&self, gref: GrantRef, frame: u64) {
+        match self.version {
+            GrantVersion::V1 => self.store_word(gref, 1, frame as u32),
+            GrantVersion::V2 => {
+                let (lo, hi) = split_u64(frame);
+                self.store_word(gref, 2, lo);
+                self.store_word(gref, 3, hi);
+            }
+        }
+    }
+
+    /// The second word of a v2 entry: the sub-page window (page_off,
+    /// length) or the transitive domid.
+    pub(crate) fn v2_word1(&self, gref: GrantRef) -> u32 {
+        self.load_word(gref, 1)
+    }
+
+    /// Sets `GTF_reading` (and `GTF_writing`) for a new pin on `gref` (Xen
+    /// `_set_status`): on the first pin, the entry must grant this access
+    /// to `grantee`; on the first writable pin, it must not be read-only.
+    /// `map` refuses sub-page and transitive entries. Called with the active
+    /// entry locked.
+    pub(crate) fn set_status(
+        &self,
+        gref: GrantRef,
+        already_pinned: bool,
+        readonly: bool,
+        map: bool,
+        grantee: DomId,
+    ) -> Result<(), GrantError> {
+        let header = self.word(gref, 0).ok_or(GrantError::RefOutOfRange)?;
+        let mask = if map {
+            GTF_TYPE_MASK | GtfFlags::SUB_PAGE.bits()
+        } else {
+            GTF_TYPE_MASK
+        };
+        let grants = |word: u32| {
+            let kind = hdr_flags(word) & mask;
+            let kind_ok = kind == GrantType::PermitAccess as u16
+                || (!map
+                    && self.version == GrantVersion::V2
+                    && kind == GrantType::Transitive as u16);
+            kind_ok && hdr_domid(word) == grantee.get()
+        };
+        let read_only = |word: u32| hdr_flags(word) & GtfFlags::READONLY.bits() != 0;
+        match self.version {
+            GrantVersion::V1 => {
+                let mut seen = header.load(Ordering::Acquire);
+                for _ in 0..STATUS_RETRIES {
+                    if !already_pinned && !grants(seen) {
+                        return Err(GrantError::NotGranted);
+                    }
+                    let mut set = GtfFlags::READING;
+                    if !readonly {
+                        if read_only(seen) {
+                            return Err(GrantError::ReadOnlyGrant);
+                        }
+                        set |= GtfFlags::WRITING;
+                    }
+                    let new = hdr_word(hdr_flags(seen) | set.bits(), hdr_domid(seen));
+                    // Acquire: the frame the granter wrote before its flags
+                    // is visible to the reads that follow.
+                    match header.compare_exchange(seen, new, Ordering::AcqRel, Ordering::Acquire) {
+                        Ok(_) => return Ok(()),
+                        Err(now) => seen = now,
+                    }
+                }
+                Err(GrantError::UnstableEntry)
+            }
+            GrantVersion::V2 => {
+                let status = self.status(gref).ok_or(GrantError::RefOutOfRange)?;
+                let seen = header.load(Ordering::Acquire);
+                if !already_pinned && !grants(seen) {
+                    return Err(GrantError::NotGranted);
+                }
+                if !readonly && read_only(seen) {
+                    return Err(GrantError::ReadOnlyGrant);
+                }
+                let set = if readonly {
+                    GtfFlags::READING
+                } else {
+                    GtfFlags::READING | GtfFlags::WRITING
+                };
+                status.fetch_or(set.bits(), Ordering::SeqCst);
+                // Dekker with the granter's end_access: our status write
+                // before our re-read of the header (module guest).
+                fence(Ordering::SeqCst);
+                let now = header.load(Ordering::SeqCst);
+                if !already_pinned {
+                    if !grants(now) || (!readonly && read_only(now)) {
+                        status.fetch_and(
+                            !(GtfFlags::READING | GtfFlags::WRITING).bits(),
+                            Ordering::Release,
+                        );
+                        return Err(GrantError::UnstableEntry);
+                    }
+                } else if !readonly && read_only(now) {
+                    status.fetch_and(!GtfFlags::WRITING.bits(), Ordering::Release);
+                    return Err(GrantError::UnstableEntry);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Clears the status bits that the pin word `pin` no longer justifies
+    /// (Xen `reduce_status_for_pin`): `GTF_writing` once no writable pin
+    /// remains, `GTF_reading` once no pin remains. Release: our accesses to
+    /// the frame happen before the granter sees the bits clear.
+    pub(crate) fn reduce_status(&self, gref: GrantRef, pin: u32) {
+        let mut clear = GtfFlags::empty();
+        if pin & PIN_WRITE_MASK == 0 {
+            clear |= GtfFlags::WRITING;
+        }
+        if pin == 0 {
+            clear |= GtfFlags::READING;
+        }
+        if clear.is_empty() {
+            return;
+        }
+        match self.version {
+            GrantVersion::V1 => {
+                if let Some(header) = self.word(gref, 0) {
+                    header.fetch_and(!hdr_word(clear.bits(), 0), Ordering::Release);
+                }
+            }
+            GrantVersion::V2 => {
+                if let Some(status) = self.status(gref) {
+                    status.fetch_and(!clear.bits(), Ordering::Release);
+                }
+            }
+        }
+    }
+}
+
+fn clear_words(words: Option<&[AtomicU32]>) {
+    for word in words.unwrap_or(&[]) {
+        word.store(0, Ordering::Relaxed);
+    }
+}
+
+fn clear_status(words: Option<&[AtomicU16]>) {
+    for word in words.unwrap_or(&[]) {
+        word.store(0, Ordering::Relaxed);
+    }
+}
+
+/// `GNTTABOP_setup_table` on `table` (`None`: no such domain): grows the
+/// table to `op.nr_frames` and writes the frames' numbers into
+/// `frame_list` (the guest's list, already mapped by the embedder).
+pub fn setup_table(
+    table: Option<&mut GrantTable<'_>>,
+    op: &mut GnttabSetupTable,
+    frame_list: &mut [u64],
+) {
+    let result = (|| {
+        let table = table.ok_or(GrantError::UnknownDomain)?;
+        table.grow(op.nr_frames)?;
+        let mut written = 0;
+        for (i, slot) in (0..op.nr_frames).zip(frame_list.iter_mut()) {
+            *slot = table.mem.shared_frame_gfn(i);
+            written += 1;
+        }
+        if written < op.nr_frames {
+            return Err(GrantError::BadFrameList);
+        }
+        Ok(())
+    })();
+    op.status = status_of(result);
+}
+
+/// `GNTTABOP_query_size` on `table` (`None`: no such domain).
+pub fn query_size(table: Option<&GrantTable<'_>>, op: &mut GnttabQuerySize) {
+    match table {
+        Some(table) => {
+            op.nr_frames = table.nr_frames;
+            op.max_nr_frames = table.config.max_frames;
+            op.status = GntSt::Okay.raw();
+        }
+        None => op.status = GntSt::BadDomain.raw(),
+    }
+}
+
+/// `GNTTABOP_get_status_frames` on `table` (`None`: no such domain):
+/// writes the numbers of the first `op.nr_frames` status frames into
+/// `frame_list`. A v1 table, or a request beyond the status frames, is
+/// refused (XSA-382: never read past the status-frame array).
+pub fn get_status_frames(
+    table: Option<&GrantTable<'_>>,
+    op: &mut GnttabGetStatusFrames,
+    frame_list: &mut [u64],
+) {
+    let result = (|| {
+        let table = table.ok_or(GrantError::UnknownDomain)?;
+        if table.version != GrantVersion::V2 {
+            return Err(GrantError::NotVersion2);
+        }
+        if op.nr_frames > table.nr_status_frames {
+            return Err(GrantError::TooManyFrames);
+        }
+        let mut written = 0;
+        for (i, slot) in (0..op.nr_frames).zip(frame_list.iter_mut()) {
+            *slot = table.mem.status_frame_gfn(i);
+            written += 1;
+        }
+        if written < op.nr_frames {
+            return Err(GrantError::BadFrameList);
+        }
+        Ok(())
+    })();
+    op.status = status_of(result);
+}
+
+/// The `GNTST_*` value of an operation's outcome.
+pub(crate) fn status_of(result: Result<(), GrantError>) -> i16 {
+    match result {
+        Ok(()) => GntSt::Okay.raw(),
+        Err(error) => error.status().raw(),
+    }
+}
