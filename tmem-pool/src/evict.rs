@@ -152,6 +152,13 @@ impl<S: PageStore> Tmem<'_, S> {
     /// The host wants memory back (its balloon policy, or its allocator
     /// running short): evicts ephemeral pages until `frames` frames went
     /// back to the page store or no ephemeral page is left.
+    ///
+    /// Each victim is the oldest page of the client most over its weighted
+    /// share (it holds more than `weight / total weight` of the host's
+    /// ephemeral pages), or the host's oldest ephemeral page if no client is
+    /// over. A put that finds the store full evicts likewise, but takes the
+    /// putting client's own oldest page when that client is over its share
+    /// or at its cap. Persistent pages are never evicted.
     pub fn evict(&mut self, frames: u64) -> Reclaimed {
         let mut done = Reclaimed::default();
         let before = self.frames_in_use();

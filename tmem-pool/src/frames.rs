@@ -150,7 +150,11 @@ impl<S: PageStore> Tmem<'_, S> {
             .frame_mut(FrameId(frame))
             .ok_or(TmemError::StoreFault)?
             .copy_from_slice(data);
-        let hash = content_hash(self.config.hash_seed, data);
+        let hash = if dedup {
+            content_hash(self.config.hash_seed, data)
+        } else {
+            0
+        };
         let indexed = dedup && self.content_index.insert(hash, frame);
         let r = self.frame_record(frame)?;
         r.indexed = indexed;

@@ -18,8 +18,8 @@
 //!   and [`Tmem::flush_all`] for a whole client.
 //! - **Ephemeral pools** (cleancache): the host may evict any page at any
 //!   time ([`Tmem::evict`], and on a put when the store is full), by LRU
-//!   across clients weighted by each client's weight and cap ([`evict`
-//!   module docs](crate::Reclaimed)). A get from a private ephemeral pool
+//!   across clients weighted by each client's weight and cap (see
+//!   [`Tmem::evict`]). A get from a private ephemeral pool
 //!   takes the page out (exclusive). A get never returns stale data: a
 //!   flushed, evicted or failed-over page is gone for good.
 //! - **Persistent pools** (frontswap): never evicted; a get returns the
@@ -39,7 +39,7 @@
 //! Page data lives in a [`PageStore`] (a buddy allocator's frames in
 //! hvmem-sim, [`SliceStore`] over an array here); the indexes live in
 //! tables the embedder provides ([`TmemMemory`]) or, with the `alloc`
-//! feature, allocates ([`OwnedMemory`]). Operations take `&mut self`: the
+//! feature, allocates (`OwnedMemory`). Operations take `&mut self`: the
 //! embedder holds one lock around the host's tmem (see the README for why
 //! there is no lock-free path).
 //!
@@ -77,7 +77,7 @@
 //!
 //! # Features
 //!
-//! - `alloc` (default): [`OwnedMemory`] and [`StoreMemory`], heap-allocated
+//! - `alloc` (default): `OwnedMemory` and `StoreMemory`, heap-allocated
 //!   tables. Without it the embedder passes [`TmemMemory`] slices.
 //! - `compression`: lz4 (`lz4_flex`, `no_std`) for pools that ask for it.
 #![no_std]
