@@ -15,19 +15,50 @@ const CLIENTS: usize = 3;
 const PERSISTENT: PoolId = PoolId(0);
 const EPHEMERAL: PoolId = PoolId(1);
 const SHARED: PoolId = PoolId(2);
-const SHARED_UUID: Uuid = Uuid { lo: 0xfeed, hi: 0xbeef };
+const SHARED_UUID: Uuid = Uuid {
+    lo: 0xfeed,
+    hi: 0xbeef,
+};
 
 #[derive(Clone, Copy, Debug)]
 enum Op {
-    Put { client: usize, pool: u8, oid: u8, index: u8 },
-    Get { client: usize, pool: u8, oid: u8, index: u8 },
-    FlushPage { client: usize, pool: u8, oid: u8, index: u8 },
-    FlushObject { client: usize, pool: u8, oid: u8 },
-    FlushAll { client: usize },
-    Evict { frames: u8 },
-    Limit { frames: u8 },
+    Put {
+        client: usize,
+        pool: u8,
+        oid: u8,
+        index: u8,
+    },
+    Get {
+        client: usize,
+        pool: u8,
+        oid: u8,
+        index: u8,
+    },
+    FlushPage {
+        client: usize,
+        pool: u8,
+        oid: u8,
+        index: u8,
+    },
+    FlushObject {
+        client: usize,
+        pool: u8,
+        oid: u8,
+    },
+    FlushAll {
+        client: usize,
+    },
+    Evict {
+        frames: u8,
+    },
+    Limit {
+        frames: u8,
+    },
     /// An id no pool has: must be refused without change.
-    BadPool { client: usize, pool: u32 },
+    BadPool {
+        client: usize,
+        pool: u32,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -53,7 +84,11 @@ fn page_of(value: u64) -> [u8; PAGE_BYTES] {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        let w = if value % 2 == 0 { (i as u64 / 8) ^ value } else { x };
+        let w = if value % 2 == 0 {
+            (i as u64 / 8) ^ value
+        } else {
+            x
+        };
         word.copy_from_slice(&w.to_le_bytes());
     }
     p[..8].copy_from_slice(&value.to_le_bytes());
@@ -82,10 +117,18 @@ fn check_accounting(t: &Tmem<'_, SliceStore<'_>>, clients: &[ClientId], model: &
     let mut sum = 0;
     for (i, &c) in clients.iter().enumerate() {
         let s = t.client_stats(c).unwrap();
-        assert_eq!(s.pages, s.puts - s.exclusive_gets - s.flushes - s.evictions, "client {i}: {s:?}");
+        assert_eq!(
+            s.pages,
+            s.puts - s.exclusive_gets - s.flushes - s.evictions,
+            "client {i}: {s:?}"
+        );
         sum += s.pages;
         let persistent = model.persistent.keys().filter(|k| k.0 == i).count() as u64;
-        assert_eq!(t.pool_stats(c, PERSISTENT).unwrap().pages, persistent, "client {i} persistent pages");
+        assert_eq!(
+            t.pool_stats(c, PERSISTENT).unwrap().pages,
+            persistent,
+            "client {i} persistent pages"
+        );
     }
     let s = t.stats();
     assert_eq!(s.pages, sum);
@@ -98,26 +141,61 @@ fn check_accounting(t: &Tmem<'_, SliceStore<'_>>, clients: &[ClientId], model: &
 
 fn run(ops: &[Op], dedup: bool, compress: bool) {
     let mut f = crate::tests::fixture(12, 24, dedup);
-    let mut t = f.tmem(TmemConfig { dedup, check_shared_auth: false, ..TmemConfig::default() });
-    let config = ClientConfig { persistent_quota: 5, compress, ..ClientConfig::default() };
+    let mut t = f.tmem(TmemConfig {
+        dedup,
+        check_shared_auth: false,
+        ..TmemConfig::default()
+    });
+    let config = ClientConfig {
+        persistent_quota: 5,
+        compress,
+        ..ClientConfig::default()
+    };
     let clients: Vec<ClientId> = (0..CLIENTS)
         .map(|i| t.create_client(DomId::new(i as u16 + 1), config).unwrap())
         .collect();
     for &c in &clients {
-        assert_eq!(t.new_pool(c, Uuid::NONE, PRIVATE_PERSISTENT).unwrap(), PERSISTENT);
-        assert_eq!(t.new_pool(c, Uuid::NONE, PRIVATE_EPHEMERAL).unwrap(), EPHEMERAL);
-        assert_eq!(t.new_pool(c, SHARED_UUID, SHARED_EPHEMERAL).unwrap(), SHARED);
+        assert_eq!(
+            t.new_pool(c, Uuid::NONE, PRIVATE_PERSISTENT).unwrap(),
+            PERSISTENT
+        );
+        assert_eq!(
+            t.new_pool(c, Uuid::NONE, PRIVATE_EPHEMERAL).unwrap(),
+            EPHEMERAL
+        );
+        assert_eq!(
+            t.new_pool(c, SHARED_UUID, SHARED_EPHEMERAL).unwrap(),
+            SHARED
+        );
     }
-    let mut model = Model { persistent: HashMap::new(), ephemeral: HashMap::new() };
+    let mut model = Model {
+        persistent: HashMap::new(),
+        ephemeral: HashMap::new(),
+    };
     let mut next_value = 0u64;
     for &op in ops {
         match op {
-            Op::Put { client, pool, oid, index } => {
+            Op::Put {
+                client,
+                pool,
+                oid,
+                index,
+            } => {
                 let pool = pool_of(pool);
                 next_value += 1;
                 let key = (owner(client, pool), pool, oid, index);
-                let r = t.put_page(clients[client], pool, Oid([u64::from(oid), 0, 0]), u32::from(index), &page_of(next_value));
-                let map = if pool == PERSISTENT { &mut model.persistent } else { &mut model.ephemeral };
+                let r = t.put_page(
+                    clients[client],
+                    pool,
+                    Oid([u64::from(oid), 0, 0]),
+                    u32::from(index),
+                    &page_of(next_value),
+                );
+                let map = if pool == PERSISTENT {
+                    &mut model.persistent
+                } else {
+                    &mut model.ephemeral
+                };
                 match r {
                     Ok(()) => {
                         map.insert(key, next_value);
@@ -129,11 +207,24 @@ fn run(ops: &[Op], dedup: bool, compress: bool) {
                     Err(e) => panic!("put refused with {e:?}"),
                 }
             }
-            Op::Get { client, pool, oid, index } => {
+            Op::Get {
+                client,
+                pool,
+                oid,
+                index,
+            } => {
                 let pool = pool_of(pool);
                 let key = (owner(client, pool), pool, oid, index);
                 let mut out = [0u8; PAGE_BYTES];
-                let r = t.get_page(clients[client], pool, Oid([u64::from(oid), 0, 0]), u32::from(index), &mut out).unwrap();
+                let r = t
+                    .get_page(
+                        clients[client],
+                        pool,
+                        Oid([u64::from(oid), 0, 0]),
+                        u32::from(index),
+                        &mut out,
+                    )
+                    .unwrap();
                 let hit = r == GetOutcome::Hit;
                 if pool == PERSISTENT {
                     match model.persistent.get(&key) {
@@ -145,7 +236,11 @@ fn run(ops: &[Op], dedup: bool, compress: bool) {
                     }
                 } else if hit {
                     let v = model.ephemeral.get(&key).copied();
-                    assert_eq!(Some(u64::from_le_bytes(out[..8].try_into().unwrap())), v, "ephemeral {key:?}: stale or foreign data");
+                    assert_eq!(
+                        Some(u64::from_le_bytes(out[..8].try_into().unwrap())),
+                        v,
+                        "ephemeral {key:?}: stale or foreign data"
+                    );
                     assert_eq!(out, page_of(v.unwrap()));
                     if pool == EPHEMERAL {
                         model.ephemeral.remove(&key);
@@ -155,19 +250,35 @@ fn run(ops: &[Op], dedup: bool, compress: bool) {
                     model.ephemeral.remove(&key);
                 }
             }
-            Op::FlushPage { client, pool, oid, index } => {
+            Op::FlushPage {
+                client,
+                pool,
+                oid,
+                index,
+            } => {
                 let pool = pool_of(pool);
                 let key = (owner(client, pool), pool, oid, index);
-                t.flush_page(clients[client], pool, Oid([u64::from(oid), 0, 0]), u32::from(index)).unwrap();
+                t.flush_page(
+                    clients[client],
+                    pool,
+                    Oid([u64::from(oid), 0, 0]),
+                    u32::from(index),
+                )
+                .unwrap();
                 model.persistent.remove(&key);
                 model.ephemeral.remove(&key);
             }
             Op::FlushObject { client, pool, oid } => {
                 let pool = pool_of(pool);
                 let o = owner(client, pool);
-                t.flush_object(clients[client], pool, Oid([u64::from(oid), 0, 0])).unwrap();
-                model.persistent.retain(|k, _| !(k.0 == o && k.1 == pool && k.2 == oid));
-                model.ephemeral.retain(|k, _| !(k.0 == o && k.1 == pool && k.2 == oid));
+                t.flush_object(clients[client], pool, Oid([u64::from(oid), 0, 0]))
+                    .unwrap();
+                model
+                    .persistent
+                    .retain(|k, _| !(k.0 == o && k.1 == pool && k.2 == oid));
+                model
+                    .ephemeral
+                    .retain(|k, _| !(k.0 == o && k.1 == pool && k.2 == oid));
             }
             Op::FlushAll { client } => {
                 t.flush_all(clients[client]).unwrap();
@@ -186,8 +297,14 @@ fn run(ops: &[Op], dedup: bool, compress: bool) {
                 let before = t.stats();
                 let mut out = [0u8; PAGE_BYTES];
                 let c = clients[client];
-                assert_eq!(t.put_page(c, PoolId(pool), Oid::default(), 0, &out), Err(TmemError::NoSuchPool));
-                assert_eq!(t.get_page(c, PoolId(pool), Oid::default(), 0, &mut out), Err(TmemError::NoSuchPool));
+                assert_eq!(
+                    t.put_page(c, PoolId(pool), Oid::default(), 0, &out),
+                    Err(TmemError::NoSuchPool)
+                );
+                assert_eq!(
+                    t.get_page(c, PoolId(pool), Oid::default(), 0, &mut out),
+                    Err(TmemError::NoSuchPool)
+                );
                 assert_eq!(t.stats(), before);
             }
         }
