@@ -27,7 +27,7 @@ use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use hvmem_benches::buddy::workloads::{self, MixedTrace, RandomBatch};
 use hvmem_benches::buddy::{
-    BuddyAllocHeap, BuddySystemHeap, FrameAllocHeap, FrameHeap, HvmemHeap, HvmemHotHeap,
+    BitmapHeap, BuddyAllocHeap, BuddySystemHeap, FrameAllocHeap, FrameHeap, HvmemHeap, HvmemHotHeap,
 };
 use hvmem_types::PageOrder;
 
@@ -149,6 +149,7 @@ fn compare<W: Workload>(c: &mut Criterion, workload: &mut W) {
     measure(&mut group, workload, BuddySystemHeap::new());
     measure(&mut group, workload, BuddyAllocHeap::new());
     measure(&mut group, workload, FrameAllocHeap::new());
+    measure(&mut group, workload, BitmapHeap::new());
     group.finish();
 }
 

@@ -14,7 +14,9 @@
 mod heaps;
 pub mod workloads;
 
-pub use heaps::{BuddyAllocHeap, BuddySystemHeap, FrameAllocHeap, HvmemHeap, HvmemHotHeap};
+pub use heaps::{
+    BitmapHeap, BuddyAllocHeap, BuddySystemHeap, FrameAllocHeap, HvmemHeap, HvmemHotHeap,
+};
 
 use hvmem_types::PageOrder;
 

@@ -5,6 +5,7 @@ use core::num::NonZeroUsize;
 use core::ptr::{self, NonNull};
 use std::alloc::{Layout, alloc, dealloc, handle_alloc_error};
 
+use bitmap_allocator::{BitAlloc, BitAlloc1M};
 use buddy_alloc::BuddyAllocParam;
 use buddy_alloc::buddy_alloc::BuddyAlloc;
 use buddy_system_allocator::FrameAllocator;
@@ -317,6 +318,58 @@ impl fmt::Debug for FrameAllocHeap {
     }
 }
 
+/// `bitmap-allocator`'s [`BitAlloc1M`] (a segment tree of 16-bit leaves, as
+/// rCore's frame allocator uses it) over the 1 GiB of frames, one bit each.
+/// Blocks are frame numbers; `alloc_contiguous` finds an aligned run.
+pub struct BitmapHeap {
+    bits: Box<BitAlloc1M>,
+}
+
+impl BitmapHeap {
+    /// A pristine heap.
+    #[must_use]
+    pub fn new() -> Self {
+        let mut bits = Box::new(BitAlloc1M::DEFAULT);
+        bits.insert(FIRST_FRAME..FIRST_FRAME + FRAMES);
+        Self { bits }
+    }
+}
+
+impl Default for BitmapHeap {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for BitmapHeap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BitmapHeap").finish_non_exhaustive()
+    }
+}
+
+impl FrameHeap for BitmapHeap {
+    const NAME: &'static str = "bitmap-allocator";
+
+    #[inline]
+    fn alloc(&mut self, order: PageOrder) -> Option<usize> {
+        if order.get() == 0 {
+            self.bits.alloc()
+        } else {
+            self.bits
+                .alloc_contiguous(None, frames(order).get(), usize::from(order.get()))
+        }
+    }
+
+    #[inline]
+    unsafe fn free(&mut self, block: usize, order: PageOrder) -> bool {
+        if order.get() == 0 {
+            self.bits.dealloc(block)
+        } else {
+            self.bits.dealloc_contiguous(block, frames(order).get())
+        }
+    }
+}
+
 /// `2^order` as a frame count.
 #[inline]
 fn frames(order: PageOrder) -> NonZeroUsize {
@@ -373,6 +426,7 @@ mod tests {
         smoke(&mut BuddySystemHeap::new());
         smoke(&mut BuddyAllocHeap::new());
         smoke(&mut FrameAllocHeap::new());
+        smoke(&mut BitmapHeap::new());
     }
 
     #[test]
