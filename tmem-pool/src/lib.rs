@@ -35,6 +35,8 @@
 //! - **Statistics** ([`Stats`]) per client, per pool and for the host.
 //! - **Xen's hypercall** ([`hypercall`]): `struct tmem_op` decoded and
 //!   dispatched with Xen's return values and errnos.
+//! - **Guest keys** ([`guest_keys`]): frontswap's and cleancache's page
+//!   naming, refusing positions past a 32-bit index.
 //!
 //! Page data lives in a [`PageStore`] (a buddy allocator's frames in
 //! hvmem-sim, [`SliceStore`] over an array here); the indexes live in
@@ -94,6 +96,7 @@ pub mod abi;
 mod error;
 mod evict;
 mod frames;
+pub mod guest_keys;
 mod handle;
 mod hash_index;
 pub mod hypercall;

@@ -142,7 +142,7 @@ pub struct PoolRecord {
     /// The creator (the only member of a private pool).
     pub(crate) owner: u16,
     /// Clients that joined (1 for a private pool).
-    pub(crate) sharers: u16,
+    pub(crate) sharers: u32,
     pub(crate) uuid: Uuid,
     pub(crate) objects: u32,
     pub(crate) stats: Stats,
