@@ -19,6 +19,8 @@ pub mod balloon;
 pub mod buddy;
 mod bytes;
 pub mod frametable;
+pub mod host;
 pub mod pagetable_ops;
 pub mod pagetable_walk;
 pub mod pv_mmu_update;
+pub mod tmem;

@@ -12,9 +12,11 @@ const TARGETS: &[(&str, Target)] = &[
     ("balloon", hvmem_fuzz::balloon::run),
     ("buddy", hvmem_fuzz::buddy::run),
     ("frametable", hvmem_fuzz::frametable::run),
+    ("host", hvmem_fuzz::host::run),
     ("pagetable_ops", hvmem_fuzz::pagetable_ops::run),
     ("pagetable_walk", hvmem_fuzz::pagetable_walk::run),
     ("pv_mmu_update", hvmem_fuzz::pv_mmu_update::run),
+    ("tmem", hvmem_fuzz::tmem::run),
 ];
 
 /// A target's entry point.
