@@ -482,6 +482,13 @@ impl<'s> Host<'s> {
         Ok(())
     }
 
+    /// `XEN_DOMCTL_max_mem`: the most `id` may hold from now on (it may be
+    /// below what it holds; the domain then cannot grow). Returns `false`
+    /// for an unknown domain.
+    pub fn set_max_pages(&mut self, id: DomId, max_pages: u64) -> bool {
+        self.books.set_max_pages(id, max_pages).is_ok()
+    }
+
     /// Takes back every frame of `id` and forgets it (the domain must have
     /// nothing referenced from outside).
     pub fn destroy_domain(&mut self, id: DomId) {

@@ -285,18 +285,18 @@ pub fn run(
     let mut selfballoons = Vec::new();
     for i in 0..config.guests {
         let id = DomId::new(FIRST_GUEST + i);
-        let max = if policy == Policy::Static {
-            share
-        } else {
-            max_pages
-        };
-        host.create_domain(id, max, share)
+        // Every guest has the same physmap and workload under every
+        // policy; static allocation caps what it may hold at its share.
+        host.create_domain(id, max_pages, share)
             .map_err(|_| Violation::FramesNotConserved)?;
-        let guest = Guest::new(id, max, share, workload, config.seed);
+        if policy == Policy::Static {
+            host.set_max_pages(id, share);
+        }
+        let guest = Guest::new(id, max_pages, share, workload, config.seed);
         let _ = toolstack.add_domain(DomainBounds {
             domid: id,
             dynamic_min: guest.reserve() * 4,
-            dynamic_max: max,
+            dynamic_max: max_pages,
         });
         #[allow(clippy::expect_used)]
         selfballoons.push(SelfBalloon::new(SelfBalloonConfig::linux()).expect("linux defaults"));
