@@ -107,6 +107,9 @@ pub mod model;
 #[cfg(feature = "pagetable")]
 pub mod pv;
 
+#[cfg(feature = "grant")]
+pub mod grant;
+
 #[cfg(all(test, loom))]
 mod loom_tests;
 

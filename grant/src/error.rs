@@ -47,7 +47,7 @@ impl GntSt {
 
 /// Why a map, unmap, copy, transfer, setup or query was refused. Nothing
 /// changed when one of these is returned (a refused transfer is the
-/// exception Xen's ABI documents: see [`transfer`](crate::GrantTable::transfer)).
+/// exception Xen's ABI documents: see [`transfer`](crate::transfer)).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 #[non_exhaustive]
 pub enum GrantError {
