@@ -132,6 +132,13 @@ impl Progress {
     }
 }
 
+/// Writes to stdout; a closed pipe (`| head`) ends the output quietly
+/// instead of panicking.
+fn emit(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
 fn run(args: &Args) -> Result<(), String> {
     args.config.validate().map_err(|e| e.to_string())?;
     if args.attack {
@@ -144,7 +151,7 @@ fn run(args: &Args) -> Result<(), String> {
         let mut bar = Progress::new(campaign.steps, "attack".to_string());
         let summary = attack::run(&campaign, &mut |i| bar.tick(i)).map_err(|e| e.to_string())?;
         bar.finish();
-        print!("{summary}");
+        emit(&summary.to_string());
         return Ok(());
     }
     let mut outcomes = Vec::new();
@@ -160,15 +167,15 @@ fn run(args: &Args) -> Result<(), String> {
         outcomes.push(Outcome::Ran(Box::new(r)));
     }
     if args.json {
-        print!("{}", report::json(&args.config, &outcomes));
+        emit(&report::json(&args.config, &outcomes));
     } else {
-        print!("{}", report::text(&args.config, &outcomes));
+        emit(&report::text(&args.config, &outcomes));
     }
     if let Some(path) = &args.plot {
         std::fs::write(path, report::svg(&args.config, &outcomes))
             .map_err(|e| format!("--plot {path}: {e}"))?;
         if !args.json {
-            println!("plot written to {path}");
+            emit(&format!("plot written to {path}\n"));
         }
     }
     Ok(())
@@ -177,7 +184,7 @@ fn run(args: &Args) -> Result<(), String> {
 fn main() -> ExitCode {
     match parse(std::env::args().skip(1)) {
         Ok(None) => {
-            print!("{USAGE}");
+            emit(USAGE);
             ExitCode::SUCCESS
         }
         Ok(Some(args)) => match run(&args) {
