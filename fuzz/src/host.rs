@@ -6,7 +6,8 @@
 //! a hostile hypercall decoded from the bytes that follow (`mmu_update`,
 //! `mmuext_op`, every `memory_op`, `grant_table_op`, `tmem_op`, unknown
 //! numbers, with frames drawn from the attacker's own, the whole host and
-//! beyond). After every call the host's counters and a sample of honest
+//! beyond), or, for `0xff`, the attacker's death (its domain destroyed with
+//! whatever it built, every frame returned) and rebirth. After every call the host's counters and a sample of honest
 //! data are checked, and the full audit runs (the host is small enough):
 //! frame conservation, owners, reference and type counts against the live
 //! page tables, physmaps, honest guests' data. Any violation panics.

@@ -15,7 +15,11 @@
 //! past `UINT_MAX >> 6`), order, flags and continuation start;
 //! `claim_pages`, `current_reservation`, `maximum_reservation`;
 //! `grant_table_op`, `tmem_op` and unknown hypercalls. Balloon requests
-//! beyond its max are just populate calls that run into `max_pages`.
+//! beyond its max are just populate calls that run into `max_pages`. A kind
+//! byte of `0xff` kills the attacker instead: its domain is destroyed with
+//! whatever page tables, pins and zombie frames it built (the frame table's
+//! preemptible `relinquish`), every frame must come back, and it is built
+//! again.
 //!
 //! After every call: the counters ([`Host::check_counters`]) and a sample
 //! of every honest guest's data; every `audit_every` calls: the full audit
@@ -86,6 +90,8 @@ pub struct World<'s> {
     audit_every: u64,
     /// Full audits run.
     pub audits: u64,
+    /// Times the attacker was destroyed and rebuilt.
+    pub deaths: u64,
     /// Return values seen, per hypercall name.
     pub results: BTreeMap<(&'static str, i64), u64>,
 }
@@ -149,6 +155,7 @@ impl<'s> World<'s> {
             calls: 0,
             audit_every: audit_every.max(1),
             audits: 0,
+            deaths: 0,
             results: BTreeMap::new(),
         })
     }
@@ -186,6 +193,28 @@ impl<'s> World<'s> {
             g.check_data(&self.host, None)?;
         }
         Ok(())
+    }
+
+    /// The attacker dies (its domain is destroyed with whatever page tables,
+    /// pins and zombie frames it built) and is built again. Every frame it
+    /// held must come back.
+    fn rebirth(&mut self) -> Result<(), Violation> {
+        let held = self.host.domain(ATTACKER).map_or(0, |d| d.owned());
+        self.host
+            .destroy_domain(ATTACKER)
+            .map_err(|left| Violation::DomainPages {
+                domid: ATTACKER,
+                books: held,
+                frames: left,
+            })?;
+        self.deaths += 1;
+        self.check()?;
+        self.audit()?;
+        let share = self.attacker_pages / 2;
+        self.host
+            .create_domain(ATTACKER, self.attacker_pages, share)
+            .map_err(|_| Violation::FramesNotConserved)?;
+        self.check()
     }
 
     fn frame(&self, src: &mut dyn Source) -> u64 {
@@ -228,6 +257,10 @@ impl<'s> World<'s> {
         let Some(kind) = src.byte() else {
             return Ok(false);
         };
+        if kind == u8::MAX {
+            self.rebirth()?;
+            return Ok(true);
+        }
         let (name, rc) = match kind % 16 {
             0..=5 => {
                 let n = 1 + usize::from(src.byte().unwrap_or(0) % 4);
@@ -442,6 +475,8 @@ pub struct Summary {
     pub results: BTreeMap<(&'static str, i64), u64>,
     /// Full audits run.
     pub audits: u64,
+    /// Times the attacker was destroyed and rebuilt.
+    pub deaths: u64,
     /// Honest seconds interleaved.
     pub honest_seconds: u64,
 }
@@ -456,8 +491,8 @@ impl fmt::Display for Summary {
         )?;
         writeln!(
             f,
-            "every invariant held after every call ({} full audits, {} honest seconds interleaved)",
-            self.audits, self.honest_seconds
+            "every invariant held after every call ({} full audits, {} honest seconds interleaved, attacker destroyed and rebuilt {} times)",
+            self.audits, self.honest_seconds, self.deaths
         )?;
         writeln!(f, "\n{:<16} {:>8} {:>10}", "hypercall", "rc", "calls")?;
         for ((name, rc), n) in &self.results {
@@ -495,6 +530,7 @@ pub fn run(campaign: &Campaign, progress: &mut dyn FnMut(u64)) -> Result<Summary
         campaign: *campaign,
         results: world.results,
         audits: world.audits,
+        deaths: world.deaths,
         honest_seconds: honest,
     })
 }

@@ -473,7 +473,7 @@ impl<'s> Host<'s> {
                 .populate_extent(id, Some(Gfn::new(gfn)), PageOrder::ZERO, 0)
                 .is_none()
             {
-                self.destroy_domain(id);
+                let _ = self.destroy_domain(id);
                 return Err(CreateDomainError::OutOfMemory);
             }
         }
@@ -489,9 +489,17 @@ impl<'s> Host<'s> {
         self.books.set_max_pages(id, max_pages).is_ok()
     }
 
-    /// Takes back every frame of `id` and forgets it (the domain must have
-    /// nothing referenced from outside).
-    pub fn destroy_domain(&mut self, id: DomId) {
+    /// Destroys `id`: the frame table takes back every frame it owns
+    /// (preemptible `relinquish`: pins dropped, page tables de-validated,
+    /// allocation references dropped), the freed frames return to the heap
+    /// and the books, and the domain is forgotten.
+    ///
+    /// # Errors
+    ///
+    /// The number of frames something else still references; the domain
+    /// then stays (dying) until they are freed. Nothing outside a domain can
+    /// reference its frames in this host yet (no grants), so this is a bug.
+    pub fn destroy_domain(&mut self, id: DomId) -> Result<(), u64> {
         {
             let v = self.validator();
             let mut cursor = hvmem_frametable::RelinquishCursor::new();
@@ -500,10 +508,15 @@ impl<'s> Host<'s> {
             {}
         }
         self.reap();
+        let left = self.domain(id).map_or(0, Domain::owned);
+        if left != 0 {
+            return Err(left);
+        }
         let _ = self.books.destroy_domain(id);
         if let Some(i) = self.domain_index(id) {
             self.domains.remove(i);
         }
+        Ok(())
     }
 
     /// Allocates one extent of `order` for `dom` at `gfn` (or off the
@@ -746,7 +759,7 @@ mod tests {
         assert_eq!(host.m2p(mfn), Some(Gfn::new(7)));
         host.guest_store(d, mfn, 0x77).unwrap();
         assert_eq!(host.memory().fingerprint(mfn), Some(0x77));
-        host.destroy_domain(d);
+        host.destroy_domain(d).unwrap();
         assert_eq!(host.free_frames(), 4096 - 16);
         assert_eq!(host.books().free_pages(), host.free_frames());
     }

@@ -154,7 +154,8 @@ fn a_short_attack_campaign_breaks_no_invariant() {
     };
     let summary = attack::run(&campaign, &mut |_| {}).unwrap();
     let calls: u64 = summary.results.values().sum();
-    assert_eq!(calls, 3000);
+    assert_eq!(calls + summary.deaths, 3000);
+    assert!(summary.deaths > 0, "the attacker never died");
     // The attack reaches past the argument checks: some calls succeed.
     assert!(
         summary
@@ -176,4 +177,25 @@ fn fuzz_inputs_replay_without_violation() {
     attack::replay(&[0, 1, 2, 200, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]).unwrap();
     let bytes: Vec<u8> = (0..4000u32).map(|i| (i * 7919 % 251) as u8).collect();
     attack::replay(&bytes).unwrap();
+}
+
+/// Domain death under hostile state: whatever tables, pins and zombie
+/// frames the attacker built, destroying it returns every frame.
+#[test]
+fn a_destroyed_attacker_gives_back_every_frame() {
+    let mut storage = crate::host::HostStorage::new(crate::host::HostConfig::with_mib(16));
+    let mut world = attack::World::new(&mut storage, 2, 7, 50).unwrap();
+    let mut src = attack::Random(crate::rng::Rng::new(7));
+    for _ in 0..400 {
+        world.hostile_call(&mut src).unwrap();
+    }
+    let pinned = (0..world.host.total_frames())
+        .map(|i| hvmem_types::Mfn::new(world.host.first_mfn().get() + i))
+        .filter(|&m| world.host.frame_table().state(m).unwrap().pinned)
+        .count();
+    assert!(pinned > 0, "the attack pinned nothing");
+    let deaths = world.deaths;
+    assert!(world.hostile_call(&mut attack::Bytes(&[u8::MAX])).unwrap());
+    assert_eq!(world.deaths, deaths + 1);
+    world.audit().unwrap();
 }
