@@ -153,3 +153,8 @@ pub mod sync_types {
     #[cfg(not(loom))]
     pub use core::sync::atomic::{AtomicU16, AtomicU32};
 }
+
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
