@@ -1,5 +1,5 @@
 //! The `pagetable_walk` target: arbitrary, possibly malformed or cyclic
-//! table contents. Translating any address and visiting any range must
+//! table contents, walked as x86-64, EPT and AArch64 tables. Translating any address and visiting any range must
 //! terminate, read only tables inside the arena, read at most one table per
 //! level per translation, and never panic.
 
@@ -7,6 +7,7 @@ use std::cell::Cell;
 use std::ops::ControlFlow;
 use std::sync::atomic::AtomicU64;
 
+use hvmem_pagetable::aarch64::{Granule, LargeAddresses, Regime, Stage1, Stage2};
 use hvmem_pagetable::{Ept, Format, InputAddress, PageTable, PhysMem, SliceMem, X86Paging};
 use hvmem_types::PhysAddr;
 
@@ -96,4 +97,25 @@ pub fn run(data: &[u8]) {
         &mut input,
     );
     walk(Ept::four_level(), &mem, root, &mut input);
+    // AArch64: 4 KiB stage 1 (48-bit, and 52-bit LPA2 with level -1), a
+    // concatenated 4 KiB stage-2 root, 16 KiB tables (which fit the arena
+    // at even frames), and a 64 KiB configuration whose tables never fit.
+    let lpa2 = LargeAddresses::Lpa2 {
+        shareability: hvmem_pagetable::Shareability::Inner,
+    };
+    for (granule, bits, large) in [
+        (Granule::Size4KiB, 48, LargeAddresses::None),
+        (Granule::Size4KiB, 52, lpa2),
+        (Granule::Size16KiB, 47, LargeAddresses::None),
+        (Granule::Size64KiB, 42, LargeAddresses::None),
+    ] {
+        if let Ok(f) = Stage1::new(Regime::El1And0, granule, bits, large) {
+            walk(f, &mem, root, &mut input);
+        }
+    }
+    for (granule, bits) in [(Granule::Size4KiB, 40), (Granule::Size16KiB, 36)] {
+        if let Ok(f) = Stage2::new(granule, bits, LargeAddresses::None) {
+            walk(f.with_fwb(), &mem, root, &mut input);
+        }
+    }
 }

@@ -51,7 +51,11 @@ pub(crate) enum Edit {
     /// Remove translations.
     Unmap,
     /// Rewrite the attributes of existing leaves.
-    Protect { attrs: Attributes },
+    Protect {
+        attrs: Attributes,
+        /// The leaf encoding at address 0 for each level that may hold one.
+        templates: [u64; 8],
+    },
 }
 
 /// What [`Editor::break_run`] writes back after invalidating a run.
@@ -499,13 +503,16 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
                 let template = templates.get(usize::from(level)).copied().unwrap_or(0);
                 let stale = run_entries.iter().enumerate().any(|(i, e)| {
                     let old = e.load(Ordering::Acquire);
+                    if self.format.decode(old, level) == Descriptor::Invalid {
+                        return false;
+                    }
                     let at = group.start + ((i as u64) << shift);
                     let new = self.format.with_contiguous(
                         self.format
                             .with_output_address(template, pa + (at - map_start), level),
                         true,
                     );
-                    self.format.decode(old, level) != Descriptor::Invalid && old != new
+                    old != new
                 });
                 if stale {
                     self.break_run(run_entries, level, &group, Refill::Nothing, alloc);
@@ -527,27 +534,21 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
             match edit {
                 // Every entry goes invalid; the flush covers the run.
                 Edit::Unmap => {}
-                Edit::Protect { attrs } => {
+                Edit::Protect { attrs, templates } => {
+                    let template = templates.get(usize::from(level)).copied().unwrap_or(0);
                     let mut encodable = true;
                     let mut needs_break = false;
                     for e in run_entries {
                         let raw = e.load(Ordering::Acquire);
-                        let new = match self.format.decode(raw, level) {
-                            Descriptor::Leaf(pa, _) => self.format.encode_leaf(pa, attrs, level),
-                            _ => {
-                                encodable = false;
-                                break;
-                            }
+                        let Descriptor::Leaf(pa, _) = self.format.decode(raw, level) else {
+                            encodable = false;
+                            break;
                         };
-                        match new {
-                            Ok(new) => {
-                                let new = self
-                                    .format
-                                    .with_contiguous(new, self.format.is_contiguous(raw));
-                                needs_break |= self.format.needs_break(raw, new, level);
-                            }
-                            Err(_) => encodable = false,
-                        }
+                        let new = self.format.with_contiguous(
+                            self.format.with_output_address(template, pa, level),
+                            self.format.is_contiguous(raw),
+                        );
+                        needs_break |= self.format.needs_break(raw, new, level);
                     }
                     if !encodable {
                         self.break_run(run_entries, level, &group, Refill::Unhinted, alloc);
@@ -624,7 +625,9 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
         }
     }
 
-    /// Step 3: applies the update. Cannot fail.
+    /// Step 3: applies the update. Cannot fail. `fresh`: the table was just
+    /// taken from the reservation (all invalid) and is not linked yet, so no
+    /// walker can see it: nothing there to break, flush or read first.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn commit(
         &mut self,
@@ -635,11 +638,12 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
         end: u64,
         edit: &Edit,
         alloc: &mut impl TableAllocator,
+        fresh: bool,
     ) {
         let Ok(entries) = self.table(table, level) else {
             return;
         };
-        if self.format.contiguous_run(level) > 0 {
+        if !fresh && self.format.contiguous_run(level) > 0 {
             self.prepare_runs(entries, level, base, start, end, edit, alloc);
         }
         if level == 0 {
@@ -653,16 +657,21 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
             {
                 if sizes.allows(0) {
                     let span = self.contiguous_span(edit, 0, start, end);
-                    self.map_last_level(
-                        entries,
-                        base,
-                        start,
-                        end,
-                        pa + (start - map_start),
-                        templates[0],
-                        span,
-                        alloc,
-                    );
+                    let pa = pa + (start - map_start);
+                    if fresh {
+                        self.fill_last_level(entries, base, start, end, pa, templates[0], span);
+                    } else {
+                        self.map_last_level(
+                            entries,
+                            base,
+                            start,
+                            end,
+                            pa,
+                            templates[0],
+                            span,
+                            alloc,
+                        );
+                    }
                     return;
                 }
             }
@@ -709,8 +718,8 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
                     let (Some(l), Some(child)) = (below, self.take_table()) else {
                         continue;
                     };
-                    let table_entry = self.format.encode_table(child, level);
-                    self.store(entry, raw, table_entry, level, slot.start, slot.size);
+                    // Filled before it is linked: the release store that
+                    // links it publishes its entries.
                     self.commit(
                         child,
                         l,
@@ -719,23 +728,26 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
                         slot.piece_end,
                         edit,
                         alloc,
+                        true,
                     );
+                    let table_entry = self.format.encode_table(child, level);
+                    self.store(entry, raw, table_entry, level, slot.start, slot.size);
                 }
                 (_, Descriptor::Invalid) => {}
                 (Edit::Unmap, _) if slot.is_full() => {
                     let old = self.swap(entry, 0, level, slot.start, slot.size);
                     self.dispose(old, level, &slot, false, alloc);
                 }
-                (Edit::Protect { attrs }, Descriptor::Leaf(pa, _)) if slot.is_full() => {
-                    if let Ok(mut new) = self.format.encode_leaf(pa, attrs, level) {
-                        // A run still hinted here is one that keeps the hint.
-                        if self.format.is_contiguous(raw) {
-                            new = self.format.with_contiguous(new, true);
-                        }
-                        let (old, broken) = self.replace(entry, raw, new, level, &slot);
-                        if old != new && !broken {
-                            self.flush_slot(&slot, false);
-                        }
+                (Edit::Protect { templates, .. }, Descriptor::Leaf(pa, _)) if slot.is_full() => {
+                    let template = templates.get(usize::from(level)).copied().unwrap_or(0);
+                    let mut new = self.format.with_output_address(template, pa, level);
+                    // A run still hinted here is one that keeps the hint.
+                    if self.format.is_contiguous(raw) {
+                        new = self.format.with_contiguous(new, true);
+                    }
+                    let (old, broken) = self.replace(entry, raw, new, level, &slot);
+                    if old != new && !broken {
+                        self.flush_slot(&slot, false);
                     }
                 }
                 (_, Descriptor::Table(child)) => {
@@ -748,6 +760,7 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
                         slot.piece_end,
                         edit,
                         alloc,
+                        false,
                     );
                     if matches!(edit, Edit::Unmap) && self.is_empty(child, l) {
                         self.store(entry, raw, 0, level, slot.start, slot.size);
@@ -773,8 +786,46 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
                         slot.piece_end,
                         edit,
                         alloc,
+                        false,
                     );
                 }
+            }
+        }
+    }
+
+    /// The bulk-map fast path into a fresh, unlinked last-level table: no
+    /// entry to read, nothing to flush, plain stores (the link publishes
+    /// them).
+    #[allow(clippy::too_many_arguments)]
+    fn fill_last_level(
+        &self,
+        entries: &[AtomicU64],
+        base: u64,
+        start: u64,
+        end: u64,
+        pa: u64,
+        template: u64,
+        span: (u64, u64),
+    ) {
+        let shift = self.format.level_shift(0);
+        let first = ((start - base) >> shift) as usize;
+        let last = ((end - 1 - base) >> shift) as usize;
+        let Some(run) = entries.get(first..=last) else {
+            return;
+        };
+        let hinted = self.format.with_contiguous(template, true);
+        // Three stretches: before, inside and after the hinted runs.
+        let lo = span.0.clamp(start, end);
+        let hi = span.1.clamp(lo, end);
+        let cut = |at: u64| ((at - start) >> shift) as usize;
+        let (before, rest) = run.split_at(cut(lo).min(run.len()));
+        let (inside, after) = rest.split_at(cut(hi).saturating_sub(cut(lo)).min(rest.len()));
+        let mut offset = 0u64;
+        for (stretch, template) in [(before, template), (inside, hinted), (after, template)] {
+            for entry in stretch {
+                let leaf = self.format.with_output_address(template, pa + offset, 0);
+                entry.store(leaf, Ordering::Relaxed);
+                offset += 1 << shift;
             }
         }
     }

@@ -417,9 +417,11 @@ impl<F: Format> PageTable<F> {
     ) -> Result<TlbFlush, ProtectError> {
         let align = 1u64 << self.format.granule_shift();
         let (start, end) = self.index_range(input, len, align)?;
-        for level in 0..self.format.levels() {
+        let mut templates = [0u64; 8];
+        for (level, template) in (0..self.format.levels()).zip(templates.iter_mut()) {
             if self.format.leaf_allowed(level) {
-                self.format
+                *template = self
+                    .format
                     .encode_leaf(0, attrs, level)
                     .map_err(ProtectError::Attributes)?;
             }
@@ -430,7 +432,10 @@ impl<F: Format> PageTable<F> {
             bbm,
             start,
             end,
-            &Edit::Protect { attrs: *attrs },
+            &Edit::Protect {
+                attrs: *attrs,
+                templates,
+            },
         )
         .map_err(|e| match e {
             EditFailure::Reserve(ReserveFailure::OutOfMemory) => ProtectError::OutOfMemory,
@@ -522,7 +527,16 @@ impl<F: Format> PageTable<F> {
         let reservation = Reservation::take_frames(needed, self.format.entries(), mem, alloc)
             .map_err(EditFailure::Reserve)?;
         let mut editor = Editor::new(&self.format, mem, reservation, bbm);
-        editor.commit(self.root, self.top_level(), 0, start, end, edit, alloc);
+        editor.commit(
+            self.root,
+            self.top_level(),
+            0,
+            start,
+            end,
+            edit,
+            alloc,
+            false,
+        );
         Ok(editor.finish(mem, alloc))
     }
 
