@@ -179,3 +179,35 @@ fn loom_xsa_218_two_unmaps_of_one_handle_drop_references_once() {
         assert_eq!(world.table.pin_count(GREF), Some(0));
     });
 }
+
+#[test]
+fn loom_granter_rewriting_its_entry_during_a_map_leaves_no_stray_state() {
+    loom::model(|| {
+        let world = leak(world(1));
+        let mem = world.mem;
+        // A malicious granter rewrites the header behind the protocol: a
+        // read-only grant to another domain, with the status bits cleared.
+        let granter = thread::spawn(move || {
+            let header = crate::GrantMemory::shared_frame(mem, 0).unwrap()[2 * GREF.0 as usize]
+                .load(loom::sync::atomic::Ordering::Relaxed);
+            let hostile = crate::mem::hdr_word(
+                crate::GrantType::PermitAccess as u16 | crate::GtfFlags::READONLY.bits(),
+                7,
+            );
+            crate::GrantMemory::shared_frame(mem, 0).unwrap()[2 * GREF.0 as usize]
+                .store(hostile, loom::sync::atomic::Ordering::Relaxed);
+            header
+        });
+        let op = map(world);
+        granter.join().unwrap();
+        if op.status == GntSt::Okay.raw() {
+            assert_eq!(world.frames.refs(0x105), (2, 1));
+            assert_eq!(unmap(world, op.handle), GntSt::Okay.raw());
+        } else {
+            assert_eq!(op.status, GntSt::GeneralError.raw());
+        }
+        assert_eq!(world.frames.refs(0x105), (0, 0));
+        assert_eq!(world.table.pin_count(GREF), Some(0));
+        assert_eq!(world.maptrack.mappings(), 0);
+    });
+}

@@ -403,10 +403,13 @@ fn gref(byte: u8) -> GrantRef {
 
 /// Every reference [`gref`] can produce below the largest table: the only
 /// entries an operation can touch, so the only ones the checks visit.
-fn reachable_refs() -> impl Iterator<Item = GrantRef> {
-    (0..=255u8)
+fn reachable_refs() -> Vec<GrantRef> {
+    let refs: BTreeSet<u32> = (0..=255u8)
         .map(gref)
         .filter(|gref| gref.0 < MAX_FRAMES * 512)
+        .map(|gref| gref.0)
+        .collect();
+    refs.into_iter().map(GrantRef).collect()
 }
 
 /// A domain id byte: 1, 2, the missing 3, or DOMID_SELF.
@@ -723,6 +726,8 @@ struct World<'t> {
     mappings: [BTreeMap<u32, Mapping>; DOMAINS],
     /// Entries whose shared words the granter overwrote behind the API.
     tampered: [BTreeSet<u32>; DOMAINS],
+    /// The entries operations can reach.
+    refs: Vec<GrantRef>,
 }
 
 impl World<'_> {
@@ -1085,11 +1090,7 @@ impl World<'_> {
             }
         }
         for (granter, table) in self.tables.iter().enumerate() {
-            let mut seen = BTreeSet::new();
-            for gref in reachable_refs().filter(|gref| gref.0 < table.nr_entries()) {
-                if !seen.insert(gref.0) {
-                    continue;
-                }
+            for &gref in self.refs.iter().filter(|gref| gref.0 < table.nr_entries()) {
                 let pin = table.pin_count(gref).unwrap();
                 let expected = pins.get(&(granter, gref.0)).map_or(0, |p| p.0);
                 assert_eq!(pin, expected, "pin of d{} {gref:?}", granter + 1);
@@ -1197,6 +1198,7 @@ pub fn run(data: &[u8]) {
         frames: &frames,
         mappings: core::array::from_fn(|_| BTreeMap::new()),
         tampered: core::array::from_fn(|_| BTreeSet::new()),
+        refs: reachable_refs(),
     };
     for bytes in data.chunks(OP_BYTES) {
         world.apply(Op::decode(bytes));
