@@ -6,9 +6,9 @@
 //! |---|---|---|---|
 //! | `mmu_update` | 1 | `MMU_NORMAL_PT_UPDATE` (0), `MMU_MACHPHYS_UPDATE` (1), `MMU_PT_UPDATE_PRESERVE_AD` (2) | 0, or `-errno` for the first refused request; [`Outcome::done`] counts the requests applied (Xen's `success_count`) |
 //! | `memory_op` | 12 | `increase_reservation` (0), `decrease_reservation` (1), `current_reservation` (3), `maximum_reservation` (4), `populate_physmap` (6), `claim_pages` (24) | extents done (0..=3 and 6), pages (3, 4), 0 or `-errno` (24) |
-//! | `grant_table_op` | 20 | none yet | `-ENOSYS`: not offered until hvmem-grant lands |
+//! | `grant_table_op` | 20 | none yet | `-ENOSYS`: not offered until hvmem-grant is wired in |
 //! | `mmuext_op` | 26 | `MMUEXT_PIN_L1_TABLE`..`MMUEXT_PIN_L4_TABLE` (0-3), `MMUEXT_UNPIN_TABLE` (4), the local and all-CPU TLB flushes (6, 7, 10, 11: no TLB is simulated, so they succeed doing nothing) | 0 or `-errno`; [`Outcome::done`] counts the ops applied |
-//! | `tmem_op` | 38 | none yet | `-ENOSYS`: not offered until hvmem-tmem-pool lands |
+//! | `tmem_op` | 38 | none yet | `-ENOSYS`: not offered until hvmem-tmem-pool is wired in |
 //! | anything else | | | `-ENOSYS` |
 //!
 //! # Who may do what

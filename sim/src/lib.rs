@@ -10,7 +10,7 @@
 //!   kept only where needed ([`memory`]).
 //! - [`hypercall`]: `mmu_update`, `mmuext_op` and `memory_op` with Xen's
 //!   numbers and Xen's return values; `grant_table_op` and `tmem_op` return
-//!   `-ENOSYS` until hvmem-grant and hvmem-tmem-pool land.
+//!   `-ENOSYS` until hvmem-grant and hvmem-tmem-pool are wired in.
 //! - [`invariants`]: conservation, owners, reference and type counts
 //!   against the live page tables, physmaps; a cheap check every step and
 //!   a full audit every N steps.

@@ -151,7 +151,7 @@ pub fn text(config: &Config, outcomes: &[Outcome]) -> String {
     }
     let _ = writeln!(
         out,
-        "swap-to-disk avoided and tmem hits stay 0 until hvmem-tmem-pool is wired in; grant I/O is not simulated until hvmem-grant lands."
+        "swap-to-disk avoided and tmem hits stay 0 until hvmem-tmem-pool is wired in; grant I/O is not simulated until hvmem-grant is wired in."
     );
     out
 }

@@ -61,7 +61,7 @@ impl Policy {
     pub const fn unavailable(self) -> Option<&'static str> {
         match self {
             Self::ToolstackTmem | Self::SelfBalloonTmem => {
-                Some("not offered yet: needs hvmem-tmem-pool, which has not landed")
+                Some("not offered yet: needs hvmem-tmem-pool, which is not wired into the sim yet")
             }
             _ => None,
         }
