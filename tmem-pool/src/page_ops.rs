@@ -9,10 +9,19 @@
 use crate::error::TmemError;
 use crate::handle::{ClientId, GetOutcome, Oid, PoolId};
 use crate::hash_index::{K0, K1, fold_mul};
-use crate::memory::{NIL, ObjectRecord, PageRecord, Place, PoolRecord};
+use crate::memory::{NIL, ObjectRecord, PageRecord, Place};
 use crate::stats::Event;
 use crate::store::{Page, PageStore};
 use crate::{PAGE_BYTES, Tmem};
+
+/// What a page operation needs to know of its pool.
+#[derive(Clone, Copy, Debug)]
+struct PoolInfo {
+    persistent: bool,
+    shared: bool,
+    compress: bool,
+    empty: bool,
+}
 
 /// The page index's hash of a key.
 #[inline]
@@ -74,9 +83,18 @@ impl<S: PageStore> Tmem<'_, S> {
             .map(|f| f.record)
     }
 
-    fn live_pool(&self, client: ClientId, pool: PoolId) -> Result<(u16, PoolRecord), TmemError> {
+    fn live_pool(&self, client: ClientId, pool: PoolId) -> Result<(u16, PoolInfo), TmemError> {
         let slot = self.pool_slot(client, pool)?;
-        Ok((slot, *self.pool_record(slot)?))
+        let p = self.pool_record(slot)?;
+        Ok((
+            slot,
+            PoolInfo {
+                persistent: p.persistent,
+                shared: p.shared,
+                compress: p.compress,
+                empty: p.stats.pages == 0,
+            },
+        ))
     }
 
     /// Copies a page into the pool under (`oid`, `index`) (`TMEM_PUT_PAGE`).
@@ -164,7 +182,7 @@ impl<S: PageStore> Tmem<'_, S> {
         &mut self,
         client: ClientId,
         slot: u16,
-        p: &PoolRecord,
+        p: &PoolInfo,
         oid: Oid,
         index: u32,
         hash: u32,
@@ -399,7 +417,7 @@ impl<S: PageStore> Tmem<'_, S> {
         let hash = page_hash(self.config.hash_seed, slot, &oid.0, index);
         let Some(rec) = self.find_page(slot, &oid.0, index, hash) else {
             self.count(client.0, slot, Event::Miss);
-            return Ok(if p.stats.pages == 0 {
+            return Ok(if p.empty {
                 GetOutcome::PoolEmpty
             } else {
                 GetOutcome::Miss
