@@ -247,7 +247,7 @@ impl Maptrack<'_> {
 
     /// `GNTTABOP_unmap_grant_ref` for a batch. Each element's status is
     /// set; `flush_tlb` runs after the mappings of every 32 elements are
-    /// gone and before their frames' references are dropped.
+    /// gone (if any was) and before their frames' references are dropped.
     pub fn unmap_grant_refs<D, F>(
         &self,
         domains: &D,
@@ -270,14 +270,18 @@ impl Maptrack<'_> {
                     Err(error) => op.status = error.status().raw(),
                 }
             }
-            flush_tlb();
+            if pending.iter().any(Option::is_some) {
+                flush_tlb();
+            }
             for done in pending.into_iter().flatten() {
                 self.unmap_complete(frames, done);
             }
         }
     }
 
-    /// Unmaps one handle (a batch of one, `flush_tlb` run once).
+    /// `GNTTABOP_unmap_grant_ref` for one element: a batch of one, without
+    /// the batch's bookkeeping. `flush_tlb` runs if a mapping was removed,
+    /// before its references are dropped.
     pub fn unmap_grant_ref<D, F>(
         &self,
         domains: &D,
@@ -288,7 +292,16 @@ impl Maptrack<'_> {
         D: Domains + ?Sized,
         F: GrantFrames + ?Sized,
     {
-        self.unmap_grant_refs(domains, frames, core::slice::from_mut(op), flush_tlb);
+        match self.unmap_begin(domains, op.handle, op.host_addr, op.dev_bus_addr, false) {
+            Ok(done) => {
+                op.status = GntSt::Okay.raw();
+                if let Some(done) = done {
+                    flush_tlb();
+                    self.unmap_complete(frames, done);
+                }
+            }
+            Err(error) => op.status = error.status().raw(),
+        }
     }
 
     /// The mapping domain is dying: releases every mapping it still holds,
