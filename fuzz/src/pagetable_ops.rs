@@ -328,7 +328,7 @@ fn run_format<F: Format + Copy>(
         // x86: the two canonical halves; AArch64: the whole input space.
         let halves = match window {
             Some(_) => [(0, 1u64 << 47), (0xffff_8000_0000_0000, 1 << 47)],
-            None => [(f.index_to_input(0), space), (0, 0)],
+            None => [(f.index_to_input(0), space), (f.index_to_input(0), 0)],
         };
         for (start, len) in halves {
             pt.visit(&mem, F::Input::from_raw(start), len, |v| {

@@ -521,8 +521,8 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
             }
             let hinted = run_entries.iter().any(|e| {
                 let raw = e.load(Ordering::Acquire);
-                matches!(self.format.decode(raw, level), Descriptor::Leaf(..))
-                    && self.format.is_contiguous(raw)
+                self.format.is_contiguous(raw)
+                    && matches!(self.format.decode(raw, level), Descriptor::Leaf(..))
             });
             if !hinted {
                 continue;

@@ -204,6 +204,7 @@ impl Geometry {
     }
 
     /// Whether a block (or page, at level 0) may sit at `level`.
+    #[inline]
     pub(crate) fn block_allowed(&self, level: u8) -> bool {
         if level >= self.levels {
             return false;
@@ -234,6 +235,7 @@ impl Geometry {
     }
 
     /// The address field bits `[top:G]` of a descriptor.
+    #[inline]
     fn field(&self) -> u64 {
         let top = if self.lpa2() { 50 } else { 48 };
         ((1u64 << top) - 1) & !((1u64 << self.shift()) - 1)
@@ -264,6 +266,7 @@ impl Geometry {
     /// Bits that must be zero in a valid descriptor besides the attributes:
     /// `[49:48]` unless LPA2 makes them address bits, and `[G-1:12]` unless
     /// LPA puts OA\[51:48\] there.
+    #[inline]
     fn reserved(&self) -> u64 {
         let below_granule = ((1u64 << self.shift()) - 1) & !0xfff;
         match self.large {
@@ -332,6 +335,7 @@ impl Geometry {
     }
 
     /// The shareability of a leaf; `None` for the reserved `0b01`.
+    #[inline]
     pub(crate) fn decode_shareability(&self, raw: u64) -> Option<Shareability> {
         match self.large {
             LargeAddresses::Lpa2 { shareability } => Some(shareability),

@@ -78,6 +78,7 @@ impl Mair {
 
     /// The memory type AttrIndx `index` selects (`None`: an unused slot).
     #[must_use]
+    #[inline]
     pub fn memory_type(&self, index: u8) -> Option<MemoryType> {
         self.slots.get(usize::from(index)).copied().flatten()
     }

@@ -169,6 +169,7 @@ impl Stage1 {
         (1u64 << self.geometry.input_bits) - 1
     }
 
+    #[inline]
     fn leaf_attributes(&self, raw: u64) -> Option<Attributes> {
         let index = ((raw >> ATTR_INDEX_SHIFT) & 0b111) as u8;
         let mut attrs = Attributes::new(Access::READ);

@@ -152,6 +152,7 @@ impl Stage2 {
         }
     }
 
+    #[inline]
     fn leaf_attributes(&self, raw: u64) -> Option<Attributes> {
         let mut attrs = Attributes::new(Access::empty());
         attrs.memory_type = self.memory_type((raw >> MEMATTR_SHIFT) & 0xf)?;
