@@ -22,6 +22,21 @@ bitflags::bitflags! {
     }
 }
 
+bitflags::bitflags! {
+    /// The hardware access and dirty tracking bits of a leaf (AArch64 AF and
+    /// DBM). x86 and EPT leave accessed/dirty to the hardware and take only
+    /// [`ACCESSED`](Self::ACCESSED).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct Tracking: u8 {
+        /// The access flag (AF). Clear, the first access faults (or sets
+        /// it, with hardware AF management).
+        const ACCESSED = 1 << 0;
+        /// The dirty-bit modifier (DBM): with hardware dirty management a
+        /// write to a read-only page makes it writable instead of faulting.
+        const DIRTY_BIT_MODIFIER = 1 << 1;
+    }
+}
+
 /// The memory type (cacheability) of a mapping.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -74,14 +89,10 @@ pub struct Attributes {
     pub ignore_guest_pat: bool,
     /// AArch64 shareability; [`Shareability::Inner`] elsewhere.
     pub shareability: Shareability,
-    /// AArch64 access flag (AF). Clear, the first access faults (or sets it,
-    /// with hardware AF management). x86 and EPT leave the accessed bit to
-    /// the hardware and take only `true`.
-    pub accessed: bool,
-    /// AArch64 dirty-bit modifier (DBM): with hardware dirty management a
-    /// write to a read-only page makes it writable instead of faulting.
-    /// Only AArch64 has it.
-    pub dirty_bit_modifier: bool,
+    /// AArch64 AF and DBM; [`Tracking::ACCESSED`] elsewhere. (One byte of
+    /// flags keeps `Attributes` at seven bytes, so that a decoded entry fits
+    /// two registers.)
+    pub tracking: Tracking,
 }
 
 impl Attributes {
@@ -102,8 +113,7 @@ impl Attributes {
             protection_key: 0,
             ignore_guest_pat: false,
             shareability: Shareability::Inner,
-            accessed: true,
-            dirty_bit_modifier: false,
+            tracking: Tracking::ACCESSED,
         }
     }
 
@@ -116,10 +126,10 @@ impl Attributes {
         if self.shareability != Shareability::Inner {
             return Err(AttrError::Shareability(self.shareability));
         }
-        if !self.accessed {
+        if !self.tracking.contains(Tracking::ACCESSED) {
             return Err(AttrError::AccessFlag);
         }
-        if self.dirty_bit_modifier {
+        if self.tracking.contains(Tracking::DIRTY_BIT_MODIFIER) {
             return Err(AttrError::DirtyBitModifier);
         }
         Ok(())

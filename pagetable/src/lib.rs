@@ -88,7 +88,7 @@ mod model_tests;
 mod tests;
 
 pub use alloc::TableAllocator;
-pub use attrs::{Access, AttrError, Attributes, MemoryType, Shareability};
+pub use attrs::{Access, AttrError, Attributes, MemoryType, Shareability, Tracking};
 pub use bbm::{Break, BreakBeforeMake};
 pub use error::{MapError, ProtectError, RangeError, TableError, TranslateError, UnmapError};
 pub use flush::TlbFlush;

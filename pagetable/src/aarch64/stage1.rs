@@ -4,7 +4,7 @@ use hvmem_types::VirtAddr;
 
 use super::geometry::{AF, CONTIGUOUS, DBM, Geometry, Kind, SOFTWARE};
 use super::{ConfigError, Granule, LargeAddresses, Mair};
-use crate::attrs::{Access, AttrError, Attributes};
+use crate::attrs::{Access, AttrError, Attributes, Tracking};
 use crate::format::{Descriptor, Format};
 
 const ATTR_INDEX_SHIFT: u32 = 2;
@@ -175,8 +175,11 @@ impl Stage1 {
         let mut attrs = Attributes::new(Access::READ);
         attrs.memory_type = self.mair.memory_type(index)?;
         attrs.shareability = self.geometry.decode_shareability(raw)?;
-        attrs.accessed = raw & AF != 0;
-        attrs.dirty_bit_modifier = raw & DBM != 0;
+        attrs.tracking = Tracking::empty();
+        attrs.tracking.set(Tracking::ACCESSED, raw & AF != 0);
+        attrs
+            .tracking
+            .set(Tracking::DIRTY_BIT_MODIFIER, raw & DBM != 0);
         let mut access = Access::READ;
         access.set(Access::WRITE, raw & AP_READ_ONLY == 0);
         if self.two_ranges() {
@@ -283,10 +286,10 @@ impl Format for Stage1 {
         if !access.contains(Access::WRITE) {
             raw |= AP_READ_ONLY;
         }
-        if attrs.accessed {
+        if attrs.tracking.contains(Tracking::ACCESSED) {
             raw |= AF;
         }
-        if attrs.dirty_bit_modifier {
+        if attrs.tracking.contains(Tracking::DIRTY_BIT_MODIFIER) {
             raw |= DBM;
         }
         if self.two_ranges() {

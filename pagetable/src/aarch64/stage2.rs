@@ -4,7 +4,7 @@ use hvmem_types::GuestPhysAddr;
 
 use super::geometry::{AF, CONTIGUOUS, DBM, Geometry, Kind, SOFTWARE};
 use super::{ConfigError, Granule, LargeAddresses};
-use crate::attrs::{Access, AttrError, Attributes, MemoryType};
+use crate::attrs::{Access, AttrError, Attributes, MemoryType, Tracking};
 use crate::format::{Descriptor, Format};
 
 const MEMATTR_SHIFT: u32 = 2;
@@ -157,8 +157,11 @@ impl Stage2 {
         let mut attrs = Attributes::new(Access::empty());
         attrs.memory_type = self.memory_type((raw >> MEMATTR_SHIFT) & 0xf)?;
         attrs.shareability = self.geometry.decode_shareability(raw)?;
-        attrs.accessed = raw & AF != 0;
-        attrs.dirty_bit_modifier = raw & DBM != 0;
+        attrs.tracking = Tracking::empty();
+        attrs.tracking.set(Tracking::ACCESSED, raw & AF != 0);
+        attrs
+            .tracking
+            .set(Tracking::DIRTY_BIT_MODIFIER, raw & DBM != 0);
         let mut access = Access::empty();
         access.set(Access::READ, raw & S2AP_READ != 0);
         access.set(Access::WRITE, raw & S2AP_WRITE != 0);
@@ -275,10 +278,10 @@ impl Format for Stage2 {
         if access.contains(Access::WRITE) {
             raw |= S2AP_WRITE;
         }
-        if attrs.accessed {
+        if attrs.tracking.contains(Tracking::ACCESSED) {
             raw |= AF;
         }
-        if attrs.dirty_bit_modifier {
+        if attrs.tracking.contains(Tracking::DIRTY_BIT_MODIFIER) {
             raw |= DBM;
         }
         Ok(raw)

@@ -229,8 +229,7 @@ fn stage1_page_descriptor_bits() {
     // Global, DBM, AF clear, outer / non-shareable, device memory.
     let mut a = Attributes::DATA.with_memory_type(MemoryType::Device);
     a.global = true;
-    a.dirty_bit_modifier = true;
-    a.accessed = false;
+    a.tracking = crate::Tracking::DIRTY_BIT_MODIFIER;
     a.shareability = Shareability::Outer;
     let raw = f.encode_leaf(pa, &a, 0).unwrap();
     assert_eq!(raw & (1 << 11 | 1 << 10), 0);
@@ -288,8 +287,7 @@ fn every_expressible_stage1_leaf_round_trips() {
                         .with_memory_type(mt);
                     a.shareability = sh;
                     a.global = bits & 1 != 0;
-                    a.dirty_bit_modifier = bits & 2 != 0;
-                    a.accessed = bits & 4 != 0;
+                    a.tracking = crate::Tracking::from_bits_truncate(bits >> 1);
                     for level in [0, 1] {
                         let pa = 0x1_0000_0000;
                         if let Ok(raw) = f.encode_leaf(pa, &a, level) {
@@ -508,7 +506,7 @@ fn break_before_make_is_needed_for_address_size_type_and_hint_changes() {
     let rw = s.encode_leaf(0x1000, &Attributes::DATA, 0).unwrap();
     let r = s.encode_leaf(0x1000, &Attributes::READ_ONLY, 0).unwrap();
     let mut dbm = Attributes::DATA;
-    dbm.dirty_bit_modifier = true;
+    dbm.tracking |= crate::Tracking::DIRTY_BIT_MODIFIER;
     assert!(!s.needs_break(rw, r, 0), "S2AP");
     assert!(
         s.needs_break(rw, s.encode_leaf(0x1000, &dbm, 0).unwrap(), 0),

@@ -137,7 +137,8 @@ impl X86Paging {
                 0
             },
             ignore_guest_pat: false,
-            ..Attributes::DATA
+            shareability: crate::Shareability::Inner,
+            tracking: crate::attrs::Tracking::ACCESSED,
         }
     }
 }
