@@ -1281,6 +1281,7 @@ mod tests {
         /// frame's reference counts equal to what pins and mappings hold;
         /// teardown leaves no reference behind.
         #[test]
+        #[cfg_attr(miri, ignore = "heavy under miri; model_scenario covers run()")]
         fn tables_match_model(chunks in proptest::collection::vec(
             any::<[u8; OP_BYTES]>(),
             0..if cfg!(miri) { 12 } else { 80 },

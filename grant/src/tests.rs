@@ -389,6 +389,7 @@ fn v2_end_access_revokes_at_once_so_no_new_pin_succeeds() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "heavy under miri")]
 fn pin_counter_overflow_is_general_error() {
     with(|env, table, mt| {
         env.guest(table)
@@ -756,6 +757,7 @@ fn unmap_drops_references_only_after_the_tlb_flush() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "heavy under miri")]
 fn unmap_batch_flushes_once_per_32_and_reports_each_status() {
     with(|env, table, mt| {
         env.guest(table)
