@@ -24,7 +24,9 @@ use crate::sync::{AtomicU16, AtomicU32};
 /// business (a direct map of guest memory, a test arena); the contract is
 /// only that a slice stays valid for as long as it is borrowed. A slice
 /// shorter than a frame is allowed; entries beyond it are out of range.
-pub trait GrantMemory {
+/// It is `Sync` because every CPU of every domain reaches the table through
+/// it at once.
+pub trait GrantMemory: Sync {
     /// Shared frame `index` as [`WORDS_PER_FRAME`] words, or `None` if the
     /// embedder has no such frame (the table cannot grow to it).
     fn shared_frame(&self, index: u32) -> Option<&[AtomicU32]>;

@@ -1134,3 +1134,15 @@ fn guest_refuses_to_grant_over_a_live_entry_and_checks_v1_frame_width() {
         );
     });
 }
+
+#[test]
+fn tables_and_maptracks_can_be_shared_between_cpus() {
+    fn shared<T: Sync + Send>() {}
+    shared::<GrantTable<'static>>();
+    shared::<Maptrack<'static>>();
+    shared::<ActiveEntry>();
+    shared::<MaptrackEntry>();
+    shared::<SliceMemory<'static>>();
+    shared::<GuestGrantTable<'static>>();
+    shared::<ModelFrames>();
+}
