@@ -294,8 +294,12 @@ impl Geometry {
         if level > 0 && raw & TABLE_OR_PAGE != 0 {
             return Kind::Table(pa);
         }
+        if !self.block_allowed(level) {
+            return Kind::Malformed;
+        }
+        // `level` is below `levels` here, so the shift is at most 48.
         let size = 1u64 << (self.shift() + (self.shift() - 3) * u32::from(level));
-        if !self.block_allowed(level) || pa & (size - 1) != 0 {
+        if pa & (size - 1) != 0 {
             return Kind::Malformed;
         }
         Kind::Leaf(pa)

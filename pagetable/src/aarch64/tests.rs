@@ -415,6 +415,14 @@ fn reserved_encodings_decode_as_malformed_or_invalid() {
         Descriptor::Malformed,
         "no 64 GiB block without LPA2"
     );
+    for level in 3..=u8::MAX {
+        let f = s2(Granule::Size64KiB, 48);
+        assert_ne!(f.decode(0b01, level), Descriptor::Invalid, "level {level}");
+        assert!(
+            !matches!(f.decode(0b01, level), Descriptor::Leaf(..)),
+            "level {level}"
+        );
+    }
     let s2 = s2(Granule::Size4KiB, 40);
     let raw = s2.encode_leaf(0, &Attributes::DATA, 0).unwrap();
     assert_eq!(
