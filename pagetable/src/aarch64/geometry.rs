@@ -119,6 +119,11 @@ pub(crate) struct Geometry {
     pub(crate) levels: u8,
     /// Input bits the root resolves (more than a table's with concatenation).
     pub(crate) root_bits: u8,
+    /// Precomputed for the decoder: the address field, the bits that must be
+    /// zero, and the levels that may hold leaves (bit n = level n).
+    field: u64,
+    reserved: u64,
+    blocks: u8,
 }
 
 const PS_SIZES: [u8; 7] = [32, 36, 40, 42, 44, 48, 52];
@@ -160,14 +165,23 @@ impl Geometry {
         if root_bits == 0 || root_bits > bits + if concatenate { 4 } else { 0 } {
             return Err(ConfigError::InputBits(input_bits));
         }
-        Ok(Self {
+        let mut geometry = Self {
             granule,
             input_bits,
             output_bits: if wide { 52 } else { 48 },
             large,
             levels: levels as u8,
             root_bits: root_bits as u8,
-        })
+            field: 0,
+            reserved: 0,
+            blocks: 0,
+        };
+        geometry.field = geometry.compute_field();
+        geometry.reserved = geometry.compute_reserved();
+        geometry.blocks = (0..geometry.levels)
+            .filter(|&l| geometry.compute_block_allowed(l))
+            .fold(0, |m, l| m | 1 << l);
+        Ok(geometry)
     }
 
     pub(crate) fn with_output_bits(mut self, bits: u8) -> Result<Self, ConfigError> {
@@ -206,6 +220,10 @@ impl Geometry {
     /// Whether a block (or page, at level 0) may sit at `level`.
     #[inline]
     pub(crate) fn block_allowed(&self, level: u8) -> bool {
+        level < 8 && self.blocks & (1 << level) != 0
+    }
+
+    fn compute_block_allowed(&self, level: u8) -> bool {
         if level >= self.levels {
             return false;
         }
@@ -237,6 +255,10 @@ impl Geometry {
     /// The address field bits `[top:G]` of a descriptor.
     #[inline]
     fn field(&self) -> u64 {
+        self.field
+    }
+
+    fn compute_field(&self) -> u64 {
         let top = if self.lpa2() { 50 } else { 48 };
         ((1u64 << top) - 1) & !((1u64 << self.shift()) - 1)
     }
@@ -268,6 +290,10 @@ impl Geometry {
     /// LPA puts OA\[51:48\] there.
     #[inline]
     fn reserved(&self) -> u64 {
+        self.reserved
+    }
+
+    fn compute_reserved(&self) -> u64 {
         let below_granule = ((1u64 << self.shift()) - 1) & !0xfff;
         match self.large {
             LargeAddresses::None => 0b11 << 48 | below_granule,
