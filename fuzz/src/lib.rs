@@ -19,6 +19,7 @@ pub mod balloon;
 pub mod buddy;
 mod bytes;
 pub mod frametable;
+pub mod grant;
 pub mod host;
 pub mod pagetable_ops;
 pub mod pagetable_walk;

@@ -12,6 +12,7 @@ const TARGETS: &[(&str, Target)] = &[
     ("balloon", hvmem_fuzz::balloon::run),
     ("buddy", hvmem_fuzz::buddy::run),
     ("frametable", hvmem_fuzz::frametable::run),
+    ("grant", hvmem_fuzz::grant::run),
     ("host", hvmem_fuzz::host::run),
     ("pagetable_ops", hvmem_fuzz::pagetable_ops::run),
     ("pagetable_walk", hvmem_fuzz::pagetable_walk::run),
