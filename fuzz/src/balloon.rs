@@ -476,6 +476,15 @@ fn free_run(guest: &Free, order: u32, from: u64) -> Option<FreeBlock> {
         })
 }
 
+/// Whether any page of `span` is in one of `sets` or one of `blocks`.
+fn overlaps(span: &std::ops::Range<u64>, sets: &[&BTreeSet<u64>], blocks: &[FreeBlock]) -> bool {
+    sets.iter()
+        .any(|set| set.range(span.clone()).next().is_some())
+        || blocks
+            .iter()
+            .any(|b| b.gfn.get() < span.end && span.start < b.gfn.get() + b.pages())
+}
+
 fn garbage_block(input: &mut Bytes<'_>, guest_pages: u64) -> FreeBlock {
     FreeBlock {
         gfn: Gfn::new(u64::from(input.u16()) % (guest_pages + 64)),
@@ -567,11 +576,8 @@ fn free_blocks(input: &mut Bytes<'_>) {
                 // only blocks that are free or garbage are offered.
                 let block = garbage_block(input, guest_pages);
                 let span = block.gfn.get()..block.gfn.get().saturating_add(block.pages());
-                let held = used.range(span.clone()).next().is_some()
-                    || isolated
-                        .iter()
-                        .any(|b| b.gfn.get() < span.end && span.start < b.gfn.get() + b.pages());
-                if held {
+                // Hinted pages stay eligible: the hinter must refuse them.
+                if overlaps(&span, &[&used], &isolated) {
                     continue;
                 }
                 match hinter.hint(block, &drv) {
@@ -615,12 +621,7 @@ fn free_blocks(input: &mut Bytes<'_>) {
                     // uses, hints or has isolated.
                     let block = garbage_block(input, guest_pages);
                     let span = block.gfn.get()..block.gfn.get().saturating_add(block.pages());
-                    let held = used.range(span.clone()).next().is_some()
-                        || hinted.range(span.clone()).next().is_some()
-                        || isolated.iter().any(|b| {
-                            b.gfn.get() < span.end && span.start < b.gfn.get() + b.pages()
-                        });
-                    if !held {
+                    if !overlaps(&span, &[&used, &hinted], &isolated) {
                         offer.push(block);
                     }
                 }
