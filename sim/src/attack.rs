@@ -236,6 +236,50 @@ impl<'s> World<'s> {
         }
     }
 
+    /// A hostile `struct tmem_op`: any command (mostly the page commands),
+    /// pool ids of its own, of nobody's, negative and junk (a client names
+    /// only its own pools, so the victims' pool ids name its own slots),
+    /// any flags and UUID for a new pool, any object id and index, and a
+    /// frame from anywhere.
+    fn tmem_op(&self, src: &mut dyn Source) -> hvmem_tmem_pool::abi::TmemOp {
+        let cmd = match src.byte().unwrap_or(0) % 16 {
+            0..=2 => hvmem_tmem_pool::abi::TMEM_NEW_POOL,
+            3 => hvmem_tmem_pool::abi::TMEM_DESTROY_POOL,
+            4..=7 => hvmem_tmem_pool::abi::TMEM_PUT_PAGE,
+            8..=10 => hvmem_tmem_pool::abi::TMEM_GET_PAGE,
+            11 => hvmem_tmem_pool::abi::TMEM_FLUSH_PAGE,
+            12 => hvmem_tmem_pool::abi::TMEM_FLUSH_OBJECT,
+            _ => u32::from(src.byte().unwrap_or(0)),
+        };
+        let pool_id = match src.byte().unwrap_or(0) % 8 {
+            0..=5 => i32::from(src.byte().unwrap_or(0) % 4),
+            6 => -1,
+            _ => src.word() as i32,
+        };
+        let flags = match src.byte().unwrap_or(0) % 4 {
+            0 => hvmem_tmem_pool::abi::PRIVATE_EPHEMERAL,
+            1 => hvmem_tmem_pool::abi::PRIVATE_PERSISTENT,
+            2 => hvmem_tmem_pool::abi::SHARED_EPHEMERAL,
+            _ => src.word() as u32,
+        };
+        let oid = [u64::from(src.byte().unwrap_or(0) % 4), 0, 0];
+        let words = if cmd == hvmem_tmem_pool::abi::TMEM_NEW_POOL {
+            [src.word(), src.word(), u64::from(flags)]
+        } else {
+            oid
+        };
+        hvmem_tmem_pool::abi::TmemOp {
+            cmd,
+            pool_id,
+            words,
+            index: u32::from(src.byte().unwrap_or(0) % 8),
+            tmem_offset: 0,
+            pfn_offset: 0,
+            len: 0,
+            cmfn: self.frame(src),
+        }
+    }
+
     fn domid(src: &mut dyn Source) -> DomId {
         match src.byte().unwrap_or(0) % 8 {
             0..=2 => DomId::SELF,
@@ -404,12 +448,8 @@ impl<'s> World<'s> {
                 ("grant_table_op", out.rc)
             }
             14 => {
-                let out = self.host.hypercall(
-                    ATTACKER,
-                    Hypercall::TmemOp {
-                        cmd: u32::from(src.byte().unwrap_or(0)),
-                    },
-                );
+                let op = self.tmem_op(src);
+                let out = self.host.hypercall(ATTACKER, Hypercall::TmemOp { op });
                 ("tmem_op", out.rc)
             }
             _ => {

@@ -32,6 +32,11 @@ use crate::host::Host;
 use crate::hypercall::{Hypercall, MemoryArg, MmuextOp, Reservation};
 use crate::invariants::Violation;
 use crate::rng::{Rng, mix};
+use hvmem_tmem_pool::abi::{
+    PRIVATE_EPHEMERAL, PRIVATE_PERSISTENT, TMEM_FLUSH_PAGE, TMEM_GET_PAGE, TMEM_PUT_PAGE, TmemOp,
+};
+use hvmem_tmem_pool::guest_keys::frontswap_key;
+use hvmem_tmem_pool::{Oid, Uuid};
 
 /// Balloon batches (of 512 pages) a driver may move in one second.
 pub const BATCHES_PER_SEC: u32 = 16;
@@ -72,8 +77,19 @@ struct Process {
 pub struct GuestStats {
     /// Working-set accesses.
     pub accesses: u64,
-    /// Accesses to non-resident pages (page faults served from swap).
+    /// Accesses to non-resident pages (major page faults).
     pub misses: u64,
+    /// Pages read from the disk (swap-ins and page-cache refaults tmem did
+    /// not serve).
+    pub disk_reads: u64,
+    /// Anonymous pages written to the swap disk.
+    pub swap_disk_writes: u64,
+    /// Anonymous pages swapped out to frontswap instead of the disk.
+    pub swap_avoided: u64,
+    /// tmem gets (frontswap loads and cleancache gets).
+    pub tmem_gets: u64,
+    /// tmem gets that found the page.
+    pub tmem_hits: u64,
     /// Pages the balloon populated.
     pub ballooned_in: u64,
     /// Pages the balloon gave back.
@@ -134,6 +150,26 @@ impl Workload {
     }
 }
 
+/// No data slot: the working-set page is not resident.
+const NOT_RESIDENT: u32 = u32::MAX;
+
+/// Where a non-resident page's data is, besides the disk.
+const ON_DISK: u8 = 0;
+/// In the guest's cleancache pool (the host may have evicted it).
+const IN_CLEANCACHE: u8 = 1;
+/// In the guest's frontswap pool (the host must keep it).
+const IN_FRONTSWAP: u8 = 2;
+
+/// Pages per file of the guest's page cache (one cleancache object each).
+const FILE_PAGES: u64 = 1024;
+
+/// The guest's tmem pools.
+#[derive(Clone, Copy, Debug)]
+struct Pools {
+    cleancache: i32,
+    frontswap: i32,
+}
+
 /// An honest guest.
 #[derive(Debug)]
 pub struct Guest {
@@ -141,7 +177,19 @@ pub struct Guest {
     max_pages: u64,
     driver: BalloonDriver<Vec<u64>>,
     kernel: Kernel,
-    data: Vec<(Gfn, u64)>,
+    /// Resident working-set pages: frame, data, working-set index.
+    data: Vec<(Gfn, u64, u32)>,
+    /// Per working-set page: its slot in `data`, or `NOT_RESIDENT`.
+    slot: Vec<u32>,
+    /// Per working-set page: its data while not resident (0: never
+    /// written, a zero-fill page).
+    saved: Vec<u64>,
+    /// Per working-set page: where its data is besides the disk.
+    stash: Vec<u8>,
+    /// Working-set pages to fault in when memory is free.
+    pending: Vec<u32>,
+    pools: Option<Pools>,
+    frontswap_pages: u64,
     processes: Vec<Process>,
     ws: u64,
     phase_ends: u64,
@@ -181,6 +229,12 @@ impl Guest {
                 reserve,
             },
             data: Vec::new(),
+            slot: vec![NOT_RESIDENT; usize::try_from(max_pages).unwrap_or(0)],
+            saved: vec![0; usize::try_from(max_pages).unwrap_or(0)],
+            stash: vec![ON_DISK; usize::try_from(max_pages).unwrap_or(0)],
+            pending: Vec::new(),
+            pools: None,
+            frontswap_pages: 0,
             processes: Vec::new(),
             ws: 0,
             phase_ends: 0,
@@ -278,8 +332,9 @@ impl Guest {
     /// A [`Violation`] when the host refuses something an honest guest is
     /// entitled to (its own memory, its own page tables).
     pub fn step(&mut self, host: &mut Host<'_>, now: u64) -> Result<(), Violation> {
+        let old_ws = self.ws;
         self.phase(now);
-        self.fit_working_set(host)?;
+        self.fit_working_set(host, old_ws)?;
         self.access(host)?;
         self.churn(host)?;
         self.balloon(host, now)
@@ -297,25 +352,232 @@ impl Guest {
         self.phase_ends = now + len.max(1);
     }
 
-    /// Faults pages in while the working set is larger than what is
-    /// resident and free pages exist; frees pages the working set left.
-    fn fit_working_set(&mut self, host: &mut Host<'_>) -> Result<(), Violation> {
-        while self.data.len() as u64 > self.ws {
-            if let Some((gfn, _)) = self.data.pop() {
-                self.kernel.free.push(gfn);
+    /// The working set changed: pages that left it are dropped (their
+    /// frames go back to the kernel, their tmem copies are flushed); pages
+    /// that joined it are faulted in while the kernel has free pages.
+    fn fit_working_set(&mut self, host: &mut Host<'_>, old_ws: u64) -> Result<(), Violation> {
+        if self.ws < old_ws {
+            for idx in self.ws..old_ws {
+                self.forget(host, idx as u32)?;
             }
+            let ws = self.ws;
+            self.pending.retain(|&i| u64::from(i) < ws);
+        } else {
+            self.pending
+                .extend((old_ws..self.ws).rev().map(|i| i as u32));
         }
         let mut budget = self.workload.fault_in_per_sec;
-        while (self.data.len() as u64) < self.ws && budget > 0 {
-            if self.kernel.free.len() <= self.kernel.reserve {
-                break;
-            }
-            let Some(gfn) = self.kernel.free.pop() else {
+        while budget > 0 && self.kernel.free.len() > self.kernel.reserve {
+            let Some(idx) = self.pending.pop() else {
                 break;
             };
-            let fp = self.store(host, gfn)?;
-            self.data.push((gfn, fp));
+            if u64::from(idx) >= self.ws || self.is_resident(idx) {
+                continue;
+            }
+            self.fault_in(host, idx)?;
             budget -= 1;
+        }
+        Ok(())
+    }
+
+    fn is_resident(&self, idx: u32) -> bool {
+        self.slot
+            .get(idx as usize)
+            .is_some_and(|&s| s != NOT_RESIDENT)
+    }
+
+    /// Working-set page `idx` is a page-cache page (clean file data, for
+    /// cleancache) when even, an anonymous page (for swap) when odd.
+    fn is_file(idx: u32) -> bool {
+        idx % 2 == 0
+    }
+
+    fn cleancache_key(idx: u32) -> (Oid, u32) {
+        let file = u64::from(idx) / FILE_PAGES;
+        (Oid([file + 1, 0, 0]), (u64::from(idx) % FILE_PAGES) as u32)
+    }
+
+    fn frontswap_key(idx: u32) -> (Oid, u32) {
+        // Offsets below 2^36 always fit; the fallback is never taken.
+        frontswap_key(0, u64::from(idx)).unwrap_or((Oid([0, 0, 0]), idx))
+    }
+
+    /// Issues one `tmem_op` page command for working-set page `idx`.
+    fn tmem_page_op(&mut self, host: &mut Host<'_>, cmd: u32, idx: u32, mfn: u64) -> i64 {
+        let Some(pools) = self.pools else {
+            return -crate::abi::ENOSYS;
+        };
+        let (pool, (oid, index)) = if Self::is_file(idx) {
+            (pools.cleancache, Self::cleancache_key(idx))
+        } else {
+            (pools.frontswap, Self::frontswap_key(idx))
+        };
+        self.stats.hypercalls += 1;
+        host.hypercall(
+            self.id,
+            Hypercall::TmemOp {
+                op: TmemOp::page(cmd, pool, oid, index, mfn),
+            },
+        )
+        .rc
+    }
+
+    /// Page `idx` leaves the working set.
+    fn forget(&mut self, host: &mut Host<'_>, idx: u32) -> Result<(), Violation> {
+        let i = idx as usize;
+        if self.is_resident(idx) {
+            let gfn = self.unmap_slot(idx);
+            self.kernel.free.push(gfn);
+        }
+        match self.stash.get(i).copied() {
+            Some(IN_FRONTSWAP) => {
+                // swap slot freed: frontswap_invalidate_page.
+                if self.tmem_page_op(host, TMEM_FLUSH_PAGE, idx, 0) != 1 {
+                    return Err(Violation::TmemData {
+                        domid: self.id,
+                        page: u64::from(idx),
+                    });
+                }
+                self.frontswap_pages = self.frontswap_pages.saturating_sub(1);
+            }
+            Some(IN_CLEANCACHE) => {
+                // file truncated: cleancache_invalidate_page.
+                let _ = self.tmem_page_op(host, TMEM_FLUSH_PAGE, idx, 0);
+            }
+            _ => {}
+        }
+        if let Some(x) = self.stash.get_mut(i) {
+            *x = ON_DISK;
+        }
+        if let Some(x) = self.saved.get_mut(i) {
+            *x = 0;
+        }
+        Ok(())
+    }
+
+    /// Takes resident page `idx` out of `data`; returns its frame.
+    fn unmap_slot(&mut self, idx: u32) -> Gfn {
+        let Some(s) = self.slot.get_mut(idx as usize) else {
+            return Gfn::new(u64::MAX);
+        };
+        let k = core::mem::replace(s, NOT_RESIDENT) as usize;
+        if k >= self.data.len() {
+            return Gfn::new(u64::MAX);
+        }
+        let (gfn, _, _) = self.data.swap_remove(k);
+        if let Some(&(_, _, moved)) = self.data.get(k)
+            && let Some(s) = self.slot.get_mut(moved as usize)
+        {
+            *s = k as u32;
+        }
+        gfn
+    }
+
+    /// Makes working-set page `idx` resident: in a free kernel page, or in
+    /// the frame of a resident page it evicts (swapped out to frontswap or
+    /// disk, or, for a clean file page, put in cleancache and dropped). Its
+    /// data comes back from frontswap, cleancache or the disk, each checked
+    /// against what the guest wrote. Returns `false` when the guest has no
+    /// frame to use at all.
+    fn fault_in(&mut self, host: &mut Host<'_>, idx: u32) -> Result<bool, Violation> {
+        let gfn = if self.kernel.free.len() > self.kernel.reserve {
+            match self.kernel.free.pop() {
+                Some(g) => g,
+                None => return Ok(false),
+            }
+        } else {
+            if self.data.is_empty() {
+                return Ok(false);
+            }
+            let k = self.rng.below(self.data.len() as u64) as usize;
+            let Some(&(gfn, fp, victim)) = self.data.get(k) else {
+                return Ok(false);
+            };
+            self.evict(host, gfn, fp, victim)?;
+            self.unmap_slot(victim);
+            gfn
+        };
+        let mfn = Self::mfn(host, self.id, gfn)?;
+        let i = idx as usize;
+        let saved = self.saved.get(i).copied().unwrap_or(0);
+        let stash = self.stash.get(i).copied().unwrap_or(ON_DISK);
+        let bad = Violation::TmemData {
+            domid: self.id,
+            page: u64::from(idx),
+        };
+        let fp = if stash == IN_FRONTSWAP {
+            // frontswap_load: a persistent page must be there, intact.
+            self.stats.tmem_gets += 1;
+            if self.tmem_page_op(host, TMEM_GET_PAGE, idx, mfn.get()) != 1
+                || host.memory().fingerprint(mfn) != Some(saved)
+            {
+                return Err(bad);
+            }
+            self.stats.tmem_hits += 1;
+            // The swap slot is freed: frontswap_invalidate_page.
+            if self.tmem_page_op(host, TMEM_FLUSH_PAGE, idx, 0) != 1 {
+                return Err(bad);
+            }
+            self.frontswap_pages = self.frontswap_pages.saturating_sub(1);
+            saved
+        } else if stash == IN_CLEANCACHE && {
+            self.stats.tmem_gets += 1;
+            self.tmem_page_op(host, TMEM_GET_PAGE, idx, mfn.get()) == 1
+        } {
+            // cleancache_get: an ephemeral page is the last put or nothing.
+            if host.memory().fingerprint(mfn) != Some(saved) {
+                return Err(bad);
+            }
+            self.stats.tmem_hits += 1;
+            saved
+        } else if saved != 0 {
+            // From the disk (swap device or file).
+            self.stats.disk_reads += 1;
+            host.guest_store(self.id, mfn, saved)
+                .map_err(|_| Violation::GuestData { mfn })?;
+            saved
+        } else {
+            // A page never written: zero-filled, then written.
+            self.store(host, gfn)?
+        };
+        if let Some(x) = self.stash.get_mut(i) {
+            *x = ON_DISK;
+        }
+        if let Some(x) = self.slot.get_mut(i) {
+            *x = self.data.len() as u32;
+        }
+        self.data.push((gfn, fp, idx));
+        Ok(true)
+    }
+
+    /// Resident page `idx` (data `fp` in `gfn`) is evicted.
+    fn evict(&mut self, host: &mut Host<'_>, gfn: Gfn, fp: u64, idx: u32) -> Result<(), Violation> {
+        let i = idx as usize;
+        let mut stash = ON_DISK;
+        if self.pools.is_some() {
+            let mfn = Self::mfn(host, self.id, gfn)?;
+            let rc = self.tmem_page_op(host, TMEM_PUT_PAGE, idx, mfn.get());
+            if rc == 1 {
+                stash = if Self::is_file(idx) {
+                    IN_CLEANCACHE
+                } else {
+                    self.frontswap_pages += 1;
+                    IN_FRONTSWAP
+                };
+            }
+        }
+        if !Self::is_file(idx) {
+            if stash == IN_FRONTSWAP {
+                self.stats.swap_avoided += 1;
+            } else {
+                self.stats.swap_disk_writes += 1;
+            }
+        }
+        if let Some(x) = self.stash.get_mut(i) {
+            *x = stash;
+        }
+        if let Some(x) = self.saved.get_mut(i) {
+            *x = fp;
         }
         Ok(())
     }
@@ -325,21 +587,104 @@ impl Guest {
             return Ok(());
         }
         for _ in 0..self.workload.accesses_per_sec {
-            let page = self.rng.below(self.ws);
+            let idx = self.rng.below(self.ws) as u32;
             self.stats.accesses += 1;
-            let Some(&(gfn, _)) = self.data.get(usize::try_from(page).unwrap_or(usize::MAX)) else {
+            if !self.is_resident(idx) {
                 self.stats.misses += 1;
-                continue;
-            };
+                if !self.fault_in(host, idx)? {
+                    continue;
+                }
+            }
             // One access in eight writes the page.
             if self.rng.chance(125) {
+                let k = self.slot.get(idx as usize).copied().unwrap_or(NOT_RESIDENT) as usize;
+                let Some(&(gfn, _, _)) = self.data.get(k) else {
+                    continue;
+                };
                 let fp = self.store(host, gfn)?;
-                if let Some(slot) = self.data.get_mut(page as usize) {
+                if let Some(slot) = self.data.get_mut(k) {
                     slot.1 = fp;
                 }
             }
         }
         Ok(())
+    }
+
+    /// Turns on cleancache and frontswap: creates a private ephemeral and a
+    /// private persistent pool with `tmem_op` `NEW_POOL`.
+    ///
+    /// # Errors
+    ///
+    /// [`Violation::TmemFrames`] if the host refuses the pools.
+    pub fn enable_tmem(&mut self, host: &mut Host<'_>) -> Result<(), Violation> {
+        let mut new_pool = |flags| {
+            host.hypercall(
+                self.id,
+                Hypercall::TmemOp {
+                    op: TmemOp::new_pool(Uuid::NONE, flags),
+                },
+            )
+            .rc
+        };
+        let cleancache = new_pool(PRIVATE_EPHEMERAL);
+        let frontswap = new_pool(PRIVATE_PERSISTENT);
+        self.stats.hypercalls += 2;
+        match (i32::try_from(cleancache), i32::try_from(frontswap)) {
+            (Ok(c), Ok(f)) if c >= 0 && f >= 0 => {
+                self.pools = Some(Pools {
+                    cleancache: c,
+                    frontswap: f,
+                });
+                Ok(())
+            }
+            _ => Err(Violation::TmemFrames {
+                lent: 0,
+                held: 0,
+                pages: 0,
+            }),
+        }
+    }
+
+    /// Pages the guest has in frontswap.
+    #[must_use]
+    pub fn frontswap_pages(&self) -> u64 {
+        self.frontswap_pages
+    }
+
+    /// Checks that every page the guest has in frontswap is in tmem,
+    /// holding what the guest swapped out (persistent tmem data intact).
+    ///
+    /// # Errors
+    ///
+    /// [`Violation::TmemData`] naming the first page lost or changed.
+    pub fn check_tmem(&self, host: &mut Host<'_>) -> Result<u64, Violation> {
+        let Some(pools) = self.pools else {
+            return Ok(0);
+        };
+        let pool = u32::try_from(pools.frontswap).unwrap_or(u32::MAX);
+        let mut checked = 0;
+        for (idx, &stash) in self.stash.iter().enumerate() {
+            if stash != IN_FRONTSWAP {
+                continue;
+            }
+            let idx = idx as u32;
+            let (oid, index) = Self::frontswap_key(idx);
+            let want = crate::tmem::page_of(self.saved.get(idx as usize).copied().unwrap_or(0));
+            if host.tmem_peek_persistent(self.id, pool, oid, index) != Some(want) {
+                return Err(Violation::TmemData {
+                    domid: self.id,
+                    page: u64::from(idx),
+                });
+            }
+            checked += 1;
+        }
+        if checked != self.frontswap_pages {
+            return Err(Violation::TmemData {
+                domid: self.id,
+                page: u64::MAX,
+            });
+        }
+        Ok(checked)
     }
 
     fn churn(&mut self, host: &mut Host<'_>) -> Result<(), Violation> {
@@ -583,7 +928,7 @@ impl Guest {
                 k
             };
             let (gfn, fp) = match self.data.get(i) {
-                Some(&x) => x,
+                Some(&(g, f, _)) => (g, f),
                 None => {
                     let mut rest = i - self.data.len();
                     let mut found = None;

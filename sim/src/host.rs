@@ -44,6 +44,7 @@ use hvmem_pagetable::pv::PvConfig;
 use hvmem_types::{DomId, FrameRange, Gfn, Mfn, PageOrder};
 
 use crate::memory::FrameMemory;
+use crate::tmem::{TMEM_BOOKS, TmemStore, tmem_layout};
 
 /// Domains the host can hold (guests and the attacker; the control domain
 /// has no memory books).
@@ -64,6 +65,10 @@ const NO_OWNER: u16 = u16::MAX;
 
 /// The record of a host-owned frame.
 const HOST_OWNER: u16 = DomId::XEN.get();
+
+/// The record of a host-owned frame lent to tmem (the frame table says
+/// `Owner::Host`; the host's record tells the two apart).
+pub(crate) const TMEM_OWNER: u16 = 0xfffe;
 
 /// Sizes of a host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,6 +120,7 @@ pub struct HostStorage {
     frames: Vec<FrameInfo>,
     heap: Vec<u64>,
     freed: FreedFrames,
+    tmem_tables: hvmem_tmem_pool::OwnedMemory,
 }
 
 impl HostStorage {
@@ -127,6 +133,7 @@ impl HostStorage {
             frames: (0..n).map(|_| FrameInfo::new()).collect(),
             heap: vec![0; metadata_words(config.frames)],
             freed: FreedFrames::default(),
+            tmem_tables: hvmem_tmem_pool::OwnedMemory::new(&tmem_layout(config.frames)),
         }
     }
 }
@@ -248,6 +255,10 @@ pub struct Host<'s> {
     reserved: Vec<bool>,
     pub(crate) domains: Vec<Domain>,
     pub(crate) host_frames: u64,
+    /// tmem over the host's idle memory (frames lent from the heap).
+    pub(crate) tmem: hvmem_tmem_pool::Tmem<'s, TmemStore>,
+    /// Frames lent to tmem (host-owned, charged to [`TMEM_BOOKS`]).
+    pub(crate) tmem_frames: u64,
     pub(crate) pv: PvConfig,
     first: u64,
     frames: u64,
@@ -276,6 +287,7 @@ impl<'s> Host<'s> {
             frames,
             heap,
             freed,
+            tmem_tables,
         } = storage;
         let config = *config;
         if config.frames <= config.xen_heap_frames || config.frames < 64 {
@@ -292,17 +304,32 @@ impl<'s> Host<'s> {
             .add_zone(range, heap, Contents::Clean)
             .map_err(|_| BootError::Layout)?;
         let n = usize::try_from(config.frames).map_err(|_| BootError::Layout)?;
+        let tmem_config = hvmem_tmem_pool::TmemConfig::default();
+        let tmem = hvmem_tmem_pool::Tmem::new(
+            tmem_config,
+            TmemStore::new(Mfn::new(FIRST_MFN), n),
+            tmem_tables.borrow(),
+        )
+        .map_err(|_| BootError::Layout)?;
+        let mut books = HostMemory::new(config.frames - config.xen_heap_frames);
+        // balloon-proto's books have no host reservation: tmem's frames are
+        // charged to an accounting entry that no domain uses.
+        books
+            .create_domain(TMEM_BOOKS, config.frames)
+            .map_err(|_| BootError::Layout)?;
         let mut host = Self {
             table,
             heap: buddy,
             freed,
             mem: FrameMemory::new(Mfn::new(FIRST_MFN), n),
-            books: HostMemory::new(config.frames - config.xen_heap_frames),
+            books,
             owner: vec![NO_OWNER; n],
             m2p: vec![INVALID; n],
             reserved: vec![false; n],
             domains: Vec::new(),
             host_frames: 0,
+            tmem,
+            tmem_frames: 0,
             pv: PvConfig::new(MAX_PHYS_BITS).ok_or(BootError::Layout)?,
             first: FIRST_MFN,
             frames: config.frames,
@@ -333,10 +360,16 @@ impl<'s> Host<'s> {
         self.heap.free_frames()
     }
 
-    /// Frames the hypervisor holds.
+    /// Frames the hypervisor holds for itself (its heap; not tmem's).
     #[must_use]
     pub fn host_frames(&self) -> u64 {
         self.host_frames
+    }
+
+    /// Frames lent to tmem (host-owned, holding guests' tmem pages).
+    #[must_use]
+    pub fn tmem_frames(&self) -> u64 {
+        self.tmem_frames
     }
 
     /// Frames available to guests (all but the hypervisor's).
@@ -406,7 +439,7 @@ impl<'s> Host<'s> {
         let o = *self.owner.get(self.index(mfn)?)?;
         match o {
             NO_OWNER => None,
-            HOST_OWNER => Some(Owner::Host),
+            HOST_OWNER | TMEM_OWNER => Some(Owner::Host),
             d => Some(Owner::Domain(DomId::new(d))),
         }
     }
@@ -418,7 +451,15 @@ impl<'s> Host<'s> {
         (g != INVALID).then_some(Gfn::new(g))
     }
 
-    fn set_record(&mut self, mfn: Mfn, owner: u16, gfn: u64) {
+    /// Whether `mfn` is a frame lent to tmem.
+    #[must_use]
+    pub fn is_tmem_frame(&self, mfn: Mfn) -> bool {
+        self.index(mfn)
+            .and_then(|i| self.owner.get(i))
+            .is_some_and(|&o| o == TMEM_OWNER)
+    }
+
+    pub(crate) fn set_record(&mut self, mfn: Mfn, owner: u16, gfn: u64) {
         if let Some(i) = self.index(mfn) {
             if let Some(o) = self.owner.get_mut(i) {
                 *o = owner;
@@ -479,6 +520,7 @@ impl<'s> Host<'s> {
         }
         // The claim is used up; cancel what is left of it.
         let _ = self.books.claim_pages(id, 0);
+        self.tmem_create_client(id, max_pages);
         Ok(())
     }
 
@@ -500,6 +542,7 @@ impl<'s> Host<'s> {
     /// then stays (dying) until they are freed. Nothing outside a domain can
     /// reference its frames in this host yet (no grants), so this is a bug.
     pub fn destroy_domain(&mut self, id: DomId) -> Result<(), u64> {
+        self.tmem_destroy_client(id);
         {
             let v = self.validator();
             let mut cursor = hvmem_frametable::RelinquishCursor::new();
@@ -539,6 +582,10 @@ impl<'s> Host<'s> {
             if end > self.domains.get(d)?.physmap_frames() || !gfn.is_aligned(order) {
                 return None;
             }
+        }
+        if self.heap.free_frames() < n || self.books.unclaimed_free_pages() < n {
+            // Xen takes ephemeral tmem pages back when the heap runs short.
+            self.tmem_reclaim(n);
         }
         let Self { heap, mem, .. } = self;
         let mfn = heap
@@ -640,6 +687,7 @@ impl<'s> Host<'s> {
     pub(crate) fn reap(&mut self) {
         for mfn in self.freed.take() {
             let owner = self.recorded_owner(mfn);
+            let lent = self.is_tmem_frame(mfn);
             self.remove_from_physmap(mfn);
             self.set_record(mfn, NO_OWNER, INVALID);
             match owner {
@@ -648,6 +696,10 @@ impl<'s> Host<'s> {
                     if let Some(d) = self.domain_index(dom).and_then(|d| self.domains.get_mut(d)) {
                         d.owned = d.owned.saturating_sub(1);
                     }
+                }
+                Some(Owner::Host) if lent => {
+                    self.tmem_frames = self.tmem_frames.saturating_sub(1);
+                    let _ = self.books.decrease_reservation(TMEM_BOOKS, 1, 0);
                 }
                 Some(Owner::Host) => self.host_frames = self.host_frames.saturating_sub(1),
                 None => {}

@@ -8,7 +8,7 @@
 //! | `memory_op` | 12 | `increase_reservation` (0), `decrease_reservation` (1), `current_reservation` (3), `maximum_reservation` (4), `populate_physmap` (6), `claim_pages` (24) | extents done (0..=3 and 6), pages (3, 4), 0 or `-errno` (24) |
 //! | `grant_table_op` | 20 | none yet | `-ENOSYS`: not offered until hvmem-grant is wired in |
 //! | `mmuext_op` | 26 | `MMUEXT_PIN_L1_TABLE`..`MMUEXT_PIN_L4_TABLE` (0-3), `MMUEXT_UNPIN_TABLE` (4), the local and all-CPU TLB flushes (6, 7, 10, 11: no TLB is simulated, so they succeed doing nothing) | 0 or `-errno`; [`Outcome::done`] counts the ops applied |
-//! | `tmem_op` | 38 | none yet | `-ENOSYS`: not offered until hvmem-tmem-pool is wired in |
+//! | `tmem_op` | 38 | `NEW_POOL` (1), `DESTROY_POOL` (2), `PUT_PAGE` (4), `GET_PAGE` (5), `FLUSH_PAGE` (6), `FLUSH_OBJECT` (7), through hvmem-tmem-pool's `do_tmem_op` over the host's idle memory ([`crate::tmem`]); the guest frame `cmfn` must be the caller's (and writable-typable for a get) | pool id, 1, 0 (get miss), `-EEMPTY`, `-ENODEV`, `-ENOMEM`, `-ENOSPC`, `-EFAULT`, `-EPERM`; `-EOPNOTSUPP` for `CONTROL`, `AUTH`, `RESTORE_NEW`; `-ENOSYS` for the sub-page commands |
 //! | anything else | | | `-ENOSYS` |
 //!
 //! # Who may do what
@@ -132,10 +132,10 @@ pub enum Hypercall<'a> {
         /// `count`.
         count: u32,
     },
-    /// `HYPERVISOR_tmem_op(op)`.
+    /// `HYPERVISOR_tmem_op(op)`: the `struct tmem_op` the guest passed.
     TmemOp {
-        /// `cmd` of the `struct tmem_op`.
-        cmd: u32,
+        /// The operation.
+        op: hvmem_tmem_pool::abi::TmemOp,
     },
     /// Any other hypercall number.
     Other {
@@ -226,9 +226,8 @@ impl Host<'_> {
             } => self.do_mmu_update(caller, requests, foreigndom),
             Hypercall::MmuextOp { ops, foreigndom } => self.do_mmuext_op(caller, ops, foreigndom),
             Hypercall::MemoryOp { cmd, arg } => Outcome::rc(self.do_memory_op(caller, cmd, arg)),
-            Hypercall::GrantTableOp { .. } | Hypercall::TmemOp { .. } | Hypercall::Other { .. } => {
-                Outcome::rc(-ENOSYS)
-            }
+            Hypercall::TmemOp { op } => Outcome::rc(self.do_tmem(caller, &op)),
+            Hypercall::GrantTableOp { .. } | Hypercall::Other { .. } => Outcome::rc(-ENOSYS),
         }
     }
 

@@ -6,11 +6,13 @@
 //!   frames equal the books' free pages; the books are conserved (free +
 //!   every domain's pages = guest memory, claims within free memory); each
 //!   domain's pages in the books equal the frames the host counts for it and
-//!   stay within its `max_pages`; free + domains' + host's frames = all
-//!   frames.
+//!   stay within its `max_pages`; free + domains' + host's + tmem's frames
+//!   = all frames; the frames lent to tmem are exactly those holding its
+//!   pages, and the books charge them to tmem's entry.
 //! - [`Host::audit`], O(frames), every N steps: every frame's owner in the
 //!   frame table equals the host's record, and the per-owner counts equal
-//!   the counters above; every physmap entry points at a frame the domain
+//!   the counters above (a frame is lent to tmem in the host's records
+//!   exactly when tmem's store holds it); every physmap entry points at a frame the domain
 //!   owns whose M2P points back; every frame's general and type reference
 //!   counts equal what the live page tables hold (one general reference per
 //!   present entry in a validated table in use, plus a type reference per
@@ -88,6 +90,24 @@ pub enum Violation {
         /// The frame.
         mfn: Mfn,
     },
+    /// The frames lent to tmem differ from what tmem holds or from the
+    /// books' charge for them.
+    TmemFrames {
+        /// Frames the host counts as lent.
+        lent: u64,
+        /// Frames tmem's store holds pages in.
+        held: u64,
+        /// Pages tmem says it holds.
+        pages: u64,
+    },
+    /// A page an honest guest put into a persistent tmem pool is gone or
+    /// changed.
+    TmemData {
+        /// The guest.
+        domid: DomId,
+        /// The page's index in the guest's working set.
+        page: u64,
+    },
 }
 
 impl fmt::Display for Violation {
@@ -151,8 +171,28 @@ impl Host<'_> {
             }
             owned += d.owned();
         }
-        if heap + owned + self.host_frames != self.total_frames() {
+        if heap + owned + self.host_frames + self.tmem_frames != self.total_frames() {
             return Err(Violation::FramesNotConserved);
+        }
+        // tmem: at rest every lent frame holds a page (one page per frame:
+        // no compression or deduplication here), and the books charge
+        // exactly the lent frames.
+        let store = self.tmem.store();
+        let charged = self
+            .books
+            .domain(crate::tmem::TMEM_BOOKS)
+            .map_or(u64::MAX, |d| d.tot_pages);
+        let pages = self.tmem.stats().pages;
+        if self.tmem_frames != store.lent()
+            || store.lent() != store.in_use()
+            || store.in_use() != pages
+            || charged != self.tmem_frames
+        {
+            return Err(Violation::TmemFrames {
+                lent: self.tmem_frames,
+                held: store.in_use(),
+                pages,
+            });
         }
         Ok(())
     }
@@ -169,6 +209,7 @@ impl Host<'_> {
         let mut expected = vec![Expected::default(); usize::try_from(n).unwrap_or(0)];
         let mut per_domain = vec![0u64; self.domains.len()];
         let mut host = 0u64;
+        let mut lent = 0u64;
         let mask = self.pv.address_mask();
         for i in 0..n {
             let mfn = Mfn::new(first + i);
@@ -179,7 +220,11 @@ impl Host<'_> {
             if state.owner != self.recorded_owner(mfn) {
                 return Err(Violation::Owner { mfn });
             }
+            if self.is_tmem_frame(mfn) != self.tmem.store().holds(mfn) {
+                return Err(Violation::Owner { mfn });
+            }
             match state.owner {
+                Some(Owner::Host) if self.is_tmem_frame(mfn) => lent += 1,
                 Some(Owner::Host) => host += 1,
                 Some(Owner::Domain(d)) => {
                     let slot = self
@@ -243,6 +288,13 @@ impl Host<'_> {
         }
         if host != self.host_frames {
             return Err(Violation::FramesNotConserved);
+        }
+        if lent != self.tmem_frames {
+            return Err(Violation::TmemFrames {
+                lent: self.tmem_frames,
+                held: lent,
+                pages: self.tmem.stats().pages,
+            });
         }
         for (i, e) in expected.iter().enumerate() {
             let mfn = Mfn::new(first + i as u64);

@@ -67,6 +67,7 @@ pub mod memory;
 pub mod report;
 pub mod rng;
 pub mod scenario;
+pub mod tmem;
 
 #[cfg(test)]
 mod tests;

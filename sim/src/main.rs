@@ -18,7 +18,7 @@ usage: hvmem-sim [OPTIONS]              run the consolidation scenario under eve
 
 options:
   --host-mib N       host memory in MiB (16..=65536, default 4096)
-  --guests N         honest guests (1..=63, default 8)
+  --guests N         honest guests (1..=62, default 8)
   --overcommit F     sum of guests' maxima / guest memory (1.0..=8.0, default 1.5)
   --seed N           workload seed (default 1)
   --scenario NAME    consolidation | churn (default consolidation)

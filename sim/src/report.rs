@@ -37,14 +37,40 @@ fn count(n: u64) -> String {
 /// The rows of the table: label and one cell per policy.
 fn rows(outcomes: &[Outcome]) -> Vec<(&'static str, Vec<String>)> {
     type Cell = fn(&PolicyReport) -> String;
-    let metrics: [(&'static str, Cell); 10] = [
+    let metrics: [(&'static str, Cell); 12] = [
         ("memory utilization (working set / guest RAM)", |r| {
             pct(r.utilization_per_mille)
         }),
         ("memory held by guests", |r| pct(r.allocated_per_mille)),
         ("guest page-fault (miss) rate", |r| pct(r.miss_per_mille())),
-        ("swap-to-disk avoided", |r| count(r.swap_avoided)),
-        ("tmem hit rate", |_| "n/a (no tmem)".to_string()),
+        ("swap-to-disk avoided (pages to frontswap)", |r| {
+            if r.policy.uses_tmem() {
+                count(r.swap_avoided)
+            } else {
+                "n/a (no tmem)".to_string()
+            }
+        }),
+        ("tmem hit rate (hits / gets)", |r| {
+            r.tmem_hit_per_mille().map_or_else(
+                || "n/a (no tmem)".to_string(),
+                |h| {
+                    format!(
+                        "{} ({} / {})",
+                        pct(h),
+                        count(r.tmem_hits),
+                        count(r.tmem_gets)
+                    )
+                },
+            )
+        }),
+        ("disk I/O: swap writes / page reads", |r| {
+            format!(
+                "{} / {}",
+                count(r.stats.swap_disk_writes),
+                count(r.stats.disk_reads)
+            )
+        }),
+        ("tmem at the end", |r| mib(r.final_tmem)),
         ("balloon traffic (in + out)", |r| {
             mib(r.stats.ballooned_in + r.stats.ballooned_out)
         }),
@@ -57,7 +83,9 @@ fn rows(outcomes: &[Outcome]) -> Vec<(&'static str, Vec<String>)> {
         ("invariant checks: counters / audits", |r| {
             format!("{} / {}", count(r.counter_checks), r.audits)
         }),
-        ("guest pages verified intact", |r| count(r.data_checks)),
+        ("guest pages verified intact (+ in frontswap)", |r| {
+            format!("{} + {}", count(r.data_checks), count(r.tmem_checks))
+        }),
     ];
     metrics
         .iter()
@@ -137,12 +165,13 @@ pub fn text(config: &Config, outcomes: &[Outcome]) -> String {
                 let guests: u64 = r.final_pages.iter().sum();
                 let _ = writeln!(
                     out,
-                    "{}: at the end guests hold {} + free {} + hypervisor {} = {} frames (host has {}); wall time {:.2} s",
+                    "{}: at the end guests hold {} + free {} + tmem {} + hypervisor {} = {} frames (host has {}); wall time {:.2} s",
                     r.policy.name(),
                     guests,
                     r.final_free,
+                    r.final_tmem,
                     r.host_frames,
-                    guests + r.final_free + r.host_frames,
+                    guests + r.final_free + r.final_tmem + r.host_frames,
                     r.total_frames,
                     r.wall_secs
                 );
@@ -151,7 +180,7 @@ pub fn text(config: &Config, outcomes: &[Outcome]) -> String {
     }
     let _ = writeln!(
         out,
-        "swap-to-disk avoided and tmem hits stay 0 until hvmem-tmem-pool is wired in; grant I/O is not simulated until hvmem-grant is wired in."
+        "grant I/O is not simulated until hvmem-grant is wired in."
     );
     out
 }
@@ -199,9 +228,10 @@ pub fn json(config: &Config, outcomes: &[Outcome]) -> String {
                     .iter()
                     .map(|s| {
                         format!(
-                            "{{\"second\":{},\"free\":{},\"pages\":{}}}",
+                            "{{\"second\":{},\"free\":{},\"tmem\":{},\"pages\":{}}}",
                             s.second,
                             s.free,
+                            s.tmem,
                             json_list(s.pages.iter().copied())
                         )
                     })
@@ -211,7 +241,8 @@ pub fn json(config: &Config, outcomes: &[Outcome]) -> String {
                         "{{\"policy\":{},\"available\":true,\"guest_frames\":{},",
                         "\"utilization_per_mille\":{},\"allocated_per_mille\":{},",
                         "\"accesses\":{},\"misses\":{},\"miss_per_mille\":{},",
-                        "\"swap_to_disk_avoided\":{},\"tmem_hits\":{},\"tmem_hit_rate\":null,",
+                        "\"swap_to_disk_avoided\":{},\"tmem_hits\":{},\"tmem_gets\":{},",
+                        "\"tmem_checks\":{},\"disk_reads\":{},\"swap_disk_writes\":{},\"final_tmem\":{},",
                         "\"ballooned_in_pages\":{},\"ballooned_out_pages\":{},",
                         "\"processes\":{},\"hypercalls\":{},\"hypercalls_per_sec\":{:.0},",
                         "\"counter_checks\":{},\"audits\":{},\"data_checks\":{},",
@@ -227,6 +258,11 @@ pub fn json(config: &Config, outcomes: &[Outcome]) -> String {
                     r.miss_per_mille(),
                     r.swap_avoided,
                     r.tmem_hits,
+                    r.tmem_gets,
+                    r.tmem_checks,
+                    r.stats.disk_reads,
+                    r.stats.swap_disk_writes,
+                    r.final_tmem,
                     r.stats.ballooned_in,
                     r.stats.ballooned_out,
                     r.stats.processes,

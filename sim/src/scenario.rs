@@ -26,11 +26,11 @@ pub enum Policy {
     Static,
     /// The toolstack (reactive DMC) sets balloon targets from demand.
     Toolstack,
-    /// Toolstack ballooning with tmem behind the guests (not offered yet).
+    /// Toolstack ballooning, with cleancache and frontswap over tmem.
     ToolstackTmem,
     /// Each guest selfballoons to its committed memory.
     SelfBalloon,
-    /// Selfballooning with tmem (not offered yet).
+    /// Selfballooning, with cleancache and frontswap over tmem.
     SelfBalloonTmem,
 }
 
@@ -56,15 +56,16 @@ impl Policy {
         }
     }
 
-    /// Why the policy cannot run yet, if it cannot.
+    /// Why the policy cannot run yet, if it cannot (every policy runs now).
     #[must_use]
     pub const fn unavailable(self) -> Option<&'static str> {
-        match self {
-            Self::ToolstackTmem | Self::SelfBalloonTmem => {
-                Some("not offered yet: needs hvmem-tmem-pool, which is not wired into the sim yet")
-            }
-            _ => None,
-        }
+        None
+    }
+
+    /// Whether guests use tmem (cleancache and frontswap) under it.
+    #[must_use]
+    pub const fn uses_tmem(self) -> bool {
+        matches!(self, Self::ToolstackTmem | Self::SelfBalloonTmem)
     }
 }
 
@@ -161,8 +162,9 @@ impl Config {
         if !(16..=65536).contains(&self.host_mib) {
             return Err(ConfigError::Range("--host-mib must be 16..=65536"));
         }
-        if self.guests == 0 || usize::from(self.guests) >= MAX_DOMAINS {
-            return Err(ConfigError::Range("--guests must be 1..=63"));
+        // One books slot is tmem's accounting entry.
+        if self.guests == 0 || usize::from(self.guests) >= MAX_DOMAINS - 1 {
+            return Err(ConfigError::Range("--guests must be 1..=62"));
         }
         if !(self.overcommit >= 1.0 && self.overcommit <= 8.0) {
             return Err(ConfigError::Range("--overcommit must be 1.0..=8.0"));
@@ -192,6 +194,8 @@ pub struct Sample {
     pub pages: Vec<u64>,
     /// Free pages of the host.
     pub free: u64,
+    /// Frames lent to tmem.
+    pub tmem: u64,
 }
 
 /// The figures of one policy's run.
@@ -207,11 +211,14 @@ pub struct PolicyReport {
     pub allocated_per_mille: u64,
     /// Summed guest figures.
     pub stats: GuestStats,
-    /// Misses that went to the swap disk and that tmem would have served
-    /// (0 until tmem is wired).
+    /// Anonymous pages swapped out to frontswap instead of the swap disk.
     pub swap_avoided: u64,
-    /// tmem gets that hit (0 until tmem is wired).
+    /// tmem gets that found their page (frontswap loads, cleancache gets).
     pub tmem_hits: u64,
+    /// tmem gets.
+    pub tmem_gets: u64,
+    /// Pages verified in persistent tmem pools at the audits.
+    pub tmem_checks: u64,
     /// Counter checks run (one per second).
     pub counter_checks: u64,
     /// Full audits run.
@@ -227,6 +234,8 @@ pub struct PolicyReport {
     pub final_pages: Vec<u64>,
     /// Free frames at the end.
     pub final_free: u64,
+    /// Frames lent to tmem at the end.
+    pub final_tmem: u64,
     /// The hypervisor's own frames.
     pub host_frames: u64,
     /// All frames.
@@ -240,6 +249,12 @@ impl PolicyReport {
         (self.stats.misses * 1000)
             .checked_div(self.stats.accesses)
             .unwrap_or(0)
+    }
+
+    /// tmem gets that hit, per mille (`None` without tmem gets).
+    #[must_use]
+    pub fn tmem_hit_per_mille(&self) -> Option<u64> {
+        (self.tmem_hits * 1000).checked_div(self.tmem_gets)
     }
 
     /// Hypercalls per wall-clock second.
@@ -292,7 +307,10 @@ pub fn run(
         if policy == Policy::Static {
             host.set_max_pages(id, share);
         }
-        let guest = Guest::new(id, max_pages, share, workload, config.seed);
+        let mut guest = Guest::new(id, max_pages, share, workload, config.seed);
+        if policy.uses_tmem() {
+            guest.enable_tmem(&mut host)?;
+        }
         let _ = toolstack.add_domain(DomainBounds {
             domid: id,
             dynamic_min: guest.reserve() * 4,
@@ -310,6 +328,8 @@ pub fn run(
         stats: GuestStats::default(),
         swap_avoided: 0,
         tmem_hits: 0,
+        tmem_gets: 0,
+        tmem_checks: 0,
         counter_checks: 0,
         audits: 0,
         data_checks: 0,
@@ -317,6 +337,7 @@ pub fn run(
         timeline: Vec::new(),
         final_pages: Vec::new(),
         final_free: 0,
+        final_tmem: 0,
         host_frames: host.host_frames(),
         total_frames: host.total_frames(),
     };
@@ -344,6 +365,7 @@ pub fn run(
             for g in &mut guests {
                 g.check_data(&host, None)?;
                 report.data_checks += g.resident();
+                report.tmem_checks += g.check_tmem(&mut host)?;
             }
             report.audits += 1;
         }
@@ -366,9 +388,18 @@ pub fn run(
         t.ballooned_out += s.ballooned_out;
         t.hypercalls += s.hypercalls;
         t.processes += s.processes;
+        t.disk_reads += s.disk_reads;
+        t.swap_disk_writes += s.swap_disk_writes;
+        t.swap_avoided += s.swap_avoided;
+        t.tmem_gets += s.tmem_gets;
+        t.tmem_hits += s.tmem_hits;
     }
+    report.swap_avoided = report.stats.swap_avoided;
+    report.tmem_hits = report.stats.tmem_hits;
+    report.tmem_gets = report.stats.tmem_gets;
     report.final_pages = sample(&host, &guests, config.steps).pages;
     report.final_free = host.free_frames();
+    report.final_tmem = host.tmem_frames();
     report.host_frames = host.host_frames();
     report.wall_secs = started.elapsed().as_secs_f64();
     Ok(report)
@@ -382,6 +413,7 @@ fn sample(host: &Host<'_>, guests: &[Guest], second: u64) -> Sample {
             .map(|g| host.books().domain(g.id()).map_or(0, |d| d.tot_pages))
             .collect(),
         free: host.free_frames(),
+        tmem: host.tmem_frames(),
     }
 }
 
@@ -399,7 +431,7 @@ fn act(
         return;
     }
     match policy {
-        Policy::Toolstack => {
+        Policy::Toolstack | Policy::ToolstackTmem => {
             for g in guests.iter() {
                 let _ = toolstack.observe(g.id(), g.committed());
             }
@@ -411,7 +443,7 @@ fn act(
                 }
             }
         }
-        Policy::SelfBalloon => {
+        Policy::SelfBalloon | Policy::SelfBalloonTmem => {
             for (g, s) in guests.iter_mut().zip(selfballoons.iter_mut()) {
                 let current = g.driver().current_pages();
                 let info = MemInfo {
@@ -419,7 +451,7 @@ fn act(
                     reserve: g.reserve(),
                     totalram: current,
                     max_pfn: g.max_pages(),
-                    frontswap: 0,
+                    frontswap: g.frontswap_pages(),
                     balloon_current: current,
                 };
                 if let Ok(action) = s.tick(&info) {

@@ -26,6 +26,7 @@ fn run(config: &Config, policy: Policy) -> PolicyReport {
 
 #[test]
 fn every_scenario_and_offered_policy_runs_with_invariants_checked() {
+    let (mut tmem_hits, mut swap_avoided) = (0, 0);
     for s in Scenario::ALL {
         for p in Policy::ALL
             .into_iter()
@@ -40,8 +41,19 @@ fn every_scenario_and_offered_policy_runs_with_invariants_checked() {
             if p == Policy::Toolstack {
                 assert!(r.stats.ballooned_in + r.stats.ballooned_out > 0, "{p:?}");
             }
+            if p.uses_tmem() {
+                tmem_hits += r.tmem_hits;
+                swap_avoided += r.swap_avoided;
+            } else {
+                assert_eq!((r.tmem_gets, r.swap_avoided), (0, 0), "{s:?} {p:?}");
+            }
         }
     }
+    // Cleancache and frontswap served pages in these short runs.
+    assert!(
+        tmem_hits > 0 && swap_avoided > 0,
+        "{tmem_hits} {swap_avoided}"
+    );
 }
 
 /// Linux never selfballoons a guest under 16 MiB and keeps a large floor
@@ -76,14 +88,22 @@ fn same_seed_same_report() {
 #[test]
 fn report_figures_add_up_to_the_host() {
     let config = small(Scenario::Churn, 4);
-    for p in [Policy::Static, Policy::SelfBalloon] {
+    for p in [Policy::Static, Policy::SelfBalloon, Policy::SelfBalloonTmem] {
         let r = run(&config, p);
         let end: u64 = r.final_pages.iter().sum();
-        assert_eq!(end + r.final_free + r.host_frames, r.total_frames);
+        assert_eq!(
+            end + r.final_free + r.final_tmem + r.host_frames,
+            r.total_frames
+        );
+        assert!(r.tmem_hits <= r.tmem_gets);
+        assert!(r.stats.swap_avoided + r.stats.swap_disk_writes <= r.stats.misses);
+        if !p.uses_tmem() {
+            assert_eq!((r.tmem_gets, r.swap_avoided, r.final_tmem), (0, 0, 0));
+        }
         for s in &r.timeline {
             let held: u64 = s.pages.iter().sum();
             assert_eq!(
-                held + s.free + r.host_frames,
+                held + s.free + s.tmem + r.host_frames,
                 r.total_frames,
                 "second {}",
                 s.second
@@ -96,7 +116,7 @@ fn report_figures_add_up_to_the_host() {
 }
 
 #[test]
-fn reports_name_the_policies_that_are_not_offered_yet() {
+fn reports_show_every_policy_as_text_json_and_svg() {
     let config = small(Scenario::Consolidation, 1);
     let outcomes: Vec<Outcome> = Policy::ALL
         .into_iter()
@@ -106,15 +126,17 @@ fn reports_name_the_policies_that_are_not_offered_yet() {
         })
         .collect();
     let text = report::text(&config, &outcomes);
-    assert!(text.contains("ballooning + tmem: not offered yet"));
+    assert!(text.contains("selfballooning + tmem: at the end guests hold"));
+    assert!(!text.contains("not offered"));
     assert!(text.contains("memory utilization"));
     let json = report::json(&config, &outcomes);
     assert_eq!(json.matches('{').count(), json.matches('}').count());
-    assert!(json.contains("\"available\":false"));
+    assert!(!json.contains("\"available\":false"));
     assert!(json.contains("\"policy\":\"static allocation\""));
     let svg = report::svg(&config, &outcomes);
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
-    assert_eq!(svg.matches("<polyline").count(), 3 * 4);
+    // Three guests and the host's free memory, per policy.
+    assert_eq!(svg.matches("<polyline").count(), 4 * Policy::ALL.len());
 }
 
 #[test]
