@@ -86,6 +86,13 @@ impl GrantFrames for BenchFrames {
         taken
     }
 
+    fn get_type(&self, _: DomId, mfn: Mfn) -> bool {
+        self.types
+            .get(mfn.get() as usize)
+            .map(|count| count.fetch_add(1, Ordering::Acquire))
+            .is_some()
+    }
+
     fn put_page_and_type(&self, mfn: Mfn) {
         self.types[mfn.get() as usize].fetch_sub(1, Ordering::Release);
         self.put_page(mfn);

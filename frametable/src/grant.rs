@@ -125,6 +125,14 @@ impl<H: GrantHost> GrantFrames for TableGrantFrames<'_, H> {
             .is_ok()
     }
 
+    fn get_type(&self, _owner: DomId, mfn: Mfn) -> bool {
+        // The caller's general reference (taken in the owner's name) keeps
+        // the frame owned; the frame table checks that one is held.
+        self.table
+            .get_type(mfn, FrameType::Writable, &TrustContents)
+            .is_ok()
+    }
+
     fn put_page_and_type(&self, mfn: Mfn) {
         let typed = self.table.put_type(mfn, &TrustContents);
         let general = self.table.put_page(mfn);
@@ -270,9 +278,10 @@ mod tests {
         });
         maptrack.map_grant_refs(&domains, &refs, &mut ops);
         assert_eq!([ops[0].status, ops[1].status], [GntSt::Okay.raw(); 2]);
-        // Allocation + active entry + mapping; the writable one typed.
-        assert_eq!(counts(&table, 0x11), (3, 1, FrameType::Writable));
-        assert_eq!(refs_of(&table, 0x12), (3, 0));
+        // Allocation + mapping (whose general reference is the one the
+        // first pin's translation took); the writable one typed.
+        assert_eq!(counts(&table, 0x11), (2, 1, FrameType::Writable));
+        assert_eq!(refs_of(&table, 0x12), (2, 0));
         // The writably mapped frame cannot become a page table.
         assert!(matches!(
             table.get_typed_ref(

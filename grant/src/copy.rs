@@ -160,7 +160,7 @@ where
 {
     let Some(table) = table else {
         let mfn = frames.get_gfn(copier, side.gmfn()).map_err(gfn_error)?;
-        if !readonly && !frames.get_page_and_type(copier, mfn) {
+        if !readonly && !frames.get_type(copier, mfn) {
             frames.put_page(mfn);
             return Err(GrantError::FrameInUse);
         }
@@ -273,10 +273,13 @@ where
         }
     }
     let mfn = active.mfn();
-    let referenced = if readonly {
-        frames.get_page(table.owner(), mfn)
-    } else {
-        frames.get_page_and_type(table.owner(), mfn)
+    // The first pin's translation reference is this copy's general
+    // reference (as in Xen); the entry itself holds none.
+    let referenced = match (first, readonly) {
+        (true, true) => true,
+        (true, false) => frames.get_type(table.owner(), mfn),
+        (false, true) => frames.get_page(table.owner(), mfn),
+        (false, false) => frames.get_page_and_type(table.owner(), mfn),
     };
     if !referenced {
         if first {
@@ -297,8 +300,8 @@ where
     })
 }
 
-/// Drops a copy's pin `incr` on `gref`, with the per-copy references if
-/// `referenced`, and the active entry's own reference on its last pin.
+/// Drops a copy's pin `incr` on `gref`, with the copy's references if
+/// `referenced`.
 fn unpin<F: GrantFrames + ?Sized>(
     frames: &F,
     table: &GrantTable<'_>,
@@ -315,7 +318,6 @@ fn unpin<F: GrantFrames + ?Sized>(
         debug_assert!(false, "copy pin missing");
         return;
     };
-    let transitive = active.kind() == PinnedKind::Transitive;
     active.set_pin(left);
     if referenced {
         if incr == PIN_HOST_READ {
@@ -326,9 +328,6 @@ fn unpin<F: GrantFrames + ?Sized>(
     }
     table.reduce_status(gref, left);
     if left == 0 {
-        if !transitive {
-            frames.put_page(active.mfn());
-        }
         active.clear_target();
     }
 }
@@ -338,8 +337,9 @@ fn release<F: GrantFrames + ?Sized>(frames: &F, claim: Claim<'_>) {
         Claim::Local { mfn, writable } => {
             if writable {
                 frames.put_page_and_type(mfn);
+            } else {
+                frames.put_page(mfn);
             }
-            frames.put_page(mfn);
         }
         Claim::Grant(claim) => {
             let incr = if claim.readonly {

@@ -25,17 +25,24 @@ pub enum StealError {
 /// Frame references, translation and frame memory for grant operations
 /// (hvmem-frametable implements it behind its `grant` feature).
 ///
-/// Reference discipline the table keeps, and which the implementor counts:
+/// Reference discipline the table keeps, and which the implementor counts
+/// (Xen's):
 ///
-/// - An active entry (a grant pinned by at least one mapping or copy) holds
-///   the one general reference [`get_gfn`](Self::get_gfn) took when it was
-///   first pinned, dropped with [`put_page`](Self::put_page) when the last
-///   pin goes.
-/// - Each mapping kind (host, device) holds a general reference
-///   ([`get_page`](Self::get_page)) if read-only, or a general and a
-///   writable type reference ([`get_page_and_type`](Self::get_page_and_type))
-///   if writable; unmap or teardown drops exactly that, once.
-/// - A copy holds the same for the duration of the copy.
+/// - Each mapping kind (host, device) holds a general reference if
+///   read-only, or a general and a writable type reference if writable;
+///   unmap or teardown drops exactly that, once
+///   ([`put_page`](Self::put_page) /
+///   [`put_page_and_type`](Self::put_page_and_type)).
+/// - A copy holds the same on each grant or frame it uses, for as long as
+///   it uses it.
+/// - The general reference [`get_gfn`](Self::get_gfn) takes when a grant is
+///   first pinned (or a copy claims a frame of its own) is the first user's
+///   general reference, completed by [`get_type`](Self::get_type) if that
+///   user writes; later users of a pinned grant take theirs with
+///   [`get_page`](Self::get_page) or
+///   [`get_page_and_type`](Self::get_page_and_type). An active entry holds
+///   no reference of its own: while it is pinned, its pins' references keep
+///   the frame.
 pub trait GrantFrames {
     /// Translates `owner`'s frame number `gfn` (identity for a PV guest, the
     /// p2m for a translated one) and takes a general reference on the frame
@@ -58,7 +65,16 @@ pub trait GrantFrames {
     /// `get_page_and_type(PGT_writable_page)`); takes neither otherwise.
     fn get_page_and_type(&self, owner: DomId, mfn: Mfn) -> bool;
 
-    /// Drops what [`get_page_and_type`](Self::get_page_and_type) took.
+    /// Takes a writable type reference on `mfn`, on which the caller holds
+    /// a general reference taken in `owner`'s name (Xen
+    /// `get_page_type(PGT_writable_page)`); `false`, taking nothing, if the
+    /// frame cannot be writable. [`put_page_and_type`](Self::put_page_and_type)
+    /// drops it together with that general reference.
+    fn get_type(&self, owner: DomId, mfn: Mfn) -> bool;
+
+    /// Drops what [`get_page_and_type`](Self::get_page_and_type) took, or a
+    /// general reference and the type reference [`get_type`](Self::get_type)
+    /// added to it.
     fn put_page_and_type(&self, mfn: Mfn);
 
     /// Copies `len` bytes from offset `src_offset` of `src` to offset

@@ -6,8 +6,8 @@
 //! handle; lock the active entry; if it is already pinned, check that the
 //! pin is ours, that no counter overflows, and that it is a full-page grant;
 //! on the first pin (or first writable pin) set the status bits (module
-//! `table`), and on the first pin translate the frame, taking the active
-//! entry's reference; take the mapping's own references; add the pins; fill
+//! `table`), and on the first pin translate the frame, whose reference
+//! becomes the mapping's (Xen's order); take the mapping's other references; add the pins; fill
 //! the maptrack entry, flags last. Every failure unwinds what the steps
 //! before it did, so a refused map leaves no pin, bit, reference or handle.
 //!
@@ -209,23 +209,34 @@ impl Maptrack<'_> {
         }
         let mfn = active.mfn();
         let owner = granter.owner();
-        let mut taken = GntMapFlags::empty();
+        // The first pin's translation reference is the first kind's general
+        // reference (as in Xen); the entry itself holds none.
+        let mut inherited = first;
+        let mut taken = 0;
         for kind in [GntMapFlags::DEVICE_MAP, GntMapFlags::HOST_MAP] {
             if !kinds.contains(kind) {
                 continue;
             }
-            if !get_kind_ref(frames, owner, mfn, readonly) {
-                for _ in taken.iter() {
+            let referenced = if inherited {
+                readonly || frames.get_type(owner, mfn)
+            } else {
+                get_kind_ref(frames, owner, mfn, readonly)
+            };
+            if !referenced {
+                for _ in 0..taken {
                     put_kind_ref(frames, mfn, readonly);
                 }
-                if first {
+                if inherited {
                     frames.put_page(mfn);
+                }
+                if first {
                     active.clear_target();
                 }
                 granter.reduce_status(gref, pin);
                 return Err(GrantError::FrameInUse);
             }
-            taken |= kind;
+            inherited = false;
+            taken += 1;
         }
         active.set_pin(pin + incr);
         let Some(entry) = self.entry(handle) else {
@@ -424,12 +435,11 @@ impl Maptrack<'_> {
             let dec = pin_increments(done, readonly);
             if let Some(left) = pin_sub(pin, dec) {
                 active.set_pin(left);
-                for _ in done.iter() {
+                for _ in 0..done.bits().count_ones() {
                     put_kind_ref(frames, mfn, readonly);
                 }
                 table.reduce_status(gref, left);
                 if left == 0 {
-                    frames.put_page(mfn);
                     active.clear_target();
                 }
             } else {

@@ -27,9 +27,9 @@
 //!   and a pinned entry still grants what its mappings use;
 //! - end access succeeds only on an entry nobody maps;
 //! - every frame's general and writable-type reference counts equal what
-//!   the active entries and mappings hold (one per pinned entry, one per
-//!   mapping kind, a type reference per writable kind): nothing leaks,
-//!   nothing is dropped twice.
+//!   the mappings hold (a general reference per mapping kind, a type
+//!   reference per writable kind; an active entry holds none of its own):
+//!   nothing leaks, nothing is dropped twice.
 
 // The model indexes its own arrays with indices it derived from them; a
 // panic here is the oracle reporting a divergence.
@@ -260,6 +260,21 @@ impl GrantFrames for ModelFrames {
         match state.frames.get_mut(&mfn.get()) {
             Some(frame) if frame.owner == Some(owner) && !frame.unwritable => {
                 frame.refs += 1;
+                frame.type_refs += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn get_type(&self, owner: DomId, mfn: Mfn) -> bool {
+        let mut state = self.state.lock().unwrap();
+        match state.frames.get_mut(&mfn.get()) {
+            Some(frame) if frame.owner == Some(owner) && !frame.unwritable => {
+                assert!(
+                    frame.refs > frame.type_refs,
+                    "get_type without a general reference to back it on {mfn}"
+                );
                 frame.type_refs += 1;
                 true
             }
@@ -1094,16 +1109,6 @@ impl World<'_> {
                 let pin = table.pin_count(gref).unwrap();
                 let expected = pins.get(&(granter, gref.0)).map_or(0, |p| p.0);
                 assert_eq!(pin, expected, "pin of d{} {gref:?}", granter + 1);
-                if pin != 0 {
-                    let mfn = self
-                        .mappings
-                        .iter()
-                        .flat_map(BTreeMap::values)
-                        .find(|m| m.granter == granter && m.gref == gref)
-                        .map(|m| m.mfn)
-                        .unwrap();
-                    refs.entry(mfn).or_default().0 += 1;
-                }
                 if self.tampered[granter].contains(&gref.0) {
                     continue;
                 }
