@@ -1,7 +1,11 @@
 //! `hvmem-buddy` side by side with the buddy allocators of crates.io.
 //!
-//! Four heaps, each over 1 GiB of 4 KiB frames with blocks up to order 18
-//! (see `hvmem_benches::buddy`), run the same workloads. Criterion groups are
+//! Eight heaps, each over 1 GiB of 4 KiB frames with blocks up to order 18
+//! (see `hvmem_benches::buddy`), run the same workloads: `hvmem-buddy`
+//! without and with hot lists, `buddy_system_allocator`, `buddy-alloc`,
+//! `frame-alloc` without and with its per-CPU depot, `bitmap-allocator`, and
+//! `floor-stack`, the physical floor (a pop and a push on a preallocated
+//! stack per order, no heap at all). Criterion groups are
 //! named by workload and functions by crate, so the output reads as a table:
 //!
 //! | group | one iteration |
@@ -27,7 +31,8 @@ use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use hvmem_benches::buddy::workloads::{self, MixedTrace, RandomBatch};
 use hvmem_benches::buddy::{
-    BitmapHeap, BuddyAllocHeap, BuddySystemHeap, FrameAllocHeap, FrameHeap, HvmemHeap, HvmemHotHeap,
+    BitmapHeap, BuddyAllocHeap, BuddySystemHeap, FloorStack, FrameAllocDepotHeap, FrameAllocHeap,
+    FrameHeap, HvmemHeap, HvmemHotHeap,
 };
 use hvmem_types::PageOrder;
 
@@ -149,7 +154,9 @@ fn compare<W: Workload>(c: &mut Criterion, workload: &mut W) {
     measure(&mut group, workload, BuddySystemHeap::new());
     measure(&mut group, workload, BuddyAllocHeap::new());
     measure(&mut group, workload, FrameAllocHeap::new());
+    measure(&mut group, workload, FrameAllocDepotHeap::with_depot());
     measure(&mut group, workload, BitmapHeap::new());
+    measure(&mut group, workload, FloorStack::new());
     group.finish();
 }
 
@@ -161,7 +168,9 @@ fn measure<W: Workload, H: FrameHeap>(
 ) {
     workload.prepare(&mut heap);
     group.bench_function(H::NAME, |b| b.iter(|| workload.run(&mut heap)));
-    workload.check(&mut heap);
+    if !H::FLOOR {
+        workload.check(&mut heap);
+    }
 }
 
 fn buddy(c: &mut Criterion) {

@@ -15,7 +15,8 @@ mod heaps;
 pub mod workloads;
 
 pub use heaps::{
-    BitmapHeap, BuddyAllocHeap, BuddySystemHeap, FrameAllocHeap, HvmemHeap, HvmemHotHeap,
+    BitmapHeap, BuddyAllocHeap, BuddySystemHeap, FloorStack, FrameAllocDepotHeap, FrameAllocHeap,
+    HvmemHeap, HvmemHotHeap,
 };
 
 use hvmem_types::PageOrder;
@@ -40,6 +41,11 @@ pub const HEAP_BYTES: usize = FRAMES * FRAME_SIZE;
 pub trait FrameHeap {
     /// The crate's name: the criterion function name.
     const NAME: &'static str;
+
+    /// Whether this is a physical floor rather than a heap: it hands blocks
+    /// out but does not split or merge, so the workloads' checks of the
+    /// heap's state afterwards do not apply to it.
+    const FLOOR: bool = false;
 
     /// Allocates `2^order` contiguous, naturally aligned frames; `None` when
     /// the heap has no free block that large.

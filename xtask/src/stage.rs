@@ -1,5 +1,7 @@
 //! The stages of `cargo xtask test`, in the order they run, and what each runs.
 
+use std::path::Path;
+
 use crate::child::Step;
 use crate::toolchain::{self, NIGHTLY};
 use crate::workspace::Workspace;
@@ -60,7 +62,9 @@ impl Stage {
         match self {
             Self::Fmt => "cargo fmt --all -- --check",
             Self::Clippy => "cargo clippy --workspace --all-targets -- -D warnings",
-            Self::Test => "cargo test --workspace (unit, doc and property tests)",
+            Self::Test => {
+                "cargo test --workspace (unit, doc and property tests), then every bench once as a test"
+            }
             Self::Doc => "cargo doc --workspace --no-deps, RUSTDOCFLAGS=-D warnings",
             Self::NoStd => "each library crate built for x86_64- and aarch64-unknown-none",
             Self::Loom => "loom model checks (--cfg loom) of the crates that use loom",
@@ -91,7 +95,10 @@ impl Stage {
                     "warnings",
                 ])
                 .run(),
-            Self::Test => Step::cargo(root).args(["test", "--workspace"]).run(),
+            Self::Test => Step::cargo(root)
+                .args(["test", "--workspace"])
+                .run()
+                .and_then(|()| bench_quick_mode(root)),
             Self::Doc => Step::cargo(root)
                 .args(["doc", "--workspace", "--no-deps"])
                 .env("RUSTDOCFLAGS", "-D warnings")
@@ -111,6 +118,15 @@ impl Stage {
                 .run(),
         }
     }
+}
+
+/// The benches' quick mode: every criterion bench function runs once, as a
+/// test, unoptimised and untimed, so that a bench cannot rot (a workload that
+/// panics, a peer that refuses its setup) without failing the checks.
+fn bench_quick_mode(root: &Path) -> Result<(), String> {
+    Step::cargo(root)
+        .args(["test", "-p", "hvmem-benches", "--benches"])
+        .run()
 }
 
 /// Fails when the workspace has no library crate: the member list was misread.

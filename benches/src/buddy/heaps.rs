@@ -1,4 +1,5 @@
-//! The four heaps: `hvmem-buddy` and three peers, each over 1 GiB of frames.
+//! The heaps: `hvmem-buddy` (with and without hot lists), the peers, and the
+//! physical floor, each over 1 GiB of frames.
 
 use core::fmt;
 use core::num::NonZeroUsize;
@@ -10,8 +11,8 @@ use buddy_alloc::BuddyAllocParam;
 use buddy_alloc::buddy_alloc::BuddyAlloc;
 use buddy_system_allocator::FrameAllocator;
 use frame_alloc::{
-    InitError, PageSize, PhysRange, PhysicalAllocator, Provenance, RegionInit,
-    SummaryBuddyAllocator,
+    DepotAllocator, InitError, NoCpuId, PageSize, PhysRange, PhysicalAllocator, Provenance,
+    RegionInit, SummaryBuddyAllocator,
 };
 use hvmem_buddy::{BuddyAllocator, Contents, metadata_words};
 use hvmem_types::{FrameRange, Mfn, PageOrder};
@@ -238,7 +239,8 @@ impl FrameHeap for BuddyAllocHeap {
 /// Pointers into [`Ram`] from the addresses `frame-alloc` works with: the
 /// "recover exposed provenance" strategy its docs and example describe for a
 /// pool that is a host allocation.
-struct ExposedProvenance;
+#[derive(Debug)]
+pub struct ExposedProvenance;
 
 // SAFETY: `create` is only called by `frame-alloc` for addresses inside a `Ram`
 // buffer (whose provenance `Ram::new` exposed) that the heap owns, and the
@@ -258,22 +260,51 @@ unsafe impl Provenance for ExposedProvenance {
 /// `frame-alloc`'s base frame.
 const BASE_PAGE: PageSize = PageSize::from_log2(FRAME_SIZE.trailing_zeros() as u8);
 
-/// `frame-alloc`'s [`SummaryBuddyAllocator`] (per-order bitmaps with a summary
-/// level, lock-free) over a real buffer. Its bitmap sits in the frames just
-/// past the 1 GiB it manages, so the 1 GiB stays one aligned block. Blocks are
-/// named by address.
-pub struct FrameAllocHeap {
-    heap: SummaryBuddyAllocator<ORDERS, ExposedProvenance>,
+/// `frame-alloc`'s lock-free buddy.
+type SummaryBuddy = SummaryBuddyAllocator<ORDERS, ExposedProvenance>;
+
+/// `frame-alloc`'s per-CPU depot in front of its buddy, one CPU: a magazine of
+/// 128 single frames and a shared depot of 512 (the crate's defaults).
+type Depot = DepotAllocator<SummaryBuddy, NoCpuId, 1>;
+
+/// `frame-alloc` over a real buffer: its [`SummaryBuddyAllocator`] (per-order
+/// bitmaps with a summary level, lock-free) alone, or with its per-CPU
+/// [`DepotAllocator`] in front (`FrameAllocHeap<Depot>`, see
+/// [`FrameAllocDepotHeap`]). Its bitmap sits in the frames just past the
+/// 1 GiB it manages, so the 1 GiB stays one aligned block. Blocks are named
+/// by address.
+pub struct FrameAllocHeap<A = SummaryBuddy> {
+    heap: A,
     // Dropped after `heap`, which points into it.
     _ram: Ram,
 }
+
+/// `frame-alloc` with its per-CPU depot of single frames.
+pub type FrameAllocDepotHeap = FrameAllocHeap<Depot>;
 
 impl FrameAllocHeap {
     /// A pristine heap.
     #[must_use]
     pub fn new() -> Self {
+        Self::over(SummaryBuddyAllocator::new(BASE_PAGE))
+    }
+}
+
+impl FrameAllocDepotHeap {
+    /// A pristine heap with empty caches.
+    #[must_use]
+    pub fn with_depot() -> Self {
+        Self::over(DepotAllocator::new(
+            BASE_PAGE,
+            SummaryBuddyAllocator::new(BASE_PAGE),
+        ))
+    }
+}
+
+impl<A: RegionInit> FrameAllocHeap<A> {
+    /// Initialises `heap`, not yet initialised, over a fresh 1 GiB.
+    fn over(heap: A) -> Self {
         let ram = Ram::new(HEAP_BYTES + METADATA_SLACK, HEAP_BYTES);
-        let heap = SummaryBuddyAllocator::new(BASE_PAGE);
         let base = ram.addr();
         // Initialise over 1 GiB plus a bitmap host range after it, the host
         // exactly as large as the bitmap: `try_init` says how large when it
@@ -312,9 +343,68 @@ impl Default for FrameAllocHeap {
     }
 }
 
-impl fmt::Debug for FrameAllocHeap {
+impl<A> fmt::Debug for FrameAllocHeap<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FrameAllocHeap").finish_non_exhaustive()
+    }
+}
+
+/// The physical floor: no allocator at all, a preallocated stack of blocks
+/// per order, so that an alloc is a pop and a free a push. The stack of order
+/// `k` holds every `2^k`-aligned block of the 1 GiB, so the stacks of
+/// different orders overlap: this is the cost of handing out a block, not a
+/// heap (it never splits or merges, and the workloads' state checks are
+/// skipped for it, see [`FrameHeap::FLOOR`]).
+pub struct FloorStack {
+    stacks: Vec<Vec<usize>>,
+}
+
+impl FloorStack {
+    /// Stacks full of every block of every order.
+    #[must_use]
+    pub fn new() -> Self {
+        let stacks = (0..ORDERS)
+            .map(|k| {
+                (0..FRAMES >> k)
+                    .rev()
+                    .map(|b| FIRST_FRAME + (b << k))
+                    .collect()
+            })
+            .collect();
+        Self { stacks }
+    }
+}
+
+impl Default for FloorStack {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for FloorStack {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FloorStack").finish_non_exhaustive()
+    }
+}
+
+impl FrameHeap for FloorStack {
+    const NAME: &'static str = "floor-stack";
+    const FLOOR: bool = true;
+
+    #[inline]
+    fn alloc(&mut self, order: PageOrder) -> Option<usize> {
+        self.stacks.get_mut(usize::from(order.get()))?.pop()
+    }
+
+    #[inline]
+    unsafe fn free(&mut self, block: usize, order: PageOrder) -> bool {
+        match self.stacks.get_mut(usize::from(order.get())) {
+            Some(stack) => {
+                stack.push(block);
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -396,6 +486,26 @@ impl FrameHeap for FrameAllocHeap {
     }
 }
 
+impl FrameHeap for FrameAllocDepotHeap {
+    const NAME: &'static str = "frame-alloc+depot";
+
+    #[inline]
+    fn alloc(&mut self, order: PageOrder) -> Option<usize> {
+        self.heap.allocate_physical(BASE_PAGE, frames(order)).ok()
+    }
+
+    #[inline]
+    unsafe fn free(&mut self, block: usize, order: PageOrder) -> bool {
+        // SAFETY: the caller passes a live block of this heap with the order
+        // (so the frame count) it was allocated with.
+        unsafe {
+            self.heap
+                .deallocate_physical(BASE_PAGE, frames(order), block)
+        };
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -426,7 +536,22 @@ mod tests {
         smoke(&mut BuddySystemHeap::new());
         smoke(&mut BuddyAllocHeap::new());
         smoke(&mut FrameAllocHeap::new());
+        smoke(&mut FrameAllocDepotHeap::with_depot());
         smoke(&mut BitmapHeap::new());
+    }
+
+    #[test]
+    fn the_floor_hands_out_aligned_blocks_last_in_first_out() {
+        let mut floor = FloorStack::new();
+        let block = floor.alloc(PageOrder::SIZE_2M).expect("a 2 MiB block");
+        assert_eq!(block % (1 << 9), 0);
+        assert!((FIRST_FRAME..FIRST_FRAME + FRAMES).contains(&block));
+        // SAFETY: the floor checks nothing; the block goes back on its stack.
+        assert!(unsafe { floor.free(block, PageOrder::SIZE_2M) });
+        assert_eq!(floor.alloc(PageOrder::SIZE_2M), Some(block));
+        let whole = floor.alloc(MAX_ORDER).expect("the one 1 GiB block");
+        assert_eq!(whole, FIRST_FRAME);
+        assert_eq!(floor.alloc(MAX_ORDER), None, "one 1 GiB block only");
     }
 
     #[test]
