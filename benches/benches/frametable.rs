@@ -1,15 +1,18 @@
 //! `hvmem-frametable` reference counting against its physical floor.
 //!
-//! The floor is what any reference count costs: one `AtomicU64` `fetch_add`
-//! and one `fetch_sub` on the same word. The frame table adds the range
+//! The floors are what any reference count costs: one `AtomicU64` `fetch_add`
+//! and one `fetch_sub` on the same word (`atomic_fetch_add_fetch_sub`), and the
+//! same pair as two `compare_exchange` (`atomic_compare_exchange_pair`), the
+//! primitive a count that checks its owner or its limit before it moves must
+//! use, as Xen's `get_page` does. The frame table adds the range
 //! lookup (two ranges with a hole between them), the owner check folded into
 //! a CAS loop, and for typed references the type-state checks.
 //!
 //! | group | one iteration |
 //! |---|---|
-//! | `get_put` | `get_page` + `put_page` on one frame (floor: `fetch_add` + `fetch_sub`) |
-//! | `get_type_put_type` | `get_type(Writable)` + `put_type`, type count 0 -> 1 -> 0 with no validation (floor: the same pair) |
-//! | `contended_get_put_2_threads` | two threads each run `get_page` + `put_page` on the same frame; time per pair per thread (floor: both threads on one atomic) |
+//! | `get_put` | `get_page` + `put_page` on one frame (floors: `fetch_add` + `fetch_sub`; two CAS) |
+//! | `get_type_put_type` | `get_type(Writable)` + `put_type`, type count 0 -> 1 -> 0 with no validation (floors: the same pairs) |
+//! | `contended_get_put_2_threads` | two threads each run `get_page` + `put_page` on the same frame; time per pair per thread (floors: both threads on one atomic) |
 //!
 //! ```text
 //! cargo bench -p hvmem-benches --bench frametable -- --warm-up-time 1 --measurement-time 3
@@ -56,12 +59,36 @@ fn atomic_pair(count: &AtomicU64) {
     black_box(count.fetch_sub(1, Ordering::Release));
 }
 
+/// Moves `count` by `delta` with a `compare_exchange` loop (one iteration
+/// when uncontended).
+fn cas_add(count: &AtomicU64, delta: u64, success: Ordering) {
+    let mut current = count.load(Ordering::Relaxed);
+    while let Err(seen) = count.compare_exchange_weak(
+        current,
+        current.wrapping_add(delta),
+        success,
+        Ordering::Relaxed,
+    ) {
+        current = seen;
+    }
+}
+
+/// The CAS floor: a count moved up and back down by a `compare_exchange`
+/// loop each, with the orderings of [`atomic_pair`].
+fn cas_pair(count: &AtomicU64) {
+    cas_add(count, 1, Ordering::Acquire);
+    cas_add(count, u64::MAX, Ordering::Release);
+}
+
 fn get_put(c: &mut Criterion) {
     let table = table();
     let floor = AtomicU64::new(1);
     let mut group = c.benchmark_group("get_put");
     group.bench_function("atomic_fetch_add_fetch_sub", |b| {
         b.iter(|| atomic_pair(black_box(&floor)));
+    });
+    group.bench_function("atomic_compare_exchange_pair", |b| {
+        b.iter(|| cas_pair(black_box(&floor)));
     });
     group.bench_function("frametable", |b| {
         b.iter(|| {
@@ -82,6 +109,9 @@ fn get_type_put_type(c: &mut Criterion) {
     let mut group = c.benchmark_group("get_type_put_type");
     group.bench_function("atomic_fetch_add_fetch_sub", |b| {
         b.iter(|| atomic_pair(black_box(&floor)));
+    });
+    group.bench_function("atomic_compare_exchange_pair", |b| {
+        b.iter(|| cas_pair(black_box(&floor)));
     });
     group.bench_function("frametable", |b| {
         b.iter(|| {
@@ -124,6 +154,9 @@ fn contended_get_put(c: &mut Criterion) {
     let mut group = c.benchmark_group("contended_get_put_2_threads");
     group.bench_function("atomic_fetch_add_fetch_sub", |b| {
         b.iter_custom(|iters| on_two_threads(iters, &|| atomic_pair(&floor)));
+    });
+    group.bench_function("atomic_compare_exchange_pair", |b| {
+        b.iter_custom(|iters| on_two_threads(iters, &|| cas_pair(&floor)));
     });
     group.bench_function("frametable", |b| {
         b.iter_custom(|iters| {
