@@ -1,6 +1,8 @@
-//! `hvmem-tmem-pool` put / get / flush of 100k pages, side by side with a
-//! `std::collections::HashMap<(pool, oid, index), Box<[u8; 4096]>>` and
-//! with a plain 4 KiB `memcpy` as the floor.
+//! `hvmem-tmem-pool` put / get / flush of 100k pages, side by side with two
+//! baselines, a `std::collections::HashMap<(pool, oid, index), Box<[u8; 4096]>>`
+//! (SipHash, a heap allocation per page) and a slab of pages indexed by a
+//! `HashMap` with `rustc-hash`'s Fx hash (`slab_fxhash`: no allocation per
+//! page, a free list of slots), and with a plain 4 KiB `memcpy` as the floor.
 //!
 //! Every contender handles the same 100 000 distinct keys (64 pages per
 //! object, 1563 objects) and copies whole 4 KiB pages in and out. tmem keeps
@@ -26,6 +28,7 @@
 )]
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -35,6 +38,7 @@ use hvmem_tmem_pool::{
     StoreMemory, Tmem, TmemConfig, TmemLayout, Uuid, abi,
 };
 use hvmem_types::DomId;
+use rustc_hash::FxHashMap;
 
 const N: u32 = 100_000;
 const PER_OBJECT: u32 = 64;
@@ -90,10 +94,61 @@ fn empty(t: &mut Tmem<'_, SliceStore<'_>>, c: ClientId, p: PoolId) {
     }
 }
 
+/// The slab baseline: pages in one preallocated array, a free list of its
+/// slots, and a fast-hash map from key to slot.
+struct Slab {
+    pages: Vec<Page>,
+    free: Vec<u32>,
+    index: FxHashMap<Key, u32>,
+}
+
+impl Slab {
+    fn new(slots: u32) -> Self {
+        let mut index = FxHashMap::default();
+        index.reserve(slots as usize);
+        Self {
+            pages: vec![[0u8; PAGE_BYTES]; slots as usize],
+            free: (0..slots).rev().collect(),
+            index,
+        }
+    }
+
+    /// Copies `page` in under `key`, over the old copy if there is one.
+    fn put(&mut self, key: Key, page: &Page) -> Option<()> {
+        let slot = match self.index.entry(key) {
+            Entry::Occupied(e) => *e.get(),
+            Entry::Vacant(e) => *e.insert(self.free.pop()?),
+        };
+        self.pages[slot as usize].copy_from_slice(page);
+        Some(())
+    }
+
+    fn get(&self, key: &Key, out: &mut Page) -> bool {
+        match self.index.get(key) {
+            Some(&slot) => {
+                out.copy_from_slice(&self.pages[slot as usize]);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn remove(&mut self, key: &Key) -> bool {
+        match self.index.remove(key) {
+            Some(slot) => {
+                self.free.push(slot);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 fn benches(c: &mut Criterion) {
     let src = sources();
     let mut array: Vec<Page> = vec![[0u8; PAGE_BYTES]; N as usize];
     let mut map: HashMap<Key, Box<Page>> = HashMap::new();
+    let mut slab = Slab::new(N);
     let mut store = StoreMemory::new(N);
     let mut tables = OwnedMemory::new(&layout());
     let mut t = Tmem::new(TmemConfig::default(), store.store(), tables.borrow()).expect("tmem");
@@ -122,6 +177,23 @@ fn benches(c: &mut Criterion) {
                 let start = Instant::now();
                 for i in 0..N {
                     map.insert(map_key(i), Box::new(*black_box(&src[i as usize % SOURCES])));
+                }
+                total += start.elapsed();
+            }
+            total
+        });
+    });
+    group.bench_function("slab_fxhash", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                for i in 0..N {
+                    slab.remove(&map_key(i));
+                }
+                let start = Instant::now();
+                for i in 0..N {
+                    slab.put(map_key(i), black_box(&src[i as usize % SOURCES]))
+                        .expect("a free slot");
                 }
                 total += start.elapsed();
             }
@@ -158,6 +230,8 @@ fn benches(c: &mut Criterion) {
     map.clear();
     for i in 0..N {
         map.insert(map_key(i), Box::new(src[i as usize % SOURCES]));
+        slab.put(map_key(i), &src[i as usize % SOURCES])
+            .expect("a free slot");
     }
     let mut out = [0u8; PAGE_BYTES];
     let mut group = c.benchmark_group("get_100k");
@@ -174,6 +248,14 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             for i in 0..N {
                 out.copy_from_slice(&**map.get(black_box(&map_key(i))).expect("get"));
+                black_box(&mut out);
+            }
+        });
+    });
+    group.bench_function("slab_fxhash", |b| {
+        b.iter(|| {
+            for i in 0..N {
+                assert!(slab.get(black_box(&map_key(i)), &mut out));
                 black_box(&mut out);
             }
         });
@@ -202,6 +284,23 @@ fn benches(c: &mut Criterion) {
                 let start = Instant::now();
                 for i in 0..N {
                     black_box(map.remove(black_box(&map_key(i))));
+                }
+                total += start.elapsed();
+            }
+            total
+        });
+    });
+    group.bench_function("slab_fxhash", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                for i in 0..N {
+                    slab.put(map_key(i), &src[i as usize % SOURCES])
+                        .expect("a free slot");
+                }
+                let start = Instant::now();
+                for i in 0..N {
+                    black_box(slab.remove(black_box(&map_key(i))));
                 }
                 total += start.elapsed();
             }
