@@ -200,7 +200,7 @@ fn benches(c: &mut Criterion) {
             total
         });
     });
-    group.bench_function("tmem", |b| {
+    group.bench_function("hvmem-tmem-pool", |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
@@ -260,7 +260,7 @@ fn benches(c: &mut Criterion) {
             }
         });
     });
-    group.bench_function("tmem", |b| {
+    group.bench_function("hvmem-tmem-pool", |b| {
         b.iter(|| {
             for i in 0..N {
                 let (oid, index) = key(black_box(i));
@@ -307,7 +307,7 @@ fn benches(c: &mut Criterion) {
             total
         });
     });
-    group.bench_function("tmem", |b| {
+    group.bench_function("hvmem-tmem-pool", |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
