@@ -7,6 +7,7 @@
 //! | `map_4k_single` | map one 4 KiB page into existing tables, then unmap it (time per map+unmap pair) |
 //! | `map_1g_of_4k` | map 1 GiB as 262144 4 KiB pages into an empty table (hvmem: one call; x86_64: one `map_to` per page) |
 //! | `unmap_1g_of_4k` | unmap that 1 GiB again (hvmem: one call, freeing the tables; x86_64: one `unmap` per page) |
+//! | `protect_1g_of_4k` | make 1 GiB of 4 KiB pages read-only, then writable again on the next iteration (hvmem: one `protect` call; x86_64: one `update_flags` per page) |
 //! | `translate_random` | translate one random address in a 1 GiB region of 4 KiB pages |
 //! | `map_2m_single` | map one 2 MiB leaf, then unmap it |
 //!
@@ -342,6 +343,71 @@ fn unmap_1g_of_4k(c: &mut Criterion) {
     g.finish();
 }
 
+fn protect_1g_of_4k(c: &mut Criterion) {
+    let mut g = c.benchmark_group("protect_1g_of_4k");
+    g.sample_size(10);
+    {
+        let arena = HvArena::new();
+        let mut frames = Stack::new();
+        let mut pt = hv_table(&arena, &mut frames);
+        let _ = pt
+            .map(
+                &arena,
+                &mut frames,
+                VirtAddr::new(REGION),
+                PhysAddr::new(0),
+                GIB,
+                &Attributes::DATA,
+                four_k(),
+            )
+            .unwrap();
+        let mut writable = true;
+        g.bench_function("hvmem-pagetable", |b| {
+            b.iter(|| {
+                writable = !writable;
+                let attrs = if writable {
+                    Attributes::DATA
+                } else {
+                    Attributes::READ_ONLY
+                };
+                black_box(
+                    pt.protect(&arena, &mut frames, VirtAddr::new(REGION), GIB, &attrs)
+                        .unwrap(),
+                )
+            });
+        });
+    }
+    {
+        let mut arena = X86Arena::new();
+        let mut frames = X86Frames::new();
+        let mut m = arena.mapper();
+        for p in 0..GIB / 4096 {
+            x86_map_4k(&mut m, &mut frames, REGION + p * 4096, p * 4096);
+        }
+        let mut writable = true;
+        g.bench_function("x86_64", |b| {
+            b.iter(|| {
+                writable = !writable;
+                let mut flags = x86::PageTableFlags::PRESENT | x86::PageTableFlags::NO_EXECUTE;
+                if writable {
+                    flags |= x86::PageTableFlags::WRITABLE;
+                }
+                for p in 0..GIB / 4096 {
+                    let page = x86::Page::<x86::Size4KiB>::containing_address(
+                        x86_64::VirtAddr::new(REGION + p * 4096),
+                    );
+                    // SAFETY: the pages are never accessed; only the tables are.
+                    unsafe { m.update_flags(page, flags) }
+                        .expect("update_flags")
+                        .ignore();
+                }
+                black_box(&mut m);
+            });
+        });
+    }
+    g.finish();
+}
+
 fn translate_random(c: &mut Criterion) {
     let mut g = c.benchmark_group("translate_random");
     let mut rng = XorShift64::new(0x7ab1e);
@@ -470,6 +536,7 @@ criterion_group!(
     map_2m_single,
     translate_random,
     map_1g_of_4k,
-    unmap_1g_of_4k
+    unmap_1g_of_4k,
+    protect_1g_of_4k
 );
 criterion_main!(benches);

@@ -30,7 +30,7 @@ use crate::attrs::Attributes;
 use crate::bbm::{Break, BreakBeforeMake};
 use crate::error::TableError;
 use crate::flush::TlbFlush;
-use crate::format::{Descriptor, Format};
+use crate::format::{Descriptor, EntryKind, Format};
 use crate::mem::PhysMem;
 use crate::table::LeafSizes;
 
@@ -214,7 +214,7 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
             return (self.swap(entry, new, level, slot.start, slot.size), false);
         }
         let old = self.swap(entry, 0, level, slot.start, slot.size);
-        let table = matches!(self.format.decode(old, level), Descriptor::Table(_));
+        let table = matches!(self.format.kind(old, level), EntryKind::Table(_));
         self.invalidate(slot.start, slot.size, level, table);
         self.store(entry, 0, new, level, slot.start, slot.size);
         (old, true)
@@ -284,15 +284,22 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
             Node::Real(t) => Some(self.table(t, level)?),
             Node::Empty | Node::Split { .. } => None,
         };
+        if let (0, Some(entries), Edit::Unmap | Edit::Protect { .. }) = (level, table, edit) {
+            if let Some(result) = self.plan_last_level(entries, base, start, end, edit) {
+                return result;
+            }
+        }
         let mut needed = 0usize;
         for slot in slots(self.format.level_shift(level), base, start, end) {
-            let entry = match (node, table) {
+            // Only the kind of each entry: a leaf's attributes are decoded
+            // where a split needs them.
+            let (raw, entry) = match (node, table) {
                 (Node::Real(_), Some(t)) => {
                     let raw = t.get(slot.index).map_or(0, |e| e.load(Ordering::Acquire));
-                    self.format.decode(raw, level)
+                    (raw, self.format.kind(raw, level))
                 }
-                (Node::Split { pa, attrs }, _) => Descriptor::Leaf(pa + (slot.start - base), attrs),
-                _ => Descriptor::Invalid,
+                (Node::Split { pa, .. }, _) => (0, EntryKind::Leaf(pa + (slot.start - base))),
+                _ => (0, EntryKind::Invalid),
             };
             let below = level.checked_sub(1);
             let split_of = |pa: u64, attrs: Attributes| -> Result<Node, PlanError> {
@@ -307,16 +314,16 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
                 }
             };
             match (edit, entry) {
-                (_, Descriptor::Malformed) => return Err(self.malformed(&slot, level).into()),
+                (_, EntryKind::Malformed) => return Err(self.malformed(&slot, level).into()),
                 (Edit::Map { replace, .. }, entry) if self.leaf_here(edit, &slot, level) => {
                     if !replace {
                         match entry {
-                            Descriptor::Leaf(..) => {
+                            EntryKind::Leaf(_) => {
                                 return Err(PlanError::Mapped(
                                     self.format.index_to_input(slot.piece_start),
                                 ));
                             }
-                            Descriptor::Table(child) => {
+                            EntryKind::Table(child) => {
                                 self.check_unmapped(
                                     child,
                                     level.saturating_sub(1),
@@ -329,8 +336,8 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
                         }
                     }
                 }
-                (_, Descriptor::Invalid) if !matches!(edit, Edit::Map { .. }) => {}
-                (_, Descriptor::Invalid) => {
+                (_, EntryKind::Invalid) if !matches!(edit, Edit::Map { .. }) => {}
+                (_, EntryKind::Invalid) => {
                     let Some(l) = below else { continue };
                     needed += 1 + self.plan(
                         Node::Empty,
@@ -341,9 +348,9 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
                         edit,
                     )?;
                 }
-                (Edit::Unmap, Descriptor::Leaf(..) | Descriptor::Table(_)) if slot.is_full() => {}
-                (Edit::Protect { .. }, Descriptor::Leaf(..)) if slot.is_full() => {}
-                (_, Descriptor::Table(child)) => {
+                (Edit::Unmap, EntryKind::Leaf(_) | EntryKind::Table(_)) if slot.is_full() => {}
+                (Edit::Protect { .. }, EntryKind::Leaf(_)) if slot.is_full() => {}
+                (_, EntryKind::Table(child)) => {
                     let Some(l) = below else {
                         return Err(self.malformed(&slot, level).into());
                     };
@@ -356,13 +363,20 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
                         edit,
                     )?;
                 }
-                (_, Descriptor::Leaf(pa, attrs)) => {
+                (_, EntryKind::Leaf(pa)) => {
                     if let Edit::Map { replace: false, .. } = edit {
                         return Err(PlanError::Mapped(
                             self.format.index_to_input(slot.piece_start),
                         ));
                     }
                     let Some(l) = below else { continue };
+                    let attrs = match node {
+                        Node::Split { attrs, .. } => attrs,
+                        _ => match self.format.decode(raw, level) {
+                            Descriptor::Leaf(_, attrs) => attrs,
+                            _ => return Err(self.malformed(&slot, level).into()),
+                        },
+                    };
                     let split = split_of(pa, attrs)?;
                     needed += 1 + self.plan(
                         split,
@@ -376,6 +390,122 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
             }
         }
         Ok(needed)
+    }
+
+    /// The plan of an unmap or protect in a last-level table: nothing to
+    /// allocate there, only entries to refuse (malformed ones, and for a
+    /// protect a table pointer where only leaves may be), in one pass over
+    /// the kinds. The same decisions as the general loop; `None` if the range
+    /// is not inside `entries` (the general loop handles that).
+    fn plan_last_level(
+        &self,
+        entries: &[AtomicU64],
+        base: u64,
+        start: u64,
+        end: u64,
+        edit: &Edit,
+    ) -> Option<Result<usize, PlanError>> {
+        let shift = self.format.level_shift(0);
+        let first = usize::try_from((start - base) >> shift).ok()?;
+        let last = usize::try_from((end - 1 - base) >> shift).ok()?;
+        let run = entries.get(first..=last)?;
+        let unmap = matches!(edit, Edit::Unmap);
+        for (i, e) in run.iter().enumerate() {
+            match self.format.kind(e.load(Ordering::Acquire), 0) {
+                EntryKind::Invalid | EntryKind::Leaf(_) => {}
+                EntryKind::Table(_) if unmap => {}
+                EntryKind::Table(_) | EntryKind::Malformed => {
+                    let at = base + (((first + i) as u64) << shift);
+                    return Some(Err(TableError::Malformed {
+                        at: self.format.index_to_input(at),
+                        level: 0,
+                    }
+                    .into()));
+                }
+            }
+        }
+        Some(Ok(0))
+    }
+
+    /// A protect in a last-level table: each leaf gets the template with its
+    /// own output address (and contiguous hint), with break-before-make where
+    /// the format needs it; the changed entries are flushed as runs rather
+    /// than one slot at a time. The same decisions as the general loop.
+    /// Returns `false` if the range is not inside `entries`.
+    fn protect_last_level(
+        &mut self,
+        entries: &[AtomicU64],
+        base: u64,
+        start: u64,
+        end: u64,
+        template: u64,
+    ) -> bool {
+        let shift = self.format.level_shift(0);
+        let size = 1u64 << shift;
+        let (Ok(first), Ok(last)) = (
+            usize::try_from((start - base) >> shift),
+            usize::try_from((end - 1 - base) >> shift),
+        ) else {
+            return false;
+        };
+        let Some(run) = entries.get(first..=last) else {
+            return false;
+        };
+        // The changed slots not yet added to the flush, `[start, end)` in
+        // index space.
+        let mut pending: Option<(u64, u64)> = None;
+        for (i, entry) in run.iter().enumerate() {
+            let raw = entry.load(Ordering::Acquire);
+            let EntryKind::Leaf(pa) = self.format.kind(raw, 0) else {
+                continue;
+            };
+            let mut new = self.format.with_output_address(template, pa, 0);
+            // A run still hinted here is one that keeps the hint.
+            if self.format.is_contiguous(raw) {
+                new = self.format.with_contiguous(new, true);
+            }
+            if raw == new {
+                continue;
+            }
+            let slot_start = base + (((first + i) as u64) << shift);
+            let slot = Slot {
+                index: first + i,
+                start: slot_start,
+                size,
+                piece_start: slot_start,
+                piece_end: slot_start + size,
+            };
+            if self.format.needs_break(raw, new, 0) {
+                // Broken: already invalidated, nothing to flush.
+                let _ = self.replace(entry, raw, new, 0, &slot);
+                continue;
+            }
+            // A plain store, not an exchange: what the entry held is not
+            // needed (the swap of the general loop would only refine the
+            // flush when hardware set A/D bits in between, and the new entry
+            // overwrites those either way), and a locked exchange per page
+            // is most of the cost of a large protect.
+            self.store(entry, raw, new, 0, slot_start, size);
+            pending = match pending {
+                Some((s, e)) if e == slot_start => Some((s, e + size)),
+                other => {
+                    if let Some((s, e)) = other {
+                        self.flush_index(s, e);
+                    }
+                    Some((slot_start, slot_start + size))
+                }
+            };
+        }
+        if let Some((s, e)) = pending {
+            self.flush_index(s, e);
+        }
+        true
+    }
+
+    /// Adds `[start, end)` (index space, inside one table) to the flush.
+    fn flush_index(&mut self, start: u64, end: u64) {
+        let at = self.format.index_to_input(start);
+        self.flush.add(at, at.saturating_add(end - start), false);
     }
 
     /// Refuses if anything is mapped in `[start, end)` below `table`.
@@ -392,15 +522,15 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
             let raw = entries
                 .get(slot.index)
                 .map_or(0, |e| e.load(Ordering::Acquire));
-            match self.format.decode(raw, level) {
-                Descriptor::Invalid => {}
-                Descriptor::Leaf(..) => {
+            match self.format.kind(raw, level) {
+                EntryKind::Invalid => {}
+                EntryKind::Leaf(_) => {
                     return Err(PlanError::Mapped(
                         self.format.index_to_input(slot.piece_start),
                     ));
                 }
-                Descriptor::Malformed => return Err(self.malformed(&slot, level).into()),
-                Descriptor::Table(child) => match level.checked_sub(1) {
+                EntryKind::Malformed => return Err(self.malformed(&slot, level).into()),
+                EntryKind::Table(child) => match level.checked_sub(1) {
                     Some(l) => {
                         self.check_unmapped(child, l, slot.start, slot.piece_start, slot.piece_end)?
                     }
@@ -503,7 +633,7 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
                 let template = templates.get(usize::from(level)).copied().unwrap_or(0);
                 let stale = run_entries.iter().enumerate().any(|(i, e)| {
                     let old = e.load(Ordering::Acquire);
-                    if self.format.decode(old, level) == Descriptor::Invalid {
+                    if self.format.kind(old, level) == EntryKind::Invalid {
                         return false;
                     }
                     let at = group.start + ((i as u64) << shift);
@@ -522,7 +652,7 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
             let hinted = run_entries.iter().any(|e| {
                 let raw = e.load(Ordering::Acquire);
                 self.format.is_contiguous(raw)
-                    && matches!(self.format.decode(raw, level), Descriptor::Leaf(..))
+                    && matches!(self.format.kind(raw, level), EntryKind::Leaf(_))
             });
             if !hinted {
                 continue;
@@ -540,7 +670,7 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
                     let mut needs_break = false;
                     for e in run_entries {
                         let raw = e.load(Ordering::Acquire);
-                        let Descriptor::Leaf(pa, _) = self.format.decode(raw, level) else {
+                        let EntryKind::Leaf(pa) = self.format.kind(raw, level) else {
                             encodable = false;
                             break;
                         };
@@ -647,6 +777,11 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
             self.prepare_runs(entries, level, base, start, end, edit, alloc);
         }
         if level == 0 {
+            if let Edit::Protect { templates, .. } = edit {
+                if self.protect_last_level(entries, base, start, end, templates[0]) {
+                    return;
+                }
+            }
             if let Edit::Map {
                 pa,
                 start: map_start,
@@ -682,7 +817,7 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
                 continue;
             };
             let raw = entry.load(Ordering::Acquire);
-            let current = self.format.decode(raw, level);
+            let current = self.format.kind(raw, level);
             let below = level.checked_sub(1);
             if self.leaf_here(edit, &slot, level) {
                 if let Edit::Map {
@@ -701,7 +836,7 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
                     if slot.start >= span.0 && slot.start < span.1 {
                         leaf = self.format.with_contiguous(leaf, true);
                     }
-                    if current == Descriptor::Invalid {
+                    if current == EntryKind::Invalid {
                         // Walkers do not write to invalid entries: a plain
                         // store cannot lose an accessed/dirty update.
                         self.store(entry, raw, leaf, level, slot.start, slot.size);
@@ -713,8 +848,8 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
                 continue;
             }
             match (edit, current) {
-                (_, Descriptor::Malformed) => {}
-                (Edit::Map { .. }, Descriptor::Invalid) => {
+                (_, EntryKind::Malformed) => {}
+                (Edit::Map { .. }, EntryKind::Invalid) => {
                     let (Some(l), Some(child)) = (below, self.take_table()) else {
                         continue;
                     };
@@ -733,24 +868,28 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
                     let table_entry = self.format.encode_table(child, level);
                     self.store(entry, raw, table_entry, level, slot.start, slot.size);
                 }
-                (_, Descriptor::Invalid) => {}
+                (_, EntryKind::Invalid) => {}
                 (Edit::Unmap, _) if slot.is_full() => {
                     let old = self.swap(entry, 0, level, slot.start, slot.size);
                     self.dispose(old, level, &slot, false, alloc);
                 }
-                (Edit::Protect { templates, .. }, Descriptor::Leaf(pa, _)) if slot.is_full() => {
+                (Edit::Protect { templates, .. }, EntryKind::Leaf(pa)) if slot.is_full() => {
                     let template = templates.get(usize::from(level)).copied().unwrap_or(0);
                     let mut new = self.format.with_output_address(template, pa, level);
                     // A run still hinted here is one that keeps the hint.
                     if self.format.is_contiguous(raw) {
                         new = self.format.with_contiguous(new, true);
                     }
-                    let (old, broken) = self.replace(entry, raw, new, level, &slot);
-                    if old != new && !broken {
-                        self.flush_slot(&slot, false);
+                    // An entry that already holds the new value is left as
+                    // it is (no store, nothing to flush).
+                    if raw != new {
+                        let (old, broken) = self.replace(entry, raw, new, level, &slot);
+                        if old != new && !broken {
+                            self.flush_slot(&slot, false);
+                        }
                     }
                 }
-                (_, Descriptor::Table(child)) => {
+                (_, EntryKind::Table(child)) => {
                     let Some(l) = below else { continue };
                     self.commit(
                         child,
@@ -768,7 +907,11 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
                         self.flush_slot(&slot, true);
                     }
                 }
-                (_, Descriptor::Leaf(pa, attrs)) => {
+                (_, EntryKind::Leaf(_)) => {
+                    // The plan checked this leaf decodes and splits.
+                    let Descriptor::Leaf(pa, attrs) = self.format.decode(raw, level) else {
+                        continue;
+                    };
                     let (Some(l), Some(child)) = (below, self.take_table()) else {
                         continue;
                     };
@@ -863,7 +1006,7 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
             };
             let leaf = self.format.with_output_address(template, pa + offset, 0);
             let old = entry.load(Ordering::Acquire);
-            if self.format.decode(old, 0) == Descriptor::Invalid {
+            if self.format.kind(old, 0) == EntryKind::Invalid {
                 self.store(entry, old, leaf, 0, slot_start, 1 << shift);
             } else {
                 let slot = Slot {
@@ -889,14 +1032,14 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
         broken: bool,
         alloc: &mut impl TableAllocator,
     ) {
-        match self.format.decode(old, level) {
-            Descriptor::Invalid => {}
-            Descriptor::Leaf(..) | Descriptor::Malformed => {
+        match self.format.kind(old, level) {
+            EntryKind::Invalid => {}
+            EntryKind::Leaf(_) | EntryKind::Malformed => {
                 if !broken {
                     self.flush_slot(slot, false);
                 }
             }
-            Descriptor::Table(child) => {
+            EntryKind::Table(child) => {
                 if let Some(l) = level.checked_sub(1) {
                     self.free_subtree(child, l, alloc);
                 }
@@ -909,9 +1052,9 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
 
     fn is_empty(&self, table: u64, level: u8) -> bool {
         self.table(table, level).is_ok_and(|entries| {
-            entries.iter().all(|e| {
-                self.format.decode(e.load(Ordering::Acquire), level) == Descriptor::Invalid
-            })
+            entries
+                .iter()
+                .all(|e| self.format.kind(e.load(Ordering::Acquire), level) == EntryKind::Invalid)
         })
     }
 
@@ -919,8 +1062,7 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
     pub(crate) fn free_subtree(&self, table: u64, level: u8, alloc: &mut impl TableAllocator) {
         if let (Ok(entries), Some(l)) = (self.table(table, level), level.checked_sub(1)) {
             for e in entries {
-                if let Descriptor::Table(child) =
-                    self.format.decode(e.load(Ordering::Acquire), level)
+                if let EntryKind::Table(child) = self.format.kind(e.load(Ordering::Acquire), level)
                 {
                     self.free_subtree(child, l, alloc);
                 }
@@ -952,7 +1094,7 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
                 continue;
             };
             let raw = entry.load(Ordering::Acquire);
-            let Descriptor::Table(child) = self.format.decode(raw, level) else {
+            let EntryKind::Table(child) = self.format.kind(raw, level) else {
                 continue;
             };
             self.merge(

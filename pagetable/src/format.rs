@@ -51,6 +51,32 @@ pub enum Descriptor {
     Malformed,
 }
 
+/// What kind of entry a raw value is, without a leaf's attributes: what a
+/// walk needs at every level but the last (see [`Format::kind`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    /// Not valid.
+    Invalid,
+    /// Points to the next-level table at this physical address.
+    Table(u64),
+    /// A block or page mapping this physical address.
+    Leaf(u64),
+    /// Valid but malformed at this level.
+    Malformed,
+}
+
+impl From<Descriptor> for EntryKind {
+    #[inline]
+    fn from(d: Descriptor) -> Self {
+        match d {
+            Descriptor::Invalid => Self::Invalid,
+            Descriptor::Table(t) => Self::Table(t),
+            Descriptor::Leaf(pa, _) => Self::Leaf(pa),
+            Descriptor::Malformed => Self::Malformed,
+        }
+    }
+}
+
 /// A page-table format: geometry and entry encoding.
 ///
 /// Implemented by [`X86Paging`](crate::X86Paging), [`Ept`](crate::Ept),
@@ -113,6 +139,16 @@ pub trait Format {
 
     /// Decodes a raw entry read at `level`.
     fn decode(&self, raw: u64, level: u8) -> Descriptor;
+
+    /// The kind of a raw entry at `level`: exactly what
+    /// [`decode`](Self::decode) says, without building a leaf's attributes.
+    /// Walks call it at every level and decode only the leaf they stop at.
+    /// The default goes through `decode`; formats override it with a
+    /// cheaper check that must agree with `decode` on every value.
+    #[inline]
+    fn kind(&self, raw: u64, level: u8) -> EntryKind {
+        self.decode(raw, level).into()
+    }
 
     /// The raw entry for a pointer to the next-level table at `table`.
     fn encode_table(&self, table: u64, level: u8) -> u64;

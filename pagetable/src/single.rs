@@ -19,7 +19,7 @@ use crate::alloc::{Reservation, ReserveFailure, TableAllocator};
 use crate::bbm::{Break, BreakBeforeMake};
 use crate::error::TableError;
 use crate::flush::TlbFlush;
-use crate::format::{Descriptor, Format};
+use crate::format::{EntryKind, Format};
 use crate::mem::PhysMem;
 use crate::table::PageTable;
 
@@ -27,15 +27,17 @@ use crate::table::PageTable;
 const MAX_LEVELS: usize = 8;
 
 /// What the fast path decided.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Single {
-    /// Done; this is the flush.
-    Done(TlbFlush),
+    /// Done; the flush was added to the caller's.
+    Done,
     /// Not a case for the fast path: nothing was changed.
     General,
 }
 
 impl<F: Format> PageTable<F> {
     /// The entries of the table at `table` (level `level`).
+    #[inline]
     fn entries_of<'m>(
         &self,
         mem: &'m impl PhysMem,
@@ -53,13 +55,14 @@ impl<F: Format> PageTable<F> {
             })
     }
 
+    #[inline]
     fn slot_of<'m>(
         &self,
         entries: &'m [AtomicU64],
         index: u64,
         level: u8,
     ) -> Option<&'m AtomicU64> {
-        let i = (index >> self.format.level_shift(level)) & (entries.len() as u64 - 1);
+        let i = (index >> self.format.level_shift(level)) & (entries.len() as u64).wrapping_sub(1);
         entries.get(i as usize)
     }
 
@@ -76,8 +79,10 @@ impl<F: Format> PageTable<F> {
         let _ = (old, level, index);
     }
 
-    /// Maps one leaf at `level` for the index `index` with entry `leaf`.
+    /// Maps one leaf at `level` for the index `index` with entry `leaf`,
+    /// adding what must be invalidated to `flush`.
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     pub(crate) fn map_single(
         &mut self,
         mem: &impl PhysMem,
@@ -87,6 +92,7 @@ impl<F: Format> PageTable<F> {
         level: u8,
         leaf: u64,
         replace: bool,
+        flush: &mut TlbFlush,
     ) -> Result<Single, SingleError> {
         let mut table = self.root;
         let mut l = self.format.levels() - 1;
@@ -97,13 +103,13 @@ impl<F: Format> PageTable<F> {
             let Some(entry) = self.slot_of(entries, index, l) else {
                 return Ok(Single::General);
             };
-            match self.format.decode(entry.load(Ordering::Acquire), l) {
-                Descriptor::Table(next) => table = next,
-                Descriptor::Invalid => {
+            match self.format.kind(entry.load(Ordering::Acquire), l) {
+                EntryKind::Table(next) => table = next,
+                EntryKind::Invalid => {
                     missing_at = Some((entry, l));
                     break;
                 }
-                Descriptor::Leaf(..) | Descriptor::Malformed => return Ok(Single::General),
+                EntryKind::Leaf(_) | EntryKind::Malformed => return Ok(Single::General),
             }
             l -= 1;
         }
@@ -113,15 +119,14 @@ impl<F: Format> PageTable<F> {
                 return Ok(Single::General);
             };
             let raw = entry.load(Ordering::Acquire);
-            return Ok(match self.format.decode(raw, level) {
-                Descriptor::Invalid => {
+            return Ok(match self.format.kind(raw, level) {
+                EntryKind::Invalid => {
                     self.traced_store(entry, raw, leaf, level, index);
-                    Single::Done(TlbFlush::NONE)
+                    Single::Done
                 }
                 // Part of a contiguous run: the general engine unfolds it.
-                Descriptor::Leaf(..) if self.format.is_contiguous(raw) => Single::General,
-                Descriptor::Leaf(..) if replace => {
-                    let mut flush = TlbFlush::NONE;
+                EntryKind::Leaf(_) if self.format.is_contiguous(raw) => Single::General,
+                EntryKind::Leaf(_) if replace => {
                     let size = 1u64 << self.format.level_shift(level);
                     let at = self.format.index_to_input(index & !(size - 1));
                     if self.format.needs_break(raw, leaf, level) {
@@ -140,12 +145,12 @@ impl<F: Format> PageTable<F> {
                         self.traced_store(entry, raw, leaf, level, index);
                         flush.add(at, at.saturating_add(size), false);
                     }
-                    Single::Done(flush)
+                    Single::Done
                 }
-                Descriptor::Leaf(..) => {
+                EntryKind::Leaf(_) => {
                     return Err(SingleError::Mapped(self.format.index_to_input(index)));
                 }
-                Descriptor::Table(_) | Descriptor::Malformed => Single::General,
+                EntryKind::Table(_) | EntryKind::Malformed => Single::General,
             });
         };
         // Tables for levels top_level-1 down to `level`, built bottom up.
@@ -154,20 +159,36 @@ impl<F: Format> PageTable<F> {
             return Ok(Single::General);
         }
         let mut reservation = Reservation::take_frames(needed, self.format.entries(), mem, alloc)?;
+        // Filled bottom up while unlinked. The reservation checked every
+        // frame, so none of this fails; if it did, every frame goes back and
+        // the general engine (which reports the error) takes over, with the
+        // tables untouched.
+        let mut built = [0u64; MAX_LEVELS];
+        let mut taken = 0;
         let mut below = None;
-        for lv in level..top_level {
-            let Some(t) = reservation.take(mem) else {
-                break;
-            };
-            let entries = self.entries_of(mem, t, lv)?;
-            if let Some(entry) = self.slot_of(entries, index, lv) {
+        for (lv, slot) in (level..top_level).zip(built.iter_mut()) {
+            let filled = reservation.take(mem).and_then(|t| {
+                *slot = t;
+                taken += 1;
+                let entry = self
+                    .entries_of(mem, t, lv)
+                    .ok()
+                    .and_then(|entries| self.slot_of(entries, index, lv))?;
                 let raw = match below {
                     None => leaf,
                     Some(child) => self.format.encode_table(child, lv),
                 };
                 entry.store(raw, Ordering::Relaxed);
+                Some(t)
+            });
+            if filled.is_none() {
+                for &t in built.iter().take(taken) {
+                    alloc.free_table(PhysAddr::new(t));
+                }
+                reservation.release(mem, alloc);
+                return Ok(Single::General);
             }
-            below = Some(t);
+            below = filled;
         }
         if let Some(child) = below {
             let old = top_entry.load(Ordering::Relaxed);
@@ -175,64 +196,74 @@ impl<F: Format> PageTable<F> {
             self.traced_store(top_entry, old, table, top_level, index);
         }
         reservation.release(mem, alloc);
-        Ok(Single::Done(TlbFlush::NONE))
+        Ok(Single::Done)
     }
 
     /// Unmaps the one leaf at `level` covering `index`, freeing the tables on
-    /// its path that become empty.
+    /// its path that become empty, adding what must be invalidated to
+    /// `flush`.
+    #[inline(always)]
     pub(crate) fn unmap_single(
         &mut self,
         mem: &impl PhysMem,
         alloc: &mut impl TableAllocator,
         index: u64,
         level: u8,
+        flush: &mut TlbFlush,
     ) -> Result<Single, SingleError> {
         let top = self.format.levels() - 1;
-        let mut path: [Option<&AtomicU64>; MAX_LEVELS] = [None; MAX_LEVELS];
+        // The table read at each level, for freeing the ones left empty.
         let mut tables = [0u64; MAX_LEVELS];
         let mut table = self.root;
         let mut l = top;
-        loop {
+        let leaf = loop {
             let entries = self.entries_of(mem, table, l)?;
             let Some(entry) = self.slot_of(entries, index, l) else {
                 return Ok(Single::General);
             };
-            let (Some(p), Some(t)) = (path.get_mut(usize::from(l)), tables.get_mut(usize::from(l)))
-            else {
+            let Some(t) = tables.get_mut(usize::from(l)) else {
                 return Ok(Single::General);
             };
-            *p = Some(entry);
             *t = table;
             let raw = entry.load(Ordering::Acquire);
-            match self.format.decode(raw, l) {
-                Descriptor::Invalid => return Ok(Single::Done(TlbFlush::NONE)),
-                Descriptor::Table(next) if l > level => table = next,
-                Descriptor::Leaf(..) if l == level && !self.format.is_contiguous(raw) => break,
+            match self.format.kind(raw, l) {
+                EntryKind::Invalid => return Ok(Single::Done),
+                EntryKind::Table(next) if l > level => table = next,
+                EntryKind::Leaf(_) if l == level && !self.format.is_contiguous(raw) => {
+                    break entry;
+                }
                 _ => return Ok(Single::General),
             }
             l -= 1;
-        }
-        let mut flush = TlbFlush::NONE;
+        };
+        // From here on nothing may fail: the leaf goes, and each table on
+        // the path that is left empty is unlinked and freed, bottom up.
         let size = 1u64 << self.format.level_shift(level);
         let at = self.format.index_to_input(index & !(size - 1));
-        if let Some(Some(entry)) = path.get(usize::from(level)) {
-            let old = entry.load(Ordering::Relaxed);
-            self.traced_store(entry, old, 0, level, index);
-        }
+        let old = leaf.load(Ordering::Relaxed);
+        self.traced_store(leaf, old, 0, level, index);
         flush.add(at, at.saturating_add(size), false);
-        // Free the tables on the path that are now empty, bottom up.
         for lv in level..top {
-            let Some(&t) = tables.get(usize::from(lv)) else {
+            let (Some(&t), Some(&above)) =
+                (tables.get(usize::from(lv)), tables.get(usize::from(lv) + 1))
+            else {
                 break;
             };
-            let entries = self.entries_of(mem, t, lv)?;
+            // Both tables were readable during the walk.
+            let Ok(entries) = self.entries_of(mem, t, lv) else {
+                break;
+            };
             if entries
                 .iter()
-                .any(|e| self.format.decode(e.load(Ordering::Acquire), lv) != Descriptor::Invalid)
+                .any(|e| self.format.kind(e.load(Ordering::Acquire), lv) != EntryKind::Invalid)
             {
                 break;
             }
-            let Some(Some(parent)) = path.get(usize::from(lv) + 1) else {
+            let Some(parent) = self
+                .entries_of(mem, above, lv + 1)
+                .ok()
+                .and_then(|e| self.slot_of(e, index, lv + 1))
+            else {
                 break;
             };
             let old = parent.load(Ordering::Relaxed);
@@ -242,7 +273,7 @@ impl<F: Format> PageTable<F> {
             let start = self.format.index_to_input(index & !(span - 1));
             flush.add(start, start.saturating_add(span), true);
         }
-        Ok(Single::Done(flush))
+        Ok(Single::Done)
     }
 }
 

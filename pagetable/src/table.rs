@@ -200,10 +200,13 @@ impl<F: Format> PageTable<F> {
         &self.format
     }
 
-    /// Checks an input range and returns it in index space.
+    /// Checks an input range and returns it in index space. `align` is a
+    /// power of two.
+    #[inline]
     fn index_range(&self, input: F::Input, len: u64, align: u64) -> Result<(u64, u64), RangeError> {
         let start_raw = input.raw();
-        if start_raw % align != 0 || len % align != 0 {
+        debug_assert!(align.is_power_of_two());
+        if (start_raw | len) & align.wrapping_sub(1) != 0 {
             return Err(RangeError::Misaligned);
         }
         if len == 0 {
@@ -234,9 +237,14 @@ impl<F: Format> PageTable<F> {
 
     /// The level whose leaf is exactly `[start, start + len)`, if one is
     /// allowed: the case for the one-leaf fast path.
+    #[inline]
     fn single_leaf_level(&self, start: u64, len: u64, sizes: LeafSizes) -> Option<u8> {
         if !len.is_power_of_two() || start & (len - 1) != 0 {
             return None;
+        }
+        // The most frequent case first: one smallest page.
+        if len.trailing_zeros() == self.format.level_shift(0) {
+            return (sizes.allows(0) && self.format.leaf_allowed(0)).then_some(0);
         }
         (0..self.format.levels()).find(|&l| {
             self.format.level_shift(l) == len.trailing_zeros()
@@ -245,7 +253,11 @@ impl<F: Format> PageTable<F> {
         })
     }
 
+    #[inline]
     fn smallest_leaf(&self, sizes: LeafSizes) -> Option<u8> {
+        if sizes.allows(0) && self.format.leaf_allowed(0) {
+            return Some(0);
+        }
         (0..self.format.levels()).find(|&l| sizes.allows(l) && self.format.leaf_allowed(l))
     }
 
@@ -269,6 +281,7 @@ impl<F: Format> PageTable<F> {
     /// - [`MapError::OutOfMemory`]: `alloc` ran out,
     /// - [`MapError::Table`]: an inaccessible table or malformed entry.
     #[allow(clippy::too_many_arguments)] // where, to what, how long, how, and the resources
+    #[inline]
     fn map_with(
         &mut self,
         mem: &impl PhysMem,
@@ -285,7 +298,7 @@ impl<F: Format> PageTable<F> {
             .ok_or(RangeError::NoLeafSize)?;
         let align = 1u64 << self.format.level_shift(smallest);
         let (start, end) = self.index_range(input, len, align)?;
-        if pa.get() % align != 0 {
+        if pa.get() & (align - 1) != 0 {
             return Err(RangeError::Misaligned.into());
         }
         let pa_end = pa
@@ -302,8 +315,18 @@ impl<F: Format> PageTable<F> {
                     .encode_leaf(0, attrs, level)
                     .map_err(MapError::Attributes)?;
                 let leaf = self.format.with_output_address(template, pa.get(), level);
-                match self.map_single(mem, alloc, bbm, start, level, leaf, options.replace) {
-                    Ok(Single::Done(flush)) => return Ok(flush),
+                let mut flush = TlbFlush::NONE;
+                match self.map_single(
+                    mem,
+                    alloc,
+                    bbm,
+                    start,
+                    level,
+                    leaf,
+                    options.replace,
+                    &mut flush,
+                ) {
+                    Ok(Single::Done) => return Ok(flush),
                     Ok(Single::General) => {}
                     Err(SingleError::Table(t)) => return Err(MapError::Table(t)),
                     Err(SingleError::Reserve(r)) => return Err(reserve_error(r)),
@@ -354,6 +377,7 @@ impl<F: Format> PageTable<F> {
     ///   untranslatable,
     /// - [`UnmapError::OutOfMemory`]: a split needed a table `alloc` lacked,
     /// - [`UnmapError::Table`]: an inaccessible table or malformed entry.
+    #[inline]
     fn unmap_with(
         &mut self,
         mem: &impl PhysMem,
@@ -365,8 +389,9 @@ impl<F: Format> PageTable<F> {
         let align = 1u64 << self.format.granule_shift();
         let (start, end) = self.index_range(input, len, align)?;
         if let Some(level) = self.single_leaf_level(start, len, LeafSizes::ANY) {
-            match self.unmap_single(mem, alloc, start, level) {
-                Ok(Single::Done(flush)) => return Ok(flush),
+            let mut flush = TlbFlush::NONE;
+            match self.unmap_single(mem, alloc, start, level, &mut flush) {
+                Ok(Single::Done) => return Ok(flush),
                 Ok(Single::General) => {}
                 Err(SingleError::Table(t)) => return Err(UnmapError::Table(t)),
                 Err(SingleError::Reserve(ReserveFailure::OutOfMemory)) => {
@@ -548,6 +573,7 @@ impl<F: Format> PageTable<F> {
     /// [`TranslateError`] if the address is out of range, not mapped, or the
     /// walk meets an inaccessible table or a malformed entry. The walk reads
     /// at most one entry per level, so any table contents terminate.
+    #[inline]
     pub fn translate(
         &self,
         mem: &impl PhysMem,
@@ -648,6 +674,7 @@ impl<F: WithoutBreakBeforeMake> PageTable<F> {
     /// - [`MapError::OutOfMemory`]: `alloc` ran out,
     /// - [`MapError::Table`]: an inaccessible table or malformed entry.
     #[allow(clippy::too_many_arguments)] // where, to what, how long, how, and the two resources
+    #[inline]
     pub fn map(
         &mut self,
         mem: &impl PhysMem,
@@ -673,6 +700,7 @@ impl<F: WithoutBreakBeforeMake> PageTable<F> {
     ///   untranslatable,
     /// - [`UnmapError::OutOfMemory`]: a split needed a table `alloc` lacked,
     /// - [`UnmapError::Table`]: an inaccessible table or malformed entry.
+    #[inline]
     pub fn unmap(
         &mut self,
         mem: &impl PhysMem,

@@ -1005,3 +1005,140 @@ proptest! {
         run_model(&ops);
     }
 }
+
+/// Raw values that exercise every branch of the x86 and EPT decoders: each
+/// control bit alone and together, addresses at and above MAXPHYADDR, the
+/// low bits of large leaves, XD, protection keys.
+fn interesting_raws() -> Vec<u64> {
+    let bits: Vec<u64> = (0..64).map(|b| 1u64 << b).collect();
+    let bases = [
+        0u64,
+        1,
+        0b11,
+        0b111,
+        0x83,
+        0x87,
+        0x7,
+        0x3f,
+        0x47,
+        0xb7,
+        0x8000_0000_0000_0003,
+        0x0000_000f_ffff_f083,
+        0x000f_ffff_ffff_f007,
+    ];
+    let mut out = Vec::new();
+    for &b in &bases {
+        out.push(b);
+        for &bit in &bits {
+            out.push(b | bit);
+            out.push(b ^ bit);
+        }
+    }
+    out
+}
+
+fn check_kind_agrees<F: crate::Format>(format: &F, raw: u64) {
+    for level in 0..format.levels() {
+        assert_eq!(
+            format.kind(raw, level),
+            crate::EntryKind::from(format.decode(raw, level)),
+            "raw {raw:#x} level {level} in {}",
+            core::any::type_name::<F>()
+        );
+    }
+}
+
+fn x86_configurations() -> Vec<X86Paging> {
+    let mut v = Vec::new();
+    for base in [X86Paging::four_level(), X86Paging::five_level()] {
+        for bits in [32u8, 36, 46, 52] {
+            let f = base.with_max_phys_bits(bits).unwrap();
+            v.push(f);
+            v.push(f.without_no_execute());
+            v.push(f.without_gigabyte_pages());
+            v.push(f.with_pat([MemoryType::WriteBack; 8]));
+        }
+    }
+    v
+}
+
+fn ept_configurations() -> Vec<Ept> {
+    let mut v = Vec::new();
+    for base in [Ept::four_level(), Ept::five_level()] {
+        for bits in [32u8, 39, 46, 52] {
+            let f = base.with_max_phys_bits(bits).unwrap();
+            v.push(f);
+            v.push(f.with_execute_only());
+            v.push(f.without_gigabyte_pages());
+        }
+    }
+    v
+}
+
+/// `Format::kind` is what walks use at every level; it must say exactly what
+/// `decode` says, or a walk would treat an entry differently from an update.
+#[test]
+fn kind_agrees_with_decode_on_every_branch() {
+    let raws = interesting_raws();
+    let raws = if cfg!(miri) { &raws[..64] } else { &raws[..] };
+    for f in x86_configurations() {
+        for &raw in raws {
+            check_kind_agrees(&f, raw);
+        }
+    }
+    for f in ept_configurations() {
+        for &raw in raws {
+            check_kind_agrees(&f, raw);
+        }
+    }
+}
+
+/// The PAT lookup the x86 encoder precomputes picks the first PAT slot that
+/// holds a memory type, as a search of the PAT would, and refuses types the
+/// PAT lacks.
+#[test]
+fn precomputed_pat_lookup_uses_the_first_slot_of_each_type() {
+    let pat = [
+        MemoryType::Uncacheable,
+        MemoryType::WriteBack,
+        MemoryType::WriteBack,
+        MemoryType::WriteCombining,
+        MemoryType::Uncacheable,
+        MemoryType::WriteThrough,
+        MemoryType::WriteThrough,
+        MemoryType::WriteThrough,
+    ];
+    let f = X86Paging::four_level().with_pat(pat);
+    let attrs = |m| Attributes::DATA.with_memory_type(m);
+    // PAT index 1 = PWT only; index 3 = PWT | PCD; 5 = PAT | PWT.
+    let pwt = 1 << 3;
+    let pcd = 1 << 4;
+    let pat4k = 1 << 7;
+    let flags = pwt | pcd | pat4k;
+    let raw = |m| crate::Format::encode_leaf(&f, 0, &attrs(m), 0).map(|r| r & flags);
+    assert_eq!(raw(MemoryType::WriteBack), Ok(pwt));
+    assert_eq!(raw(MemoryType::WriteCombining), Ok(pwt | pcd));
+    assert_eq!(raw(MemoryType::Uncacheable), Ok(0));
+    assert_eq!(raw(MemoryType::WriteThrough), Ok(pat4k | pwt));
+    assert_eq!(
+        raw(MemoryType::WriteProtect),
+        Err(AttrError::MemoryType(MemoryType::WriteProtect))
+    );
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Random raw values: `kind` and `decode` agree at every level of every
+    /// x86 and EPT configuration.
+    #[test]
+    fn kind_agrees_with_decode_on_random_values(raw in any::<u64>(), present in any::<bool>()) {
+        let raw = if present { raw | 1 } else { raw };
+        for f in x86_configurations() {
+            check_kind_agrees(&f, raw);
+        }
+        for f in ept_configurations() {
+            check_kind_agrees(&f, raw);
+        }
+    }
+}

@@ -11,7 +11,7 @@ use hvmem_types::PhysAddr;
 
 use crate::attrs::{Access, Attributes};
 use crate::error::{TableError, TranslateError};
-use crate::format::{Descriptor, Format};
+use crate::format::{Descriptor, EntryKind, Format};
 use crate::mem::PhysMem;
 
 /// Where an address translates to.
@@ -114,6 +114,10 @@ pub(crate) fn entry_at<'m, F: Format>(
     }
 }
 
+/// Walks to the leaf covering `index`. Each level classifies its entry
+/// without attributes ([`Format::kind`]); only the leaf it stops at is fully
+/// decoded.
+#[inline]
 pub(crate) fn translate<F: Format>(
     format: &F,
     mem: &impl PhysMem,
@@ -123,14 +127,15 @@ pub(crate) fn translate<F: Format>(
     let mut table = root;
     let mut limits = Access::all();
     let mut level = format.levels().saturating_sub(1);
+    let mut entries_per_table = format.root_entries();
     loop {
-        let entries = table_entries(format, mem, table, level).ok_or(TranslateError::Table(
-            TableError::NotAccessible {
-                table: PhysAddr::new(table),
-            },
-        ))?;
+        let entries =
+            mem.table(PhysAddr::new(table), entries_per_table)
+                .ok_or(TranslateError::Table(TableError::NotAccessible {
+                    table: PhysAddr::new(table),
+                }))?;
         let shift = format.level_shift(level);
-        let slot = ((index >> shift) & (entries.len() as u64 - 1)) as usize;
+        let slot = ((index >> shift) & (entries.len() as u64).wrapping_sub(1)) as usize;
         let raw = entries.get(slot).map_or(0, |e| e.load(Ordering::Acquire));
         let malformed = || {
             TranslateError::Table(TableError::Malformed {
@@ -138,10 +143,17 @@ pub(crate) fn translate<F: Format>(
                 level,
             })
         };
-        match format.decode(raw, level) {
-            Descriptor::Invalid => return Err(TranslateError::NotMapped { level }),
-            Descriptor::Malformed => return Err(malformed()),
-            Descriptor::Leaf(pa, mut attributes) => {
+        match format.kind(raw, level) {
+            EntryKind::Table(next) => {
+                limits &= format.table_limits(raw, level);
+                level = level.checked_sub(1).ok_or_else(malformed)?;
+                table = next;
+                entries_per_table = format.entries();
+            }
+            EntryKind::Leaf(_) => {
+                let Descriptor::Leaf(pa, mut attributes) = format.decode(raw, level) else {
+                    return Err(malformed());
+                };
                 let size = 1u64 << shift;
                 attributes.access &= limits;
                 return Ok(Translation {
@@ -151,11 +163,8 @@ pub(crate) fn translate<F: Format>(
                     attributes,
                 });
             }
-            Descriptor::Table(next) => {
-                limits &= format.table_limits(raw, level);
-                level = level.checked_sub(1).ok_or_else(malformed)?;
-                table = next;
-            }
+            EntryKind::Invalid => return Err(TranslateError::NotMapped { level }),
+            EntryKind::Malformed => return Err(malformed()),
         }
     }
 }

@@ -5,7 +5,7 @@ use hvmem_types::GuestPhysAddr;
 use super::{address_mask, high_reserved, level_name, valid_phys_bits};
 use crate::Access;
 use crate::attrs::{AttrError, Attributes, MemoryType};
-use crate::format::{Descriptor, Format};
+use crate::format::{Descriptor, EntryKind, Format};
 
 const R: u64 = 1 << 0;
 const W: u64 = 1 << 1;
@@ -150,11 +150,42 @@ impl Format for Ept {
 
     #[inline]
     fn decode(&self, raw: u64, level: u8) -> Descriptor {
+        match self.kind(raw, level) {
+            EntryKind::Invalid => Descriptor::Invalid,
+            EntryKind::Table(t) => Descriptor::Table(t),
+            EntryKind::Malformed => Descriptor::Malformed,
+            EntryKind::Leaf(addr) => {
+                // `kind` checked the memory type; a failure here would be a
+                // bug, reported as malformed rather than guessed.
+                let Some(memory_type) = memory_type_of((raw & MT) >> MT_SHIFT) else {
+                    return Descriptor::Malformed;
+                };
+                let mut access = Access::empty();
+                access.set(Access::READ, raw & R != 0);
+                access.set(Access::WRITE, raw & W != 0);
+                access.set(Access::EXECUTE, raw & X != 0);
+                Descriptor::Leaf(
+                    addr,
+                    Attributes {
+                        access,
+                        memory_type,
+                        global: false,
+                        protection_key: 0,
+                        ignore_guest_pat: raw & IPAT != 0,
+                        ..Attributes::DATA
+                    },
+                )
+            }
+        }
+    }
+
+    #[inline]
+    fn kind(&self, raw: u64, level: u8) -> EntryKind {
         if raw & RWX == 0 {
-            return Descriptor::Invalid;
+            return EntryKind::Invalid;
         }
         if raw & high_reserved(self.max_phys_bits) != 0 || self.misconfigured_rights(raw) {
-            return Descriptor::Malformed;
+            return EntryKind::Malformed;
         }
         let addr = raw & address_mask(self.max_phys_bits);
         let is_leaf = level == 0 || (raw & LARGE != 0 && level <= 2);
@@ -162,36 +193,18 @@ impl Format for Ept {
             // Non-leaf entries reserve bits 3..6 (and 7 at PML4/PML5).
             let reserved = if level >= 3 { 0xf8 } else { 0x78 };
             return if raw & reserved != 0 {
-                Descriptor::Malformed
+                EntryKind::Malformed
             } else {
-                Descriptor::Table(addr)
+                EntryKind::Table(addr)
             };
         }
-        if !self.leaf_allowed(level) {
-            return Descriptor::Malformed;
+        if !self.leaf_allowed(level) || memory_type_of((raw & MT) >> MT_SHIFT).is_none() {
+            return EntryKind::Malformed;
         }
-        let low = addr & ((1u64 << self.level_shift(level)) - 1);
-        let Some(memory_type) = memory_type_of((raw & MT) >> MT_SHIFT) else {
-            return Descriptor::Malformed;
-        };
-        if low != 0 {
-            return Descriptor::Malformed;
+        if addr & ((1u64 << self.level_shift(level)) - 1) != 0 {
+            return EntryKind::Malformed;
         }
-        let mut access = Access::empty();
-        access.set(Access::READ, raw & R != 0);
-        access.set(Access::WRITE, raw & W != 0);
-        access.set(Access::EXECUTE, raw & X != 0);
-        Descriptor::Leaf(
-            addr,
-            Attributes {
-                access,
-                memory_type,
-                global: false,
-                protection_key: 0,
-                ignore_guest_pat: raw & IPAT != 0,
-                ..Attributes::DATA
-            },
-        )
+        EntryKind::Leaf(addr)
     }
 
     #[inline]

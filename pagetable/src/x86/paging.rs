@@ -5,7 +5,7 @@ use hvmem_types::VirtAddr;
 use super::{address_mask, high_reserved, level_name, valid_phys_bits};
 use crate::Access;
 use crate::attrs::{AttrError, Attributes, MemoryType};
-use crate::format::{Descriptor, Format};
+use crate::format::{Descriptor, EntryKind, Format};
 
 const P: u64 = 1 << 0;
 const RW: u64 = 1 << 1;
@@ -42,7 +42,45 @@ pub struct X86Paging {
     no_execute: bool,
     protection_keys: bool,
     pat: [MemoryType; 8],
+    // Derived from the fields above by `derive`, so that the decoder and the
+    // encoder do not recompute them on every entry.
+    /// The address field, bits `[max_phys_bits - 1 : 12]`.
+    addr_mask: u64,
+    /// Bits that make a present entry malformed at every level.
+    reserved: u64,
+    /// The first PAT index holding each memory type (by discriminant), or
+    /// `NO_PAT_INDEX`.
+    pat_index: [u8; MEMORY_TYPES],
 }
+
+/// The first PAT slot holding the memory type with discriminant `t`, or
+/// `NO_PAT_INDEX`.
+const fn first_pat_slot(pat: &[MemoryType; 8], t: u8) -> u8 {
+    let [a, b, c, d, e, f, g, h] = *pat;
+    if a as u8 == t {
+        0
+    } else if b as u8 == t {
+        1
+    } else if c as u8 == t {
+        2
+    } else if d as u8 == t {
+        3
+    } else if e as u8 == t {
+        4
+    } else if f as u8 == t {
+        5
+    } else if g as u8 == t {
+        6
+    } else if h as u8 == t {
+        7
+    } else {
+        NO_PAT_INDEX
+    }
+}
+
+/// How many `MemoryType` variants there are.
+const MEMORY_TYPES: usize = 8;
+const NO_PAT_INDEX: u8 = u8::MAX;
 
 impl X86Paging {
     /// 4-level paging, 48-bit virtual addresses, MAXPHYADDR 52, 1 GiB pages,
@@ -56,7 +94,29 @@ impl X86Paging {
             no_execute: true,
             protection_keys: true,
             pat: LINUX_PAT,
+            addr_mask: 0,
+            reserved: 0,
+            pat_index: [NO_PAT_INDEX; MEMORY_TYPES],
         }
+        .derive()
+    }
+
+    /// Recomputes the derived masks and the PAT lookup after a change.
+    const fn derive(mut self) -> Self {
+        self.addr_mask = address_mask(self.max_phys_bits);
+        self.reserved = high_reserved(self.max_phys_bits) | if self.no_execute { 0 } else { XD };
+        let pat = &self.pat;
+        self.pat_index = [
+            first_pat_slot(pat, 0),
+            first_pat_slot(pat, 1),
+            first_pat_slot(pat, 2),
+            first_pat_slot(pat, 3),
+            first_pat_slot(pat, 4),
+            first_pat_slot(pat, 5),
+            first_pat_slot(pat, 6),
+            first_pat_slot(pat, 7),
+        ];
+        self
     }
 
     /// 5-level paging (LA57), 57-bit virtual addresses; otherwise as
@@ -73,7 +133,7 @@ impl X86Paging {
     pub const fn with_max_phys_bits(mut self, bits: u8) -> Option<Self> {
         if valid_phys_bits(bits) {
             self.max_phys_bits = bits;
-            Some(self)
+            Some(self.derive())
         } else {
             None
         }
@@ -91,22 +151,18 @@ impl X86Paging {
     #[must_use]
     pub const fn without_no_execute(mut self) -> Self {
         self.no_execute = false;
-        self
+        self.derive()
     }
 
     /// The same format with another PAT layout.
     #[must_use]
     pub const fn with_pat(mut self, pat: [MemoryType; 8]) -> Self {
         self.pat = pat;
-        self
+        self.derive()
     }
 
     fn input_bits(&self) -> u32 {
         if self.five_level { 57 } else { 48 }
-    }
-
-    fn reserved(&self) -> u64 {
-        high_reserved(self.max_phys_bits) | if self.no_execute { 0 } else { XD }
     }
 
     fn pat_index(&self, raw: u64, level: u8) -> usize {
@@ -192,35 +248,45 @@ impl Format for X86Paging {
 
     #[inline]
     fn decode(&self, raw: u64, level: u8) -> Descriptor {
-        if raw & P == 0 {
-            return Descriptor::Invalid;
-        }
-        if raw & self.reserved() != 0 {
-            return Descriptor::Malformed;
-        }
-        let addr = raw & address_mask(self.max_phys_bits);
-        match level {
-            0 => Descriptor::Leaf(addr, self.leaf_attributes(raw, 0)),
-            1 | 2 if raw & PS != 0 => {
-                if !self.leaf_allowed(level) {
-                    return Descriptor::Malformed;
-                }
-                // Bits [shift-1:13] are reserved in a large leaf; bit 12 is PAT.
-                let low = addr & ((1u64 << self.level_shift(level)) - 1);
-                if low & !PAT_LARGE != 0 {
-                    return Descriptor::Malformed;
-                }
-                Descriptor::Leaf(addr & !low, self.leaf_attributes(raw, level))
-            }
-            1 | 2 => Descriptor::Table(addr),
-            _ if raw & PS != 0 => Descriptor::Malformed,
-            _ => Descriptor::Table(addr),
+        match self.kind(raw, level) {
+            EntryKind::Invalid => Descriptor::Invalid,
+            EntryKind::Table(t) => Descriptor::Table(t),
+            EntryKind::Leaf(pa) => Descriptor::Leaf(pa, self.leaf_attributes(raw, level)),
+            EntryKind::Malformed => Descriptor::Malformed,
         }
     }
 
     #[inline]
+    fn kind(&self, raw: u64, level: u8) -> EntryKind {
+        if raw & P == 0 {
+            return EntryKind::Invalid;
+        }
+        if raw & self.reserved != 0 {
+            return EntryKind::Malformed;
+        }
+        let addr = raw & self.addr_mask;
+        if level == 0 {
+            // Bit 7 is PAT in a PTE.
+            return EntryKind::Leaf(addr);
+        }
+        if raw & PS == 0 {
+            return EntryKind::Table(addr);
+        }
+        if !self.leaf_allowed(level) {
+            // PS in a PML4E or PML5E, or a 1 GiB leaf without Page1GB.
+            return EntryKind::Malformed;
+        }
+        // Bits [shift-1:13] are reserved in a large leaf; bit 12 is PAT.
+        let low = addr & ((1u64 << self.level_shift(level)) - 1);
+        if low & !PAT_LARGE != 0 {
+            return EntryKind::Malformed;
+        }
+        EntryKind::Leaf(addr & !low)
+    }
+
+    #[inline]
     fn encode_table(&self, table: u64, _level: u8) -> u64 {
-        (table & address_mask(self.max_phys_bits)) | P | RW | US
+        (table & self.addr_mask) | P | RW | US
     }
 
     #[inline]
@@ -239,12 +305,11 @@ impl Format for X86Paging {
         if attrs.protection_key > 15 || (attrs.protection_key != 0 && !self.protection_keys) {
             return Err(AttrError::ProtectionKey(attrs.protection_key));
         }
-        let index = self
-            .pat
-            .iter()
-            .position(|&m| m == attrs.memory_type)
-            .ok_or(AttrError::MemoryType(attrs.memory_type))?;
-        let mut raw = (pa & address_mask(self.max_phys_bits)) | P;
+        let index = match self.pat_index.get(attrs.memory_type as usize) {
+            Some(&i) if i != NO_PAT_INDEX => i,
+            _ => return Err(AttrError::MemoryType(attrs.memory_type)),
+        };
+        let mut raw = (pa & self.addr_mask) | P;
         if access.contains(Access::WRITE) {
             raw |= RW;
         }
