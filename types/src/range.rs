@@ -168,11 +168,15 @@ mod tests {
         assert_eq!(blocks[0], (Mfn::new(0), PageOrder::MAX));
     }
 
+    /// Longest range the tiling property tries: with order-0 blocks a range
+    /// costs one step per frame, which the interpreter cannot afford at 2^20.
+    const TILED_LEN: u64 = if cfg!(miri) { 1 << 12 } else { 1 << 20 };
+
     proptest! {
         /// The blocks tile the range exactly, in order, each naturally aligned
         /// and no larger than the maximum order.
         #[test]
-        fn aligned_blocks_tile_the_range(start in 0u64..1 << 40, len in 0u64..1 << 20, max in 0u8..=20) {
+        fn aligned_blocks_tile_the_range(start in 0u64..1 << 40, len in 0u64..TILED_LEN, max in 0u8..=20) {
             let r = FrameRange::new(Mfn::new(start), len).unwrap();
             let max = PageOrder::new(max).unwrap();
             let mut next = start;
