@@ -192,7 +192,7 @@ where
     } else {
         PIN_HOST_WRITE
     };
-    let active = table.lock(gref)?;
+    let (active, slot) = table.lock_slot(gref)?;
     let pin = active.pin();
     if pin != 0 {
         if active.domid() != grantee || active.kind() == PinnedKind::Transitive {
@@ -204,24 +204,23 @@ where
     }
     let first = pin == 0;
     if first || (!readonly && pin & PIN_WRITE_MASK == 0) {
-        table.set_status(gref, !first, readonly, false, grantee)?;
+        table.set_status(&slot, !first, readonly, false, grantee)?;
     }
     if first {
-        let flags = hdr_flags(table.header(gref));
+        let flags = hdr_flags(slot.header());
         let v2 = table.version() == GrantVersion::V2;
         if v2 && GrantType::of(flags) == GrantType::Transitive {
-            let word1 = table.v2_word1(gref);
+            let word1 = slot.word1();
             let trans_dom = DomId::new(hdr_flags(word1));
             let trans_gref = GrantRef(
-                table
-                    .word(gref, 2)
+                slot.word(2)
                     .map_or(0, |w| w.load(crate::sync::Ordering::Acquire)),
             );
             let inner_table = (allow_transitive && trans_dom != table.owner())
                 .then(|| lookup(domains, trans_dom).ok())
                 .flatten();
             let Some(inner_table) = inner_table else {
-                table.reduce_status(gref, 0);
+                table.reduce_status(&slot, 0);
                 return Err(GrantError::NotGranted);
             };
             // Pinned exclusively while the inner grant is acquired without
@@ -254,20 +253,20 @@ where
             };
         }
         let (kind, window) = if v2 && flags & GtfFlags::SUB_PAGE.bits() != 0 {
-            let word1 = table.v2_word1(gref);
+            let word1 = slot.word1();
             let (start, length) = (hdr_flags(word1), hdr_domid(word1));
             if usize::from(start) + usize::from(length) > FRAME_SIZE {
-                table.reduce_status(gref, 0);
+                table.reduce_status(&slot, 0);
                 return Err(GrantError::NotGranted);
             }
             (PinnedKind::SubPage, (start, length))
         } else {
             (PinnedKind::FullPage, (0, FRAME_SIZE as u16))
         };
-        match frames.get_gfn(table.owner(), table.entry_frame(gref)) {
+        match frames.get_gfn(table.owner(), slot.frame()) {
             Ok(mfn) => active.set_target(grantee, mfn, kind, window),
             Err(error) => {
-                table.reduce_status(gref, 0);
+                table.reduce_status(&slot, 0);
                 return Err(gfn_error(error));
             }
         }
@@ -286,7 +285,7 @@ where
             frames.put_page(mfn);
             active.clear_target();
         }
-        table.reduce_status(gref, pin);
+        table.reduce_status(&slot, pin);
         return Err(GrantError::FrameInUse);
     }
     active.set_pin(pin + incr);
@@ -310,7 +309,7 @@ fn unpin<F: GrantFrames + ?Sized>(
     mfn: Mfn,
     referenced: bool,
 ) {
-    let Ok(active) = table.lock(gref) else {
+    let Ok((active, slot)) = table.lock_slot(gref) else {
         debug_assert!(false, "pinned entry left the table");
         return;
     };
@@ -326,7 +325,7 @@ fn unpin<F: GrantFrames + ?Sized>(
             frames.put_page_and_type(mfn);
         }
     }
-    table.reduce_status(gref, left);
+    table.reduce_status(&slot, left);
     if left == 0 {
         active.clear_target();
     }

@@ -181,7 +181,7 @@ impl Maptrack<'_> {
         handle: GrantHandle,
     ) -> Result<Mfn, GrantError> {
         let gref = GrantRef(op.gref);
-        let active = granter.lock(gref)?;
+        let (active, slot) = granter.lock_slot(gref)?;
         let pin = active.pin();
         if pin != 0 {
             if active.domid() != self.owner || active.kind() != PinnedKind::FullPage {
@@ -194,15 +194,15 @@ impl Maptrack<'_> {
         let first = pin == 0;
         let first_write = !readonly && pin & crate::active::PIN_WRITE_MASK == 0;
         if first || first_write {
-            granter.set_status(gref, !first, readonly, true, self.owner)?;
+            granter.set_status(&slot, !first, readonly, true, self.owner)?;
         }
         if first {
             // Read once, after the pin made the entry stable.
-            let gfn = granter.entry_frame(gref);
+            let gfn = slot.frame();
             match frames.get_gfn(granter.owner(), gfn) {
                 Ok(mfn) => active.set_target(self.owner, mfn, PinnedKind::FullPage, (0, 4096)),
                 Err(error) => {
-                    granter.reduce_status(gref, pin);
+                    granter.reduce_status(&slot, pin);
                     return Err(gfn_error(error));
                 }
             }
@@ -232,7 +232,7 @@ impl Maptrack<'_> {
                 if first {
                     active.clear_target();
                 }
-                granter.reduce_status(gref, pin);
+                granter.reduce_status(&slot, pin);
                 return Err(GrantError::FrameInUse);
             }
             inherited = false;
@@ -430,7 +430,7 @@ impl Maptrack<'_> {
             readonly,
             free,
         } = done;
-        if let Ok(active) = table.lock(gref) {
+        if let Ok((active, slot)) = table.lock_slot(gref) {
             let pin = active.pin();
             let dec = pin_increments(done, readonly);
             if let Some(left) = pin_sub(pin, dec) {
@@ -438,7 +438,7 @@ impl Maptrack<'_> {
                 for _ in 0..done.bits().count_ones() {
                     put_kind_ref(frames, mfn, readonly);
                 }
-                table.reduce_status(gref, left);
+                table.reduce_status(&slot, left);
                 if left == 0 {
                     active.clear_target();
                 }

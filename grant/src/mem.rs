@@ -82,7 +82,7 @@ impl GrantVersion {
         }
     }
 
-    const fn words_per_entry(self) -> u32 {
+    pub(crate) const fn words_per_entry(self) -> u32 {
         match self {
             Self::V1 => 2,
             Self::V2 => 4,

@@ -379,6 +379,49 @@ impl<'a> GrantTable<'a> {
             .ok_or(GrantError::RefOutOfRange)
     }
 
+    /// The shared words of `gref` (and its v2 status word), found once so
+    /// that one operation does not look them up again for every access.
+    pub(crate) fn slot(&self, gref: GrantRef) -> Option<EntrySlot<'a>> {
+        if gref.0 >= self.nr_entries() {
+            return None;
+        }
+        let per_frame = self.version.entries_per_frame();
+        let per_entry = self.version.words_per_entry() as usize;
+        let frame = self.mem.shared_frame(gref.0 / per_frame)?;
+        let start = ((gref.0 % per_frame) as usize) * per_entry;
+        let words = frame.get(start..)?;
+        let words = words.get(..per_entry).unwrap_or(words);
+        if words.is_empty() {
+            return None;
+        }
+        let status = match self.version {
+            GrantVersion::V1 => None,
+            GrantVersion::V2 => status_word(self.mem, gref),
+        };
+        Some(EntrySlot {
+            words,
+            status,
+            version: self.version,
+        })
+    }
+
+    /// Locks the active entry of `gref` and finds its shared words.
+    ///
+    /// # Errors
+    ///
+    /// [`GrantError::RefOutOfRange`].
+    pub(crate) fn lock_slot(
+        &self,
+        gref: GrantRef,
+    ) -> Result<(Active<'a>, EntrySlot<'a>), GrantError> {
+        let slot = self.slot(gref).ok_or(GrantError::RefOutOfRange)?;
+        let active = self
+            .active
+            .get(gref.0 as usize)
+            .ok_or(GrantError::RefOutOfRange)?;
+        Ok((active.lock(), slot))
+    }
+
     pub(crate) fn word(&self, gref: GrantRef, word: u32) -> Option<&'a AtomicU32> {
         if gref.0 >= self.nr_entries() {
             return None;
@@ -405,6 +448,7 @@ impl<'a> GrantTable<'a> {
     }
 
     /// The header word of `gref`, as it is now.
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn header(&self, gref: GrantRef) -> u32 {
         self.load_word(gref, 0)
     }
@@ -429,12 +473,6 @@ impl<'a> GrantTable<'a> {
         }
     }
 
-    /// The second word of a v2 entry: the sub-page window (page_off,
-    /// length) or the transitive domid.
-    pub(crate) fn v2_word1(&self, gref: GrantRef) -> u32 {
-        self.load_word(gref, 1)
-    }
-
     /// Sets `GTF_reading` (and `GTF_writing`) for a new pin on `gref` (Xen
     /// `_set_status`): on the first pin, the entry must grant this access
     /// to `grantee`; on the first writable pin, it must not be read-only.
@@ -442,13 +480,13 @@ impl<'a> GrantTable<'a> {
     /// entry locked.
     pub(crate) fn set_status(
         &self,
-        gref: GrantRef,
+        slot: &EntrySlot<'_>,
         already_pinned: bool,
         readonly: bool,
         map: bool,
         grantee: DomId,
     ) -> Result<(), GrantError> {
-        let header = self.word(gref, 0).ok_or(GrantError::RefOutOfRange)?;
+        let header = slot.word(0).ok_or(GrantError::RefOutOfRange)?;
         let mask = if map {
             GTF_TYPE_MASK | GtfFlags::SUB_PAGE.bits()
         } else {
@@ -488,7 +526,7 @@ impl<'a> GrantTable<'a> {
                 Err(GrantError::UnstableEntry)
             }
             GrantVersion::V2 => {
-                let status = self.status(gref).ok_or(GrantError::RefOutOfRange)?;
+                let status = slot.status.ok_or(GrantError::RefOutOfRange)?;
                 let seen = header.load(Ordering::Acquire);
                 if !already_pinned && !grants(seen) {
                     return Err(GrantError::NotGranted);
@@ -527,7 +565,7 @@ impl<'a> GrantTable<'a> {
     /// (Xen `reduce_status_for_pin`): `GTF_writing` once no writable pin
     /// remains, `GTF_reading` once no pin remains. Release: our accesses to
     /// the frame happen before the granter sees the bits clear.
-    pub(crate) fn reduce_status(&self, gref: GrantRef, pin: u32) {
+    pub(crate) fn reduce_status(&self, slot: &EntrySlot<'_>, pin: u32) {
         let mut clear = GtfFlags::empty();
         if pin & PIN_WRITE_MASK == 0 {
             clear |= GtfFlags::WRITING;
@@ -538,17 +576,59 @@ impl<'a> GrantTable<'a> {
         if clear.is_empty() {
             return;
         }
-        match self.version {
+        match slot.version {
             GrantVersion::V1 => {
-                if let Some(header) = self.word(gref, 0) {
+                if let Some(header) = slot.word(0) {
                     header.fetch_and(!hdr_word(clear.bits(), 0), Ordering::Release);
                 }
             }
             GrantVersion::V2 => {
-                if let Some(status) = self.status(gref) {
+                if let Some(status) = slot.status {
                     status.fetch_and(!clear.bits(), Ordering::Release);
                 }
             }
+        }
+    }
+}
+
+/// One entry's shared words (the header first, then as many of the entry's
+/// words as the memory holds) and its v2 status word, as
+/// [`GrantTable::slot`] found them for one operation. Valid while the
+/// table's version cannot change (`&GrantTable` is held).
+#[derive(Clone, Copy)]
+pub(crate) struct EntrySlot<'a> {
+    words: &'a [AtomicU32],
+    status: Option<&'a AtomicU16>,
+    version: GrantVersion,
+}
+
+impl<'a> EntrySlot<'a> {
+    /// Word `word` of the entry (0 = header).
+    pub(crate) fn word(&self, word: u32) -> Option<&'a AtomicU32> {
+        self.words.get(word as usize)
+    }
+
+    fn load(&self, word: u32) -> u32 {
+        self.word(word)
+            .map_or(0, |word| word.load(Ordering::Acquire))
+    }
+
+    /// The header word, as it is now.
+    pub(crate) fn header(&self) -> u32 {
+        self.load(0)
+    }
+
+    /// The second word of a v2 entry: the sub-page window (page_off,
+    /// length) or the transitive domid.
+    pub(crate) fn word1(&self) -> u32 {
+        self.load(1)
+    }
+
+    /// The frame field of a permit-access entry.
+    pub(crate) fn frame(&self) -> u64 {
+        match self.version {
+            GrantVersion::V1 => u64::from(self.load(1)),
+            GrantVersion::V2 => join_u64(self.load(2), self.load(3)),
         }
     }
 }
