@@ -14,7 +14,12 @@
 //! reservation op with any domain, list, count (up to past the list and
 //! past `UINT_MAX >> 6`), order, flags and continuation start;
 //! `claim_pages`, `current_reservation`, `maximum_reservation`;
-//! `grant_table_op`, `tmem_op` and unknown hypercalls. Balloon requests
+//! `grant_table_op` (maps of any domain's grant refs, the honest
+//! frontends' live ones included, unmaps of any handle, copies between any
+//! grants and frames, table setup and size queries of any domain, version
+//! switches, rewrites of its own entries), `tmem_op` (any command on its
+//! own pool slots, which is all a client can name, any flags, keys and
+//! frames, the victims' included) and unknown hypercalls. Balloon requests
 //! beyond its max are just populate calls that run into `max_pages`. A kind
 //! byte of `0xff` kills the attacker instead: its domain is destroyed with
 //! whatever page tables, pins and zombie frames it built (the frame table's
@@ -83,6 +88,8 @@ pub struct World<'s> {
     pub host: Host<'s>,
     /// The honest guests.
     pub guests: Vec<Guest>,
+    /// Split-driver I/O among them (the first is the backend).
+    io: Option<crate::splitio::SplitIo>,
     /// The attacker's physmap size.
     attacker_pages: u64,
     now: u64,
@@ -147,9 +154,11 @@ impl<'s> World<'s> {
         }
         host.create_domain(ATTACKER, share * 2, share)
             .map_err(|_| Violation::FramesNotConserved)?;
+        let io = crate::splitio::SplitIo::new(&mut host, &mut honest)?;
         Ok(Self {
             host,
             guests: honest,
+            io,
             attacker_pages: share * 2,
             now: 0,
             calls: 0,
@@ -168,6 +177,9 @@ impl<'s> World<'s> {
     pub fn honest_step(&mut self) -> Result<(), Violation> {
         for g in &mut self.guests {
             g.step(&mut self.host, self.now)?;
+        }
+        if let Some(io) = self.io.as_mut() {
+            io.step(&mut self.host)?;
         }
         self.now += 1;
         self.check()
@@ -277,6 +289,150 @@ impl<'s> World<'s> {
             pfn_offset: 0,
             len: 0,
             cmfn: self.frame(src),
+        }
+    }
+
+    /// A hostile `grant_table_op`: maps of any domain's grant refs (the
+    /// honest frontends' live ones included) with any flags, unmaps of any
+    /// handle with any addresses, copies between any grants and frames,
+    /// `setup_table` and `query_size` of any domain with any size and list,
+    /// `set_version` to anything, counts past the array, unknown commands.
+    /// The attacker's own entries are rewritten at random too (it owns its
+    /// table's frames).
+    fn grant_op(&mut self, src: &mut dyn Source) -> i64 {
+        use hvmem_grant::{
+            GnttabCopy, GnttabCopyPtr, GnttabMapGrantRef, GnttabQuerySize, GnttabSetVersion,
+            GnttabSetupTable, GnttabUnmapGrantRef, GrantRef,
+        };
+        let kind = src.byte().unwrap_or(0);
+        let n = 1 + usize::from(src.byte().unwrap_or(0) % 3);
+        let count = match src.byte().unwrap_or(0) % 8 {
+            0 => src.word() as u32,
+            1 => 0,
+            _ => n as u32,
+        };
+        let gref = |src: &mut dyn Source| match src.byte().unwrap_or(0) % 4 {
+            0..=2 => u32::from(src.byte().unwrap_or(0) % 16),
+            _ => src.word() as u32,
+        };
+        let call = |host: &mut Host<'_>, cmd: u32, arg| {
+            host.hypercall(ATTACKER, Hypercall::GrantTableOp { cmd, count, arg })
+                .rc
+        };
+        match kind % 10 {
+            0..=2 => {
+                let mut ops: Vec<GnttabMapGrantRef> = (0..n)
+                    .map(|_| GnttabMapGrantRef {
+                        host_addr: src.word() & 0xffff_f000,
+                        flags: match src.byte().unwrap_or(0) % 4 {
+                            0 => 1,
+                            1 => 1 | 4,
+                            2 => 2 | 1,
+                            _ => src.word() as u32,
+                        },
+                        gref: gref(src),
+                        dom: Self::domid(src).get(),
+                        ..Default::default()
+                    })
+                    .collect();
+                call(&mut self.host, 0, crate::grant::GrantArg::Map(&mut ops))
+            }
+            3 | 4 => {
+                let mut ops: Vec<GnttabUnmapGrantRef> = (0..n)
+                    .map(|_| GnttabUnmapGrantRef {
+                        host_addr: src.word() & 0xffff_f000,
+                        dev_bus_addr: if src.byte().unwrap_or(0) % 2 == 0 {
+                            0
+                        } else {
+                            self.frame(src) << 12
+                        },
+                        handle: u32::from(src.byte().unwrap_or(0) % 8),
+                        ..Default::default()
+                    })
+                    .collect();
+                call(&mut self.host, 1, crate::grant::GrantArg::Unmap(&mut ops))
+            }
+            5 | 6 => {
+                let mut ops: Vec<GnttabCopy> = (0..n)
+                    .map(|_| {
+                        let side = |src: &mut dyn Source| {
+                            let dom = Self::domid(src).get();
+                            let offset = src.word() as u16 % 4200;
+                            if src.byte().unwrap_or(0) % 2 == 0 {
+                                GnttabCopyPtr::grant(dom, GrantRef(gref(src)), offset)
+                            } else {
+                                GnttabCopyPtr::frame(dom, self.frame(src), offset)
+                            }
+                        };
+                        let source = side(src);
+                        let dest = side(src);
+                        GnttabCopy {
+                            source,
+                            dest,
+                            len: src.word() as u16 % 4200,
+                            flags: u16::from(src.byte().unwrap_or(0) % 4),
+                            ..Default::default()
+                        }
+                    })
+                    .collect();
+                call(&mut self.host, 5, crate::grant::GrantArg::Copy(&mut ops))
+            }
+            7 => {
+                let mut op = GnttabSetupTable {
+                    dom: Self::domid(src).get(),
+                    nr_frames: u32::from(src.byte().unwrap_or(0) % 8),
+                    ..Default::default()
+                };
+                let mut list = vec![0u64; usize::from(src.byte().unwrap_or(0) % 8)];
+                call(
+                    &mut self.host,
+                    2,
+                    crate::grant::GrantArg::SetupTable(&mut op, &mut list),
+                )
+            }
+            8 => {
+                let mut op = GnttabQuerySize {
+                    dom: Self::domid(src).get(),
+                    ..Default::default()
+                };
+                call(
+                    &mut self.host,
+                    6,
+                    crate::grant::GrantArg::QuerySize(&mut op),
+                )
+            }
+            _ => match src.byte().unwrap_or(0) % 4 {
+                0 => {
+                    let mut op = GnttabSetVersion {
+                        version: u32::from(src.byte().unwrap_or(0) % 4),
+                    };
+                    call(
+                        &mut self.host,
+                        8,
+                        crate::grant::GrantArg::SetVersion(&mut op),
+                    )
+                }
+                1 => {
+                    // The attacker rewrites one of its own entries: grant
+                    // anything to anyone (its table is in its own frames).
+                    if let Some(table) = self.host.guest_grant_table(ATTACKER) {
+                        let _ = table.grant_access(
+                            GrantRef(gref(src)),
+                            Self::domid(src),
+                            Gfn::new(self.frame(src)),
+                            src.byte().unwrap_or(0) % 2 == 0,
+                        );
+                        let _ = table.end_access(GrantRef(gref(src)));
+                    }
+                    0
+                }
+                2 => call(
+                    &mut self.host,
+                    u32::from(src.byte().unwrap_or(0)),
+                    crate::grant::GrantArg::Fault,
+                ),
+                _ => call(&mut self.host, 0, crate::grant::GrantArg::Fault),
+            },
         }
     }
 
@@ -437,16 +593,7 @@ impl<'s> World<'s> {
                 );
                 ("memory_op", out.rc)
             }
-            13 => {
-                let out = self.host.hypercall(
-                    ATTACKER,
-                    Hypercall::GrantTableOp {
-                        cmd: u32::from(src.byte().unwrap_or(0)),
-                        count: src.word() as u32,
-                    },
-                );
-                ("grant_table_op", out.rc)
-            }
+            13 => ("grant_table_op", self.grant_op(src)),
             14 => {
                 let op = self.tmem_op(src);
                 let out = self.host.hypercall(ATTACKER, Hypercall::TmemOp { op });

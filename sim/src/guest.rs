@@ -190,6 +190,8 @@ pub struct Guest {
     pending: Vec<u32>,
     pools: Option<Pools>,
     frontswap_pages: u64,
+    /// Pages kept out of the kernel for split-driver buffers.
+    io_pages: u64,
     processes: Vec<Process>,
     ws: u64,
     phase_ends: u64,
@@ -235,6 +237,7 @@ impl Guest {
             pending: Vec::new(),
             pools: None,
             frontswap_pages: 0,
+            io_pages: 0,
             processes: Vec::new(),
             ws: 0,
             phase_ends: 0,
@@ -267,7 +270,19 @@ impl Guest {
     /// Pages the guest commits: working set, processes, kernel reserve.
     #[must_use]
     pub fn committed(&self) -> u64 {
-        self.ws + self.process_pages() + self.kernel.reserve as u64
+        self.ws + self.process_pages() + self.kernel.reserve as u64 + self.io_pages
+    }
+
+    /// Takes `n` pages out of the kernel's free pages for split-driver
+    /// buffers (they stay the guest's for good); `None` if it has fewer to
+    /// spare above its reserve.
+    pub fn take_io_pages(&mut self, n: usize) -> Option<Vec<Gfn>> {
+        if self.kernel.free.len() < self.kernel.reserve + n {
+            return None;
+        }
+        let pages: Vec<Gfn> = (0..n).filter_map(|_| self.kernel.free.pop()).collect();
+        self.io_pages += pages.len() as u64;
+        Some(pages)
     }
 
     fn process_pages(&self) -> u64 {

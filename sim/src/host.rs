@@ -43,6 +43,7 @@ use hvmem_frametable::{FrameInfo, FrameTable, FreeSink, Owner, TrustContents};
 use hvmem_pagetable::pv::PvConfig;
 use hvmem_types::{DomId, FrameRange, Gfn, Mfn, PageOrder};
 
+use crate::grant::{DomainGrants, GrantSlot};
 use crate::memory::FrameMemory;
 use crate::tmem::{TMEM_BOOKS, TmemStore, tmem_layout};
 
@@ -121,6 +122,7 @@ pub struct HostStorage {
     heap: Vec<u64>,
     freed: FreedFrames,
     tmem_tables: hvmem_tmem_pool::OwnedMemory,
+    grant_slots: Vec<GrantSlot>,
 }
 
 impl HostStorage {
@@ -134,6 +136,11 @@ impl HostStorage {
             heap: vec![0; metadata_words(config.frames)],
             freed: FreedFrames::default(),
             tmem_tables: hvmem_tmem_pool::OwnedMemory::new(&tmem_layout(config.frames)),
+            grant_slots: (0..MAX_DOMAINS as u64)
+                .map(|i| {
+                    GrantSlot::new(FIRST_MFN + config.frames + i * GrantSlot::frames_per_slot())
+                })
+                .collect(),
         }
     }
 }
@@ -259,6 +266,14 @@ pub struct Host<'s> {
     pub(crate) tmem: hvmem_tmem_pool::Tmem<'s, TmemStore>,
     /// Frames lent to tmem (host-owned, charged to [`TMEM_BOOKS`]).
     pub(crate) tmem_frames: u64,
+    /// Grant-table storage, one slot per domain.
+    pub(crate) grant_slots: &'s [GrantSlot],
+    pub(crate) grant_slot_used: Vec<bool>,
+    /// Every domain's grant table and maptrack.
+    pub(crate) grants: Vec<DomainGrants<'s>>,
+    /// The frame each (mapper, handle) mapped, from the map's
+    /// `dev_bus_addr` (the maptrack keeps the grant, not the frame).
+    pub(crate) grant_frames: std::collections::BTreeMap<(u16, u32), Mfn>,
     pub(crate) pv: PvConfig,
     first: u64,
     frames: u64,
@@ -288,7 +303,9 @@ impl<'s> Host<'s> {
             heap,
             freed,
             tmem_tables,
+            grant_slots,
         } = storage;
+        let grant_slots: &'s [GrantSlot] = grant_slots;
         let config = *config;
         if config.frames <= config.xen_heap_frames || config.frames < 64 {
             return Err(BootError::TooSmall);
@@ -330,6 +347,10 @@ impl<'s> Host<'s> {
             host_frames: 0,
             tmem,
             tmem_frames: 0,
+            grant_slot_used: vec![false; grant_slots.len()],
+            grant_slots,
+            grants: Vec::new(),
+            grant_frames: std::collections::BTreeMap::new(),
             pv: PvConfig::new(MAX_PHYS_BITS).ok_or(BootError::Layout)?,
             first: FIRST_MFN,
             frames: config.frames,
@@ -509,6 +530,9 @@ impl<'s> Host<'s> {
             physmap: vec![INVALID; physmap],
             owned: 0,
         });
+        // Every domain slot has grant storage, so this cannot fail.
+        let granted = self.grant_create(id);
+        debug_assert!(granted, "no grant slot for {id:?}");
         for gfn in 0..initial_pages {
             if self
                 .populate_extent(id, Some(Gfn::new(gfn)), PageOrder::ZERO, 0)
@@ -543,6 +567,7 @@ impl<'s> Host<'s> {
     /// reference its frames in this host yet (no grants), so this is a bug.
     pub fn destroy_domain(&mut self, id: DomId) -> Result<(), u64> {
         self.tmem_destroy_client(id);
+        let pinned = self.grant_release(id) as u64;
         {
             let v = self.validator();
             let mut cursor = hvmem_frametable::RelinquishCursor::new();
@@ -552,8 +577,8 @@ impl<'s> Host<'s> {
         }
         self.reap();
         let left = self.domain(id).map_or(0, Domain::owned);
-        if left != 0 {
-            return Err(left);
+        if left != 0 || pinned != 0 {
+            return Err(left.max(pinned));
         }
         let _ = self.books.destroy_domain(id);
         if let Some(i) = self.domain_index(id) {

@@ -6,7 +6,7 @@
 //! |---|---|---|---|
 //! | `mmu_update` | 1 | `MMU_NORMAL_PT_UPDATE` (0), `MMU_MACHPHYS_UPDATE` (1), `MMU_PT_UPDATE_PRESERVE_AD` (2) | 0, or `-errno` for the first refused request; [`Outcome::done`] counts the requests applied (Xen's `success_count`) |
 //! | `memory_op` | 12 | `increase_reservation` (0), `decrease_reservation` (1), `current_reservation` (3), `maximum_reservation` (4), `populate_physmap` (6), `claim_pages` (24) | extents done (0..=3 and 6), pages (3, 4), 0 or `-errno` (24) |
-//! | `grant_table_op` | 20 | none yet | `-ENOSYS`: not offered until hvmem-grant is wired in |
+//! | `grant_table_op` | 20 | `map_grant_ref` (0), `unmap_grant_ref` (1), `setup_table` (2), `copy` (5), `query_size` (6), `set_version` (8), through hvmem-grant ([`crate::grant`]) | 0 with each element's `GNTST_*` status (`set_version`: 0 or `-errno`); `-EINVAL` for a count other than 1 where Xen wants one, `-EFAULT` for an unreadable array, `-ENOSYS` for the other commands |
 //! | `mmuext_op` | 26 | `MMUEXT_PIN_L1_TABLE`..`MMUEXT_PIN_L4_TABLE` (0-3), `MMUEXT_UNPIN_TABLE` (4), the local and all-CPU TLB flushes (6, 7, 10, 11: no TLB is simulated, so they succeed doing nothing) | 0 or `-errno`; [`Outcome::done`] counts the ops applied |
 //! | `tmem_op` | 38 | `NEW_POOL` (1), `DESTROY_POOL` (2), `PUT_PAGE` (4), `GET_PAGE` (5), `FLUSH_PAGE` (6), `FLUSH_OBJECT` (7), through hvmem-tmem-pool's `do_tmem_op` over the host's idle memory ([`crate::tmem`]); the guest frame `cmfn` must be the caller's (and writable-typable for a get) | pool id, 1, 0 (get miss), `-EEMPTY`, `-ENODEV`, `-ENOMEM`, `-ENOSPC`, `-EFAULT`, `-EPERM`; `-EOPNOTSUPP` for `CONTROL`, `AUTH`, `RESTORE_NEW`; `-ENOSYS` for the sub-page commands |
 //! | anything else | | | `-ENOSYS` |
@@ -131,6 +131,8 @@ pub enum Hypercall<'a> {
         cmd: u32,
         /// `count`.
         count: u32,
+        /// `uop`: the operation structures.
+        arg: crate::grant::GrantArg<'a>,
     },
     /// `HYPERVISOR_tmem_op(op)`: the `struct tmem_op` the guest passed.
     TmemOp {
@@ -227,7 +229,10 @@ impl Host<'_> {
             Hypercall::MmuextOp { ops, foreigndom } => self.do_mmuext_op(caller, ops, foreigndom),
             Hypercall::MemoryOp { cmd, arg } => Outcome::rc(self.do_memory_op(caller, cmd, arg)),
             Hypercall::TmemOp { op } => Outcome::rc(self.do_tmem(caller, &op)),
-            Hypercall::GrantTableOp { .. } | Hypercall::Other { .. } => Outcome::rc(-ENOSYS),
+            Hypercall::GrantTableOp { cmd, count, arg } => {
+                Outcome::rc(self.do_grant_table_op(caller, cmd, count, arg))
+            }
+            Hypercall::Other { .. } => Outcome::rc(-ENOSYS),
         }
     }
 

@@ -17,8 +17,10 @@
 //!   counts equal what the live page tables hold (one general reference per
 //!   present entry in a validated table in use, plus a type reference per
 //!   writable L1 entry or per L2..L4 entry, plus its pin and its allocation
-//!   reference), and its type is the one those entries need; so no frame
-//!   is both writable-mapped and a page table.
+//!   reference, plus what live grant mappings hold: a general reference
+//!   per mapping kind, a writable type reference per kind of a writable
+//!   mapping), and its type is the one those entries need; so no frame
+//!   is both writable-mapped (by a page table or a grant) and a page table.
 //!
 //! Honest guests' data (their fingerprints) is checked by the scenario,
 //! which knows what each guest wrote.
@@ -99,6 +101,12 @@ pub enum Violation {
         held: u64,
         /// Pages tmem says it holds.
         pages: u64,
+    },
+    /// An honest split driver's grant operation failed (the frame
+    /// involved, or the domain id for a table setup).
+    Grant {
+        /// The frame.
+        mfn: Mfn,
     },
     /// A page an honest guest put into a persistent tmem pool is gone or
     /// changed.
@@ -275,6 +283,30 @@ impl Host<'_> {
                     e.table += 1;
                     e.from_level = level;
                 }
+            }
+        }
+        // Grant mappings: a general reference per mapping kind, and a
+        // writable type reference per kind of a writable mapping, taken in
+        // the granter's name (hvmem-grant's discipline: a pinned active
+        // entry holds no reference of its own).
+        for m in self.grant_mappings() {
+            let e = m
+                .mfn
+                .get()
+                .checked_sub(first)
+                .and_then(|t| usize::try_from(t).ok())
+                .and_then(|t| expected.get_mut(t))
+                .ok_or(Violation::References {
+                    mfn: m.mfn,
+                    found: (0, 0),
+                    expected: (u64::from(m.kinds), 0),
+                })?;
+            if self.recorded_owner(m.mfn) != Some(Owner::Domain(m.granter)) {
+                return Err(Violation::Owner { mfn: m.mfn });
+            }
+            e.refs += m.kinds;
+            if m.writable {
+                e.writable += m.kinds;
             }
         }
         for (d, &count) in self.domains.iter().zip(&per_domain) {

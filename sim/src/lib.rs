@@ -59,6 +59,7 @@
 
 pub mod abi;
 pub mod attack;
+pub mod grant;
 pub mod guest;
 pub mod host;
 pub mod hypercall;
@@ -67,6 +68,7 @@ pub mod memory;
 pub mod report;
 pub mod rng;
 pub mod scenario;
+pub mod splitio;
 pub mod tmem;
 
 #[cfg(test)]

@@ -219,6 +219,8 @@ pub struct PolicyReport {
     pub tmem_gets: u64,
     /// Pages verified in persistent tmem pools at the audits.
     pub tmem_checks: u64,
+    /// Split-driver I/O through grants.
+    pub io: crate::splitio::IoStats,
     /// Counter checks run (one per second).
     pub counter_checks: u64,
     /// Full audits run.
@@ -320,6 +322,7 @@ pub fn run(
         selfballoons.push(SelfBalloon::new(SelfBalloonConfig::linux()).expect("linux defaults"));
         guests.push(guest);
     }
+    let mut io = crate::splitio::SplitIo::new(&mut host, &mut guests)?;
     let mut report = PolicyReport {
         policy,
         guest_frames: host.guest_frames(),
@@ -330,6 +333,7 @@ pub fn run(
         tmem_hits: 0,
         tmem_gets: 0,
         tmem_checks: 0,
+        io: crate::splitio::IoStats::default(),
         counter_checks: 0,
         audits: 0,
         data_checks: 0,
@@ -345,6 +349,9 @@ pub fn run(
     for now in 0..config.steps {
         for g in &mut guests {
             g.step(&mut host, now)?;
+        }
+        if let Some(io) = io.as_mut() {
+            io.step(&mut host)?;
         }
         act(
             policy,
@@ -393,6 +400,10 @@ pub fn run(
         t.swap_avoided += s.swap_avoided;
         t.tmem_gets += s.tmem_gets;
         t.tmem_hits += s.tmem_hits;
+    }
+    if let Some(io) = &io {
+        report.io = io.stats;
+        report.stats.hypercalls += io.stats.hypercalls;
     }
     report.swap_avoided = report.stats.swap_avoided;
     report.tmem_hits = report.stats.tmem_hits;

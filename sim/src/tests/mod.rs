@@ -260,13 +260,23 @@ fn double_pin_and_unpin_of_an_unpinned_table_are_einval() {
 }
 
 #[test]
-fn grant_ops_and_unknown_hypercalls_are_enosys() {
+fn grant_commands_not_offered_and_unknown_hypercalls_are_enosys() {
     let mut storage = storage();
     let mut host = two_guests(&mut storage);
     let rc = |host: &mut Host<'_>, call| host.hypercall(D1, call).rc;
-    assert_eq!(
-        rc(&mut host, Hypercall::GrantTableOp { cmd: 0, count: 1 }),
-        -ENOSYS
-    );
+    // GNTTABOP_transfer (4) and an unknown command.
+    for cmd in [4, 99] {
+        assert_eq!(
+            rc(
+                &mut host,
+                Hypercall::GrantTableOp {
+                    cmd,
+                    count: 1,
+                    arg: crate::grant::GrantArg::Fault
+                }
+            ),
+            -ENOSYS
+        );
+    }
     assert_eq!(rc(&mut host, Hypercall::Other { number: 99 }), -ENOSYS);
 }

@@ -6,7 +6,13 @@ use hvmem_frametable::{FrameType, Owner};
 use hvmem_pagetable::pv::MmuUpdate;
 use hvmem_types::{DomId, Gfn, Mfn};
 
+use hvmem_grant::{
+    GntSt, GnttabMapGrantRef, GnttabQuerySize, GnttabSetVersion, GnttabSetupTable,
+    GnttabUnmapGrantRef, GrantRef,
+};
+
 use super::*;
+use crate::grant::GrantArg;
 use crate::hypercall::Hypercall;
 
 const PSE: u64 = 0x80;
@@ -254,5 +260,299 @@ fn reservation_op_edge_cases_do_nothing() {
     // A continuation resumes at its start extent.
     assert_eq!(populate(Some(&mut list), 2, 0, 0, 1), 2);
     assert_eq!(host.books().domain(D1).unwrap().tot_pages, 513);
+    host.audit().unwrap();
+}
+
+fn grant(host: &mut Host<'_>, caller: DomId, cmd: u32, count: u32, arg: GrantArg<'_>) -> i64 {
+    host.hypercall(caller, Hypercall::GrantTableOp { cmd, count, arg })
+        .rc
+}
+
+fn map(host: &mut Host<'_>, mapper: DomId, granter: DomId, gref: u32, flags: u32) -> (i16, u32) {
+    let mut op = [GnttabMapGrantRef {
+        host_addr: 0x1000,
+        flags,
+        gref,
+        dom: granter.get(),
+        ..Default::default()
+    }];
+    assert_eq!(grant(host, mapper, 0, 1, GrantArg::Map(&mut op)), 0);
+    (op[0].status, op[0].handle)
+}
+
+fn unmap(host: &mut Host<'_>, mapper: DomId, handle: u32) -> i16 {
+    let mut op = [GnttabUnmapGrantRef {
+        host_addr: 0x1000,
+        handle,
+        ..Default::default()
+    }];
+    assert_eq!(grant(host, mapper, 1, 1, GrantArg::Unmap(&mut op)), 0);
+    op[0].status
+}
+
+const HOST_MAP: u32 = 2;
+const READONLY: u32 = 4;
+
+/// A frame granted writable and mapped by another domain holds a writable
+/// type reference in its owner's name: it cannot be pinned as a page table
+/// while mapped; a page table in use cannot be mapped writable through a
+/// grant; the references are counted by the audit and go with the unmap.
+#[test]
+fn a_writable_grant_mapping_and_a_page_table_type_exclude_each_other() {
+    let mut storage = storage();
+    let mut host = two_guests(&mut storage);
+    let page = mfn_of(&host, D1, 20);
+    let table = host.guest_grant_table(D1).unwrap();
+    table
+        .grant_access(GrantRef(8), D2, Gfn::new(page.get()), false)
+        .unwrap();
+    let (st, handle) = map(&mut host, D2, D1, 8, HOST_MAP);
+    assert_eq!(st, GntSt::Okay.raw());
+    let s = host.frame_table().state(page).unwrap();
+    assert_eq!(
+        (s.refs, s.type_refs, s.frame_type),
+        (2, 1, FrameType::Writable)
+    );
+    host.audit().unwrap();
+    assert_eq!(mmuext(&mut host, D1, MMUEXT_PIN_L1_TABLE, page).rc, -EINVAL);
+    // The granter cannot end access while it is mapped.
+    assert!(
+        host.guest_grant_table(D1)
+            .unwrap()
+            .end_access(GrantRef(8))
+            .is_err()
+    );
+    assert_eq!(unmap(&mut host, D2, handle), GntSt::Okay.raw());
+    host.guest_grant_table(D1)
+        .unwrap()
+        .end_access(GrantRef(8))
+        .unwrap();
+    assert_eq!(host.frame_table().state(page).unwrap().refs, 1);
+    // Now a page table: pinned L1, then granted writable: the map fails.
+    assert_eq!(mmuext(&mut host, D1, MMUEXT_PIN_L1_TABLE, page).rc, 0);
+    host.guest_grant_table(D1)
+        .unwrap()
+        .grant_access(GrantRef(9), D2, Gfn::new(page.get()), false)
+        .unwrap();
+    let (st, _) = map(&mut host, D2, D1, 9, HOST_MAP);
+    assert_ne!(st, GntSt::Okay.raw());
+    // Read-only is fine for a page table.
+    host.guest_grant_table(D1)
+        .unwrap()
+        .end_access(GrantRef(9))
+        .unwrap();
+    host.guest_grant_table(D1)
+        .unwrap()
+        .grant_access(GrantRef(9), D2, Gfn::new(page.get()), true)
+        .unwrap();
+    let (st, _) = map(&mut host, D2, D1, 9, HOST_MAP | READONLY);
+    assert_eq!(st, GntSt::Okay.raw());
+    host.audit().unwrap();
+}
+
+/// Grants are checked against the grantee and the granter's frames: a ref
+/// granted to another domain, a ref never granted, a grant of a frame the
+/// granter does not own, an unknown domain; and the table ops' returns.
+#[test]
+fn grant_table_op_returns_what_xen_returns() {
+    let mut storage = storage();
+    let mut host = two_guests(&mut storage);
+    let d3 = DomId::new(3);
+    host.create_domain(d3, 512, 64).unwrap();
+    let page = mfn_of(&host, D1, 20);
+    let t = host.guest_grant_table(D1).unwrap();
+    t.grant_access(GrantRef(8), D2, Gfn::new(page.get()), true)
+        .unwrap();
+    // Granted to D2, mapped by D3 (Xen's `_set_status`: bad domid is
+    // GNTST_general_error).
+    assert_eq!(
+        map(&mut host, d3, D1, 8, HOST_MAP | READONLY).0,
+        GntSt::GeneralError.raw()
+    );
+    // Never granted.
+    assert_ne!(map(&mut host, D2, D1, 10, HOST_MAP).0, GntSt::Okay.raw());
+    // A frame of D2 granted by D1.
+    let other = mfn_of(&host, D2, 20);
+    t.grant_access(GrantRef(11), D2, Gfn::new(other.get()), true)
+        .unwrap();
+    assert_eq!(
+        map(&mut host, D2, D1, 11, HOST_MAP | READONLY).0,
+        GntSt::BadPage.raw()
+    );
+    assert_eq!(
+        map(&mut host, D2, DomId::new(77), 8, HOST_MAP).0,
+        GntSt::BadDomain.raw()
+    );
+    // Unmap of a handle never handed out.
+    assert_eq!(unmap(&mut host, D2, 5), GntSt::BadHandle.raw());
+    // setup_table: one at a time; another domain's table is refused.
+    let mut op = GnttabSetupTable {
+        dom: DomId::SELF.get(),
+        nr_frames: 2,
+        ..Default::default()
+    };
+    let mut list = [0u64; 2];
+    assert_eq!(
+        grant(
+            &mut host,
+            D1,
+            2,
+            2,
+            GrantArg::SetupTable(&mut op, &mut list)
+        ),
+        -EINVAL
+    );
+    assert_eq!(
+        grant(
+            &mut host,
+            D1,
+            2,
+            1,
+            GrantArg::SetupTable(&mut op, &mut list)
+        ),
+        0
+    );
+    assert_eq!(op.status, GntSt::Okay.raw());
+    assert_eq!(list[1], list[0] + 1);
+    assert!(list[0] >= host.first_mfn().get() + host.total_frames());
+    op.dom = D2.get();
+    assert_eq!(
+        grant(
+            &mut host,
+            D1,
+            2,
+            1,
+            GrantArg::SetupTable(&mut op, &mut list)
+        ),
+        0
+    );
+    assert_eq!(op.status, GntSt::PermissionDenied.raw());
+    op.dom = DomId::SELF.get();
+    op.nr_frames = 5; // beyond the limit of 4
+    let mut long = [0u64; 5];
+    assert_eq!(
+        grant(
+            &mut host,
+            D1,
+            2,
+            1,
+            GrantArg::SetupTable(&mut op, &mut long)
+        ),
+        0
+    );
+    assert_eq!(op.status, GntSt::GeneralError.raw());
+    let mut q = GnttabQuerySize {
+        dom: DomId::SELF.get(),
+        ..Default::default()
+    };
+    assert_eq!(grant(&mut host, D1, 6, 1, GrantArg::QuerySize(&mut q)), 0);
+    assert_eq!((q.status, q.nr_frames, q.max_nr_frames), (0, 2, 4));
+    // set_version: 3 is -EINVAL; to 2 and back while nothing is pinned.
+    let mut v = GnttabSetVersion { version: 3 };
+    assert_eq!(
+        grant(&mut host, D1, 8, 1, GrantArg::SetVersion(&mut v)),
+        -EINVAL
+    );
+    assert_eq!(v.version, 1);
+    v.version = 2;
+    assert_eq!(grant(&mut host, D1, 8, 1, GrantArg::SetVersion(&mut v)), 0);
+    // A batch shorter than its count: the hypervisor faults reading it.
+    let mut ops = [GnttabMapGrantRef::default()];
+    assert_eq!(grant(&mut host, D1, 0, 2, GrantArg::Map(&mut ops)), -EFAULT);
+    // A caller that does not exist.
+    assert_eq!(
+        grant(&mut host, DomId::new(99), 6, 1, GrantArg::QuerySize(&mut q)),
+        -ESRCH
+    );
+    host.audit().unwrap();
+}
+
+/// A dying mapper's mappings are released with it (every reference it held
+/// dropped once); a granter whose grants another domain still maps cannot
+/// be destroyed until the mapper unmaps.
+#[test]
+fn domain_teardown_drops_every_grant_reference() {
+    let mut storage = storage();
+    let mut host = two_guests(&mut storage);
+    let page = mfn_of(&host, D1, 20);
+    let t = host.guest_grant_table(D1).unwrap();
+    t.grant_access(GrantRef(8), D2, Gfn::new(page.get()), false)
+        .unwrap();
+    let (st, handle) = map(&mut host, D2, D1, 8, HOST_MAP);
+    assert_eq!(st, GntSt::Okay.raw());
+    // The granter dies first: its mapped frame stays until the unmap.
+    assert!(host.destroy_domain(D1).is_err());
+    host.audit().unwrap();
+    assert_eq!(unmap(&mut host, D2, handle), GntSt::Okay.raw());
+    host.destroy_domain(D1).unwrap();
+    assert!(host.recorded_owner(page).is_none());
+    // The mapper dies holding a mapping: released with it.
+    host.create_domain(D1, 1024, 512).unwrap();
+    let page = mfn_of(&host, D1, 20);
+    host.guest_grant_table(D1)
+        .unwrap()
+        .grant_access(GrantRef(8), D2, Gfn::new(page.get()), false)
+        .unwrap();
+    assert_eq!(map(&mut host, D2, D1, 8, HOST_MAP).0, GntSt::Okay.raw());
+    host.destroy_domain(D2).unwrap();
+    let s = host.frame_table().state(page).unwrap();
+    assert_eq!((s.refs, s.type_refs), (1, 0));
+    host.guest_grant_table(D1)
+        .unwrap()
+        .end_access(GrantRef(8))
+        .unwrap();
+    host.audit().unwrap();
+    assert_eq!(host.grant_mappings(), Vec::new());
+}
+
+/// XSA-15: tmem's hypercalls lacked checks, so a guest could reach memory
+/// that was not its own. Composed here: a guest's tmem_op can name only its
+/// own pools (another client's pool ids are its own slots), copy only from
+/// and to its own frames (a victim's frame or the hypervisor's is
+/// `-EFAULT`), and the control commands are not guest hypercalls.
+#[test]
+fn xsa_15_tmem_ops_reach_only_the_callers_pools_and_frames() {
+    use hvmem_tmem_pool::abi::{self, TmemOp};
+    use hvmem_tmem_pool::{Oid, Uuid};
+    let mut storage = storage();
+    let mut host = two_guests(&mut storage);
+    let tmem = |host: &mut Host<'_>, d, op| host.hypercall(d, Hypercall::TmemOp { op }).rc;
+    let victim = mfn_of(&host, D1, 30);
+    host.guest_store(D1, victim, 0x5ec7e7).unwrap();
+    let new = TmemOp::new_pool(Uuid::NONE, abi::PRIVATE_PERSISTENT);
+    assert_eq!(tmem(&mut host, D1, new), 0);
+    let put = TmemOp::page(abi::TMEM_PUT_PAGE, 0, Oid([1, 0, 0]), 0, victim.get());
+    assert_eq!(tmem(&mut host, D1, put), 1);
+    // D2 names pool 0: it has none.
+    let own = mfn_of(&host, D2, 30);
+    let get = |cmfn: Mfn| TmemOp::page(abi::TMEM_GET_PAGE, 0, Oid([1, 0, 0]), 0, cmfn.get());
+    assert_eq!(tmem(&mut host, D2, get(own)), -i64::from(abi::ENODEV));
+    // With a pool 0 of its own, the same key is its own (empty) pool.
+    assert_eq!(tmem(&mut host, D2, new), 0);
+    assert_eq!(tmem(&mut host, D2, get(own)), -i64::from(abi::EEMPTY));
+    // Reading the victim's frame into its pool, or the hypervisor's.
+    let xen = (0..host.total_frames())
+        .map(|i| Mfn::new(host.first_mfn().get() + i))
+        .find(|&m| host.recorded_owner(m) == Some(Owner::Host))
+        .unwrap();
+    for frame in [victim, xen, Mfn::new(u64::MAX >> 12)] {
+        let steal = TmemOp::page(abi::TMEM_PUT_PAGE, 0, Oid([2, 0, 0]), 0, frame.get());
+        assert_eq!(tmem(&mut host, D2, steal), -i64::from(abi::EFAULT));
+    }
+    // Writing its page into the victim's frame.
+    let put2 = TmemOp::page(abi::TMEM_PUT_PAGE, 0, Oid([3, 0, 0]), 0, own.get());
+    assert_eq!(tmem(&mut host, D2, put2), 1);
+    let into = TmemOp::page(abi::TMEM_GET_PAGE, 0, Oid([3, 0, 0]), 0, victim.get());
+    assert_eq!(tmem(&mut host, D2, into), -i64::from(abi::EFAULT));
+    assert_eq!(host.memory().fingerprint(victim), Some(0x5ec7e7));
+    // The control commands are tools-only.
+    let control = TmemOp {
+        cmd: abi::TMEM_CONTROL,
+        ..TmemOp::default()
+    };
+    assert_eq!(tmem(&mut host, D2, control), -i64::from(abi::EOPNOTSUPP));
+    // The victim's page is intact.
+    assert_eq!(tmem(&mut host, D1, get(victim)), 1);
+    assert_eq!(host.memory().fingerprint(victim), Some(0x5ec7e7));
     host.audit().unwrap();
 }

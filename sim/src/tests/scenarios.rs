@@ -38,6 +38,10 @@ fn every_scenario_and_offered_policy_runs_with_invariants_checked() {
             assert_eq!(r.audits, config.steps / config.audit_every);
             assert!(r.data_checks > 0 && r.stats.accesses > 0, "{s:?} {p:?}");
             assert!(r.stats.processes > 0, "{s:?} {p:?}: no page-table churn");
+            // Two frontends, a write and a read each per second (the last
+            // second's writes are still mapped at the end).
+            assert_eq!(r.io.reads, 2 * config.steps, "{s:?} {p:?}");
+            assert_eq!(r.io.writes, 2 * (config.steps - 1), "{s:?} {p:?}");
             if p == Policy::Toolstack {
                 assert!(r.stats.ballooned_in + r.stats.ballooned_out > 0, "{p:?}");
             }
