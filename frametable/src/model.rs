@@ -910,7 +910,7 @@ mod tests {
         /// model's, no frame both writable-typed and page-table-validated, and
         /// one validation per type count 0 -> 1 transition.
         #[test]
-        fn table_matches_model(chunks in proptest::collection::vec(op_bytes(), 0..120)) {
+        fn table_matches_model(chunks in proptest::collection::vec(op_bytes(), 0..if cfg!(miri) { 40 } else { 120 })) {
             run(&chunks.concat());
         }
     }
