@@ -14,9 +14,9 @@
 //! an entry that must not be transitive itself nor belong to the same
 //! domain; the transitive entry is pinned by one copy at a time.
 //!
-//! Xen keeps a pin across consecutive elements of a batch that name the
-//! same grant; this implementation pins and unpins per element, which
-//! gives the same results with more status-bit traffic.
+//! As Xen does, a batch keeps each side's claim across consecutive
+//! elements that name the same grant (or local frame), so a run of copies
+//! out of one grant pins, validates and references it once (see [`copy`]).
 
 use hvmem_types::{DomId, Mfn};
 
@@ -62,21 +62,65 @@ impl Claim<'_> {
             Self::Grant(claim) => claim.window,
         }
     }
+
+    fn transitive(&self) -> bool {
+        matches!(self, Self::Grant(GrantClaim { inner: Some(_), .. }))
+    }
 }
 
 /// `GNTTABOP_copy` for a batch issued by `copier`; each element gets its
 /// own status.
+///
+/// As in Xen, each side's claim (the pinned grant or the referenced local
+/// frame) is kept for the next element: an element naming the same domain
+/// id and the same grant reference (or frame number) as the one before it
+/// on that side reuses it, without pinning, validating or referencing
+/// again. A claim goes when an element names another one on its side, when
+/// either side names another domain id, when an element fails (both
+/// sides), and at the end of the batch. A claim through a transitive grant
+/// is never kept (one copy at a time goes through a transitive entry).
 pub fn copy<D, F>(copier: DomId, domains: &D, frames: &F, ops: &mut [GnttabCopy])
 where
     D: Domains + ?Sized,
     F: GrantFrames + ?Sized,
 {
+    let mut src = None;
+    let mut dst = None;
     for op in ops {
-        op.status = status_of(copy_one(copier, domains, frames, op));
+        let result = copy_one(copier, domains, frames, op, &mut src, &mut dst);
+        if result.is_err() {
+            drop_held(frames, &mut dst);
+            drop_held(frames, &mut src);
+        }
+        op.status = status_of(result);
+    }
+    drop_held(frames, &mut dst);
+    drop_held(frames, &mut src);
+}
+
+/// A side's claim kept for the next element, with what its element named.
+struct Held<'d> {
+    domid: u16,
+    by_gref: bool,
+    /// The grant reference or the frame number.
+    named: u64,
+    claim: Claim<'d>,
+}
+
+fn drop_held<F: GrantFrames + ?Sized>(frames: &F, held: &mut Option<Held<'_>>) {
+    if let Some(held) = held.take() {
+        release(frames, held.claim);
     }
 }
 
-fn copy_one<D, F>(copier: DomId, domains: &D, frames: &F, op: &GnttabCopy) -> Result<(), GrantError>
+fn copy_one<'d, D, F>(
+    copier: DomId,
+    domains: &'d D,
+    frames: &F,
+    op: &GnttabCopy,
+    src_held: &mut Option<Held<'d>>,
+    dst_held: &mut Option<Held<'d>>,
+) -> Result<(), GrantError>
 where
     D: Domains + ?Sized,
     F: GrantFrames + ?Sized,
@@ -100,33 +144,77 @@ where
     if len == 0 {
         return Ok(());
     }
-    let src = claim(copier, domains, frames, &op.source, src_table, true)?;
-    let dst = match claim(copier, domains, frames, &op.dest, dst_table, false) {
-        Ok(dst) => dst,
-        Err(error) => {
-            release(frames, src);
-            return Err(error);
-        }
+    let other_domain = |held: &Option<Held<'_>>, side: &GnttabCopyPtr| {
+        held.as_ref().is_some_and(|h| h.domid != side.domid)
     };
-    let inside = |claim: &Claim<'_>, offset: u16| {
-        let (start, length) = claim.window();
+    if other_domain(src_held, &op.source) || other_domain(dst_held, &op.dest) {
+        drop_held(frames, dst_held);
+        drop_held(frames, src_held);
+    }
+    let (src_mfn, src_window) = keep_or_claim(
+        copier, domains, frames, &op.source, src_gref, src_table, true, src_held,
+    )?;
+    let (dst_mfn, dst_window) = keep_or_claim(
+        copier, domains, frames, &op.dest, dst_gref, dst_table, false, dst_held,
+    )?;
+    let inside = |(start, length): (u16, u16), offset: u16| {
         offset >= start && usize::from(offset) + len <= usize::from(start) + usize::from(length)
     };
-    let result = if inside(&src, op.source.offset) && inside(&dst, op.dest.offset) {
-        frames.copy(
-            src.mfn(),
-            usize::from(op.source.offset),
-            dst.mfn(),
-            usize::from(op.dest.offset),
-            len,
-        );
-        Ok(())
+    if !inside(src_window, op.source.offset) || !inside(dst_window, op.dest.offset) {
+        return Err(GrantError::CopyOutsideWindow);
+    }
+    frames.copy(
+        src_mfn,
+        usize::from(op.source.offset),
+        dst_mfn,
+        usize::from(op.dest.offset),
+        len,
+    );
+    for held in [dst_held, src_held] {
+        if held.as_ref().is_some_and(|h| h.claim.transitive()) {
+            drop_held(frames, held);
+        }
+    }
+    Ok(())
+}
+
+/// The frame and window of `side`: the kept claim if it names the same
+/// grant or frame, else a new claim (dropping the kept one first).
+#[allow(clippy::too_many_arguments)]
+fn keep_or_claim<'d, D, F>(
+    copier: DomId,
+    domains: &'d D,
+    frames: &F,
+    side: &GnttabCopyPtr,
+    by_gref: bool,
+    table: Option<&'d GrantTable<'d>>,
+    readonly: bool,
+    held: &mut Option<Held<'d>>,
+) -> Result<(Mfn, (u16, u16)), GrantError>
+where
+    D: Domains + ?Sized,
+    F: GrantFrames + ?Sized,
+{
+    let named = if by_gref {
+        u64::from(side.gref().0)
     } else {
-        Err(GrantError::CopyOutsideWindow)
+        side.gmfn()
     };
-    release(frames, dst);
-    release(frames, src);
-    result
+    if let Some(kept) = held {
+        if kept.by_gref == by_gref && kept.named == named {
+            return Ok((kept.claim.mfn(), kept.claim.window()));
+        }
+    }
+    drop_held(frames, held);
+    let claim = claim(copier, domains, frames, side, table, readonly)?;
+    let found = (claim.mfn(), claim.window());
+    *held = Some(Held {
+        domid: side.domid,
+        by_gref,
+        named,
+        claim,
+    });
+    Ok(found)
 }
 
 /// The table a grant side names (`None` for a local frame).

@@ -482,6 +482,8 @@ fn xsa_224_host_and_device_map_unmapped_by_host_only_keeps_the_device_references
 }
 
 const PIN_DEV_WRITE_FOR_TESTS: u32 = 1 << 16;
+/// One host-read pin (reference b.11).
+const PIN_HOST_READ_FOR_TESTS: u32 = 1 << 8;
 
 #[test]
 fn xsa_230_status_bits_clear_only_when_their_last_pin_goes() {
@@ -990,6 +992,177 @@ fn copy_through_a_transitive_grant_reads_the_underlying_frame() {
     map_op.dom = BACK.get();
     mt.map_grant_ref(&d, env.frames(), &mut map_op);
     assert_eq!(map_op.status, GntSt::GeneralError.raw());
+}
+
+/// [`ModelFrames`] that counts translations and records, at each frame
+/// copy, the pin count of the frontend's grant 8.
+struct CountingFrames<'t> {
+    inner: &'t ModelFrames,
+    table: &'t GrantTable<'t>,
+    translations: Cell<u32>,
+    pins_at_copy: core::cell::RefCell<Vec<u32>>,
+}
+
+impl<'t> CountingFrames<'t> {
+    fn new(inner: &'t ModelFrames, table: &'t GrantTable<'t>) -> Self {
+        Self {
+            inner,
+            table,
+            translations: Cell::new(0),
+            pins_at_copy: core::cell::RefCell::new(Vec::new()),
+        }
+    }
+}
+
+impl GrantFrames for CountingFrames<'_> {
+    fn get_gfn(&self, owner: DomId, gfn: u64) -> Result<hvmem_types::Mfn, GfnError> {
+        self.translations.set(self.translations.get() + 1);
+        self.inner.get_gfn(owner, gfn)
+    }
+    fn get_page(&self, owner: DomId, mfn: hvmem_types::Mfn) -> bool {
+        self.inner.get_page(owner, mfn)
+    }
+    fn put_page(&self, mfn: hvmem_types::Mfn) {
+        self.inner.put_page(mfn);
+    }
+    fn get_page_and_type(&self, owner: DomId, mfn: hvmem_types::Mfn) -> bool {
+        self.inner.get_page_and_type(owner, mfn)
+    }
+    fn get_type(&self, owner: DomId, mfn: hvmem_types::Mfn) -> bool {
+        self.inner.get_type(owner, mfn)
+    }
+    fn put_page_and_type(&self, mfn: hvmem_types::Mfn) {
+        self.inner.put_page_and_type(mfn);
+    }
+    fn copy(
+        &self,
+        src: hvmem_types::Mfn,
+        src_offset: usize,
+        dst: hvmem_types::Mfn,
+        dst_offset: usize,
+        len: usize,
+    ) {
+        let pin = self.table.pin_count(GrantRef(8)).unwrap();
+        self.pins_at_copy.borrow_mut().push(pin);
+        self.inner.copy(src, src_offset, dst, dst_offset, len);
+    }
+    fn steal_page(&self, owner: DomId, gfn: u64) -> Result<hvmem_types::Mfn, StealError> {
+        self.inner.steal_page(owner, gfn)
+    }
+    fn can_receive(&self, dom: DomId) -> bool {
+        self.inner.can_receive(dom)
+    }
+    fn assign_page(&self, dom: DomId, mfn: hvmem_types::Mfn, gfn: u64) -> bool {
+        self.inner.assign_page(dom, mfn, gfn)
+    }
+    fn free_page(&self, mfn: hvmem_types::Mfn) {
+        self.inner.free_page(mfn);
+    }
+}
+
+/// Copies of byte `i` of the frontend's grant 8 into local frame `frame`.
+fn copy_from_grant_8(i: u16, frame: u64) -> GnttabCopy {
+    copy_op(
+        GnttabCopyPtr::grant(FRONT.get(), GrantRef(8), i),
+        GnttabCopyPtr::frame(DomId::SELF.get(), frame, i),
+        1,
+        GntCopyFlags::SOURCE_GREF,
+    )
+}
+
+#[test]
+fn copy_batch_keeps_a_claim_across_consecutive_elements_naming_the_same_grant() {
+    with(|env, table, _| {
+        env.guest(table)
+            .grant_access(GrantRef(8), BACK, Gfn::new(1), true)
+            .unwrap();
+        for i in 0..4 {
+            env.frames().set_byte(0x101, i, 0x10 + i as u8);
+        }
+        let d = ModelDomains::new([table]);
+        let frames = CountingFrames::new(env.frames(), table);
+        // Same grant, local frames 0, 0, 1, 1.
+        let mut ops = [(0, 0), (1, 0), (2, 1), (3, 1)].map(|(i, f)| copy_from_grant_8(i, f));
+        copy(BACK, &d, &frames, &mut ops);
+        assert!(ops.iter().all(|op| op.status == OK));
+        assert_eq!(
+            (0..2)
+                .map(|i| env.frames().byte(0x200, i))
+                .collect::<Vec<_>>(),
+            [0x10, 0x11]
+        );
+        assert_eq!(
+            (2..4)
+                .map(|i| env.frames().byte(0x201, i))
+                .collect::<Vec<_>>(),
+            [0x12, 0x13]
+        );
+        // The grant once, each local frame once; one read pin throughout.
+        assert_eq!(frames.translations.get(), 3);
+        assert_eq!(*frames.pins_at_copy.borrow(), [PIN_HOST_READ_FOR_TESTS; 4]);
+        // Nothing is kept once the batch is over.
+        assert_eq!(table.pin_count(GrantRef(8)), Some(0));
+        assert!(!env.guest(table).in_use(GrantRef(8)).unwrap());
+        for mfn in [0x101, 0x200, 0x201] {
+            assert_eq!(env.frames().refs(mfn), (0, 0), "{mfn:#x}");
+        }
+        env.guest(table).end_access(GrantRef(8)).unwrap();
+    });
+}
+
+#[test]
+fn copy_batch_drops_both_claims_after_a_failed_element() {
+    with(|env, table, _| {
+        env.guest(table)
+            .grant_access(GrantRef(8), BACK, Gfn::new(1), true)
+            .unwrap();
+        let d = ModelDomains::new([table]);
+        let frames = CountingFrames::new(env.frames(), table);
+        let mut beyond = copy_from_grant_8(0, 0);
+        beyond.len = 4097;
+        let mut ops = [copy_from_grant_8(0, 0), beyond, copy_from_grant_8(1, 0)];
+        copy(BACK, &d, &frames, &mut ops);
+        assert_eq!(ops.map(|op| op.status), [OK, GntSt::BadCopyArg.raw(), OK]);
+        // Both sides claimed again after the failure.
+        assert_eq!(frames.translations.get(), 4);
+        assert_eq!(table.pin_count(GrantRef(8)), Some(0));
+        assert_eq!(env.frames().refs(0x101), (0, 0));
+        assert_eq!(env.frames().refs(0x200), (0, 0));
+    });
+}
+
+#[test]
+fn copy_batch_writing_into_a_grant_it_reads_pins_it_for_writing_until_the_end() {
+    with(|env, table, _| {
+        env.guest(table)
+            .grant_access(GrantRef(8), BACK, Gfn::new(1), false)
+            .unwrap();
+        let d = ModelDomains::new([table]);
+        let frames = CountingFrames::new(env.frames(), table);
+        let both = GntCopyFlags::SOURCE_GREF | GntCopyFlags::DEST_GREF;
+        let within = |from: u16, to: u16| {
+            copy_op(
+                GnttabCopyPtr::grant(FRONT.get(), GrantRef(8), from),
+                GnttabCopyPtr::grant(FRONT.get(), GrantRef(8), to),
+                1,
+                both,
+            )
+        };
+        let mut ops = [copy_from_grant_8(0, 0), within(0, 1), within(1, 2)];
+        copy(BACK, &d, &frames, &mut ops);
+        assert_eq!(ops.map(|op| op.status), [OK; 3]);
+        assert_eq!(
+            *frames.pins_at_copy.borrow(),
+            [
+                PIN_HOST_READ_FOR_TESTS,
+                PIN_HOST_READ_FOR_TESTS + 1,
+                PIN_HOST_READ_FOR_TESTS + 1
+            ]
+        );
+        let bits = GtfFlags::from_bits_retain(table.header(GrantRef(8)) as u16);
+        assert!(!bits.intersects(GtfFlags::READING | GtfFlags::WRITING));
+        assert_eq!(env.frames().refs(0x101), (0, 0));
+    });
 }
 
 fn transfer_op(gfn: u64, to: DomId, gref: u32) -> GnttabTransfer {
