@@ -61,8 +61,11 @@ impl HvArena {
 }
 
 impl PhysMem for HvArena {
+    #[inline]
     fn table(&self, table: PhysAddr, entries: usize) -> Option<&[AtomicU64]> {
-        let offset = table.get().checked_sub(PHYS_BASE)?;
+        // Below the arena the offset wraps to a huge frame number, which
+        // `get` refuses like any other address past the end.
+        let offset = table.get().wrapping_sub(PHYS_BASE);
         if offset % 4096 != 0 {
             return None;
         }

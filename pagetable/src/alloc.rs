@@ -9,7 +9,7 @@
 //! through their own first entry, so a reservation of any size needs no
 //! storage of its own.
 
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use hvmem_types::PhysAddr;
 
@@ -72,7 +72,10 @@ impl Reservation {
         self.len
     }
 
-    /// Takes `count` zeroed frames, or none at all.
+    /// Takes `count` frames, or none at all. A frame is cleared when it is
+    /// taken ([`take`](Self::take)), not here, so that a table the commit
+    /// overwrites whole is written once
+    /// ([`take_uncleared`](Self::take_uncleared)).
     pub(crate) fn take_frames(
         count: usize,
         entries: usize,
@@ -90,11 +93,6 @@ impl Reservation {
                 r.release(mem, alloc);
                 return Err(ReserveFailure::NotAccessible(frame));
             };
-            for e in table {
-                e.store(0, Ordering::Relaxed);
-            }
-            #[cfg(test)]
-            crate::bbm::trace::fresh(table);
             if let Some(first) = table.first() {
                 // Link: next frame + 1, so that 0 means "end" even for frame 0.
                 first.store(r.head.map_or(0, |h| h + 1), Ordering::Relaxed);
@@ -105,19 +103,44 @@ impl Reservation {
         Ok(r)
     }
 
-    /// A zeroed frame from the reservation.
-    pub(crate) fn take(&mut self, mem: &impl PhysMem) -> Option<u64> {
+    /// Unlinks the next frame: its entry 0 is cleared, the others hold
+    /// whatever the frame held.
+    fn unlink<'m>(&mut self, mem: &'m impl PhysMem) -> Option<(u64, &'m [AtomicU64])> {
         let frame = self.head?;
-        let first = mem.table(PhysAddr::new(frame), self.entries)?.first()?;
-        let next = first.swap(0, Ordering::Relaxed);
+        let table = mem.table(PhysAddr::new(frame), self.entries)?;
+        let first = table.first()?;
+        // Not yet reachable by anyone: plain accesses suffice.
+        let next = first.load(Ordering::Relaxed);
+        first.store(0, Ordering::Relaxed);
         self.head = next.checked_sub(1);
         self.len -= 1;
+        Some((frame, table))
+    }
+
+    /// A zeroed frame from the reservation.
+    pub(crate) fn take(&mut self, mem: &impl PhysMem) -> Option<u64> {
+        let (frame, table) = self.unlink(mem)?;
+        for e in table {
+            e.store(0, Ordering::Relaxed);
+        }
+        #[cfg(test)]
+        crate::bbm::trace::fresh(table);
+        Some(frame)
+    }
+
+    /// A frame from the reservation whose entries (but entry 0, which is
+    /// zero) are left as the allocator handed them out: for a caller that
+    /// writes every entry before the table becomes reachable.
+    pub(crate) fn take_uncleared(&mut self, mem: &impl PhysMem) -> Option<u64> {
+        let (frame, _table) = self.unlink(mem)?;
+        #[cfg(test)]
+        crate::bbm::trace::fresh(_table);
         Some(frame)
     }
 
     /// Gives every frame still reserved back to the allocator.
     pub(crate) fn release(mut self, mem: &impl PhysMem, alloc: &mut impl TableAllocator) {
-        while let Some(frame) = self.take(mem) {
+        while let Some((frame, _)) = self.unlink(mem) {
             alloc.free_table(PhysAddr::new(frame));
         }
     }

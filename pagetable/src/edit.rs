@@ -451,31 +451,34 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
         let Some(run) = entries.get(first..=last) else {
             return false;
         };
-        // The changed slots not yet added to the flush, `[start, end)` in
-        // index space.
-        let mut pending: Option<(u64, u64)> = None;
+        let format = self.format;
+        // The changed slots not yet added to the flush, `[run_start,
+        // run_end)` in index space (empty when equal).
+        let (mut run_start, mut run_end) = (0u64, 0u64);
+        let mut slot_start = base + ((first as u64) << shift);
         for (i, entry) in run.iter().enumerate() {
+            let at = slot_start;
+            slot_start += size;
             let raw = entry.load(Ordering::Acquire);
-            let EntryKind::Leaf(pa) = self.format.kind(raw, 0) else {
+            let EntryKind::Leaf(pa) = format.kind(raw, 0) else {
                 continue;
             };
-            let mut new = self.format.with_output_address(template, pa, 0);
+            let mut new = format.with_output_address(template, pa, 0);
             // A run still hinted here is one that keeps the hint.
-            if self.format.is_contiguous(raw) {
-                new = self.format.with_contiguous(new, true);
+            if format.is_contiguous(raw) {
+                new = format.with_contiguous(new, true);
             }
             if raw == new {
                 continue;
             }
-            let slot_start = base + (((first + i) as u64) << shift);
-            let slot = Slot {
-                index: first + i,
-                start: slot_start,
-                size,
-                piece_start: slot_start,
-                piece_end: slot_start + size,
-            };
-            if self.format.needs_break(raw, new, 0) {
+            if format.needs_break(raw, new, 0) {
+                let slot = Slot {
+                    index: first + i,
+                    start: at,
+                    size,
+                    piece_start: at,
+                    piece_end: at + size,
+                };
                 // Broken: already invalidated, nothing to flush.
                 let _ = self.replace(entry, raw, new, 0, &slot);
                 continue;
@@ -485,19 +488,17 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
             // flush when hardware set A/D bits in between, and the new entry
             // overwrites those either way), and a locked exchange per page
             // is most of the cost of a large protect.
-            self.store(entry, raw, new, 0, slot_start, size);
-            pending = match pending {
-                Some((s, e)) if e == slot_start => Some((s, e + size)),
-                other => {
-                    if let Some((s, e)) = other {
-                        self.flush_index(s, e);
-                    }
-                    Some((slot_start, slot_start + size))
+            self.store(entry, raw, new, 0, at, size);
+            if run_end != at {
+                if run_start != run_end {
+                    self.flush_index(run_start, run_end);
                 }
-            };
+                run_start = at;
+            }
+            run_end = at + size;
         }
-        if let Some((s, e)) = pending {
-            self.flush_index(s, e);
+        if run_start != run_end {
+            self.flush_index(run_start, run_end);
         }
         true
     }
@@ -543,8 +544,14 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
 
     /// A table from the reservation, or (if the plan was wrong, which the
     /// tests guard against) none: the slot is then left as it was.
-    fn take_table(&mut self) -> Option<u64> {
-        let t = self.reservation.take(self.mem);
+    /// `cleared`: zeroed; otherwise the caller overwrites every entry before
+    /// linking it.
+    fn take_table(&mut self, cleared: bool) -> Option<u64> {
+        let t = if cleared {
+            self.reservation.take(self.mem)
+        } else {
+            self.reservation.take_uncleared(self.mem)
+        };
         debug_assert!(t.is_some(), "the plan reserved too few tables");
         t
     }
@@ -849,8 +856,12 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
             }
             match (edit, current) {
                 (_, EntryKind::Malformed) => {}
-                (Edit::Map { .. }, EntryKind::Invalid) => {
-                    let (Some(l), Some(child)) = (below, self.take_table()) else {
+                (Edit::Map { sizes, .. }, EntryKind::Invalid) => {
+                    // A last-level table the map fills whole (the bulk fast
+                    // path below writes every entry) need not be cleared
+                    // first.
+                    let filled_whole = below == Some(0) && slot.is_full() && sizes.allows(0);
+                    let (Some(l), Some(child)) = (below, self.take_table(!filled_whole)) else {
                         continue;
                     };
                     // Filled before it is linked: the release store that
@@ -912,7 +923,7 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
                     let Descriptor::Leaf(pa, attrs) = self.format.decode(raw, level) else {
                         continue;
                     };
-                    let (Some(l), Some(child)) = (below, self.take_table()) else {
+                    let (Some(l), Some(child)) = (below, self.take_table(true)) else {
                         continue;
                     };
                     self.fill_split(child, l, pa, &attrs);
@@ -954,6 +965,11 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
         let first = ((start - base) >> shift) as usize;
         let last = ((end - 1 - base) >> shift) as usize;
         let Some(run) = entries.get(first..=last) else {
+            // Never for a range inside the table; a table taken uncleared
+            // must still not be linked holding garbage.
+            for e in entries {
+                e.store(0, Ordering::Relaxed);
+            }
             return;
         };
         let hinted = self.format.with_contiguous(template, true);

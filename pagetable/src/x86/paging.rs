@@ -51,6 +51,8 @@ pub struct X86Paging {
     /// The first PAT index holding each memory type (by discriminant), or
     /// `NO_PAT_INDEX`.
     pat_index: [u8; MEMORY_TYPES],
+    /// `64 - input bits`: the shift that sign-extends from bit 47 or 56.
+    canonical_shift: u32,
 }
 
 /// The first PAT slot holding the memory type with discriminant `t`, or
@@ -97,6 +99,7 @@ impl X86Paging {
             addr_mask: 0,
             reserved: 0,
             pat_index: [NO_PAT_INDEX; MEMORY_TYPES],
+            canonical_shift: 0,
         }
         .derive()
     }
@@ -104,6 +107,7 @@ impl X86Paging {
     /// Recomputes the derived masks and the PAT lookup after a change.
     const fn derive(mut self) -> Self {
         self.addr_mask = address_mask(self.max_phys_bits);
+        self.canonical_shift = 64 - self.input_bits();
         self.reserved = high_reserved(self.max_phys_bits) | if self.no_execute { 0 } else { XD };
         let pat = &self.pat;
         self.pat_index = [
@@ -125,7 +129,7 @@ impl X86Paging {
     pub const fn five_level() -> Self {
         let mut f = Self::four_level();
         f.five_level = true;
-        f
+        f.derive()
     }
 
     /// The same format with another MAXPHYADDR (32..=52), or `None`.
@@ -161,7 +165,7 @@ impl X86Paging {
         self.derive()
     }
 
-    fn input_bits(&self) -> u32 {
+    const fn input_bits(&self) -> u32 {
         if self.five_level { 57 } else { 48 }
     }
 
@@ -221,14 +225,14 @@ impl Format for X86Paging {
     #[inline]
     fn input_to_index(&self, input: u64) -> Option<u64> {
         // Canonical: bits [63:N] all equal bit N-1.
-        let shift = 64 - self.input_bits();
+        let shift = self.canonical_shift;
         let extended = (((input << shift) as i64) >> shift) as u64;
-        (extended == input).then_some(input & ((1u64 << self.input_bits()) - 1))
+        (extended == input).then_some((input << shift) >> shift)
     }
 
     #[inline]
     fn index_to_input(&self, index: u64) -> u64 {
-        let shift = 64 - self.input_bits();
+        let shift = self.canonical_shift;
         (((index << shift) as i64) >> shift) as u64
     }
 
