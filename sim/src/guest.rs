@@ -6,9 +6,22 @@
 //!   the guest holds and does not use. The driver balloons out only these,
 //!   and never below a kernel reserve ("don't try hard").
 //! - **A working set** that grows and shrinks in phases. Resident pages hold
-//!   data (a fingerprint the guest remembers and the checker verifies); a
-//!   working set larger than what the guest holds means page faults that
-//!   go to the swap disk (the miss rate).
+//!   data (a fingerprint the guest remembers and the checker verifies).
+//!   Growth is faulted in while the kernel has free pages; an access to a
+//!   page that is not resident is a page fault (the miss rate) that takes a
+//!   free page, or evicts a random resident page. Even pages are page
+//!   cache (clean file data), odd pages anonymous memory. An evicted
+//!   anonymous page goes to swap: frontswap (a tmem persistent pool, `PUT`)
+//!   if the guest uses tmem and the put succeeds, else the swap disk; an
+//!   evicted file page is dropped after a cleancache put (a tmem ephemeral
+//!   pool) if the guest uses tmem. A fault on a swapped page loads it from
+//!   frontswap (`GET`, which must hit and return the data intact, then
+//!   `FLUSH_PAGE`: the swap slot is freed) or from the disk; a fault on a
+//!   file page tries cleancache first (a hit must return the last data
+//!   put) and reads the disk on a miss. Pages that leave the working set
+//!   are flushed from tmem. The accesses are drawn from their own random
+//!   stream, so every policy sees the same accesses; eviction victims,
+//!   process churn and the checker's samples have streams of their own.
 //! - **Processes**: each is a four-level PV page-table tree (L4, L3, L2, L1)
 //!   over a few data pages, built with `mmu_update` plain writes into fresh
 //!   frames, pinned with `MMUEXT_PIN_L4_TABLE` (validation takes the whole
@@ -197,7 +210,14 @@ pub struct Guest {
     phase_ends: u64,
     asleep_until: u64,
     version: u64,
+    /// Working-set phases and accesses: the same under every policy.
     rng: Rng,
+    /// Eviction victims.
+    evict_rng: Rng,
+    /// Process creation, exit and remapping.
+    churn_rng: Rng,
+    /// The pages the checker samples.
+    check_rng: Rng,
     workload: Workload,
     /// What it did.
     pub stats: GuestStats,
@@ -244,6 +264,9 @@ impl Guest {
             asleep_until: 0,
             version: 0,
             rng: Rng::new(mix(seed) ^ mix(u64::from(id.get()).wrapping_add(0x5eed))),
+            evict_rng: Rng::new(mix(seed ^ 0xe71c) ^ mix(u64::from(id.get()))),
+            churn_rng: Rng::new(mix(seed ^ 0xc4a2) ^ mix(u64::from(id.get()))),
+            check_rng: Rng::new(mix(seed ^ 0xc8ec) ^ mix(u64::from(id.get()))),
             workload,
             stats: GuestStats::default(),
         }
@@ -504,7 +527,7 @@ impl Guest {
             if self.data.is_empty() {
                 return Ok(false);
             }
-            let k = self.rng.below(self.data.len() as u64) as usize;
+            let k = self.evict_rng.below(self.data.len() as u64) as usize;
             let Some(&(gfn, fp, victim)) = self.data.get(k) else {
                 return Ok(false);
             };
@@ -602,7 +625,11 @@ impl Guest {
             return Ok(());
         }
         for _ in 0..self.workload.accesses_per_sec {
+            // Drawn whatever happens next, so that every policy sees the
+            // same accesses.
             let idx = self.rng.below(self.ws) as u32;
+            // One access in eight writes the page.
+            let write = self.rng.chance(125);
             self.stats.accesses += 1;
             if !self.is_resident(idx) {
                 self.stats.misses += 1;
@@ -610,8 +637,7 @@ impl Guest {
                     continue;
                 }
             }
-            // One access in eight writes the page.
-            if self.rng.chance(125) {
+            if write {
                 let k = self.slot.get(idx as usize).copied().unwrap_or(NOT_RESIDENT) as usize;
                 let Some(&(gfn, _, _)) = self.data.get(k) else {
                     continue;
@@ -704,15 +730,15 @@ impl Guest {
 
     fn churn(&mut self, host: &mut Host<'_>) -> Result<(), Violation> {
         let w = self.workload;
-        if self.processes.len() < w.max_processes && self.rng.chance(w.spawn_per_mille) {
+        if self.processes.len() < w.max_processes && self.churn_rng.chance(w.spawn_per_mille) {
             self.spawn(host)?;
         }
-        if !self.processes.is_empty() && self.rng.chance(w.exit_per_mille) {
-            let i = self.rng.below(self.processes.len() as u64) as usize;
+        if !self.processes.is_empty() && self.churn_rng.chance(w.exit_per_mille) {
+            let i = self.churn_rng.below(self.processes.len() as u64) as usize;
             self.exit(host, i)?;
         }
         if !self.processes.is_empty() {
-            let i = self.rng.below(self.processes.len() as u64) as usize;
+            let i = self.churn_rng.below(self.processes.len() as u64) as usize;
             self.remap(host, i)?;
         }
         Ok(())
@@ -763,7 +789,7 @@ impl Guest {
 
     /// Builds a process's tree in fresh frames and pins its root.
     fn spawn(&mut self, host: &mut Host<'_>) -> Result<(), Violation> {
-        let data_pages = 1 + self.rng.below(8) as usize;
+        let data_pages = 1 + self.churn_rng.below(8) as usize;
         if self.kernel.free.len() < self.kernel.reserve + 4 + data_pages {
             return Ok(());
         }
@@ -828,10 +854,10 @@ impl Guest {
         if p.pages.is_empty() {
             return Ok(());
         }
-        let k = self.rng.below(p.pages.len() as u64) as usize;
+        let k = self.churn_rng.below(p.pages.len() as u64) as usize;
         let l1 = Self::mfn(host, id, p.tables[3])?;
         let page = Self::mfn(host, id, p.pages.get(k).map_or(Gfn::new(u64::MAX), |x| x.0))?;
-        let rw = if self.rng.chance(500) { RW } else { 0 };
+        let rw = if self.churn_rng.chance(500) { RW } else { 0 };
         Self::update(host, id, l1, k as u64, page.get() << 12 | PRESENT | rw)?;
         self.stats.hypercalls += 1;
         Ok(())
@@ -938,7 +964,7 @@ impl Guest {
         let n = sample.map_or(all, |s| s.min(all));
         for k in 0..n {
             let i = if sample.is_some() {
-                self.rng.below(all as u64) as usize
+                self.check_rng.below(all as u64) as usize
             } else {
                 k
             };

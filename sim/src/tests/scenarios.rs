@@ -82,6 +82,16 @@ fn same_seed_same_report() {
         run(&config, Policy::Toolstack),
         run(&config, Policy::Toolstack)
     );
+    // With tmem and grants in the run too.
+    assert_eq!(
+        run(&config, Policy::SelfBalloonTmem),
+        run(&config, Policy::SelfBalloonTmem)
+    );
+    // Every policy sees the same working sets and accesses.
+    assert_eq!(
+        run(&config, Policy::Static).stats.accesses,
+        run(&config, Policy::ToolstackTmem).stats.accesses
+    );
     let other = small(Scenario::Consolidation, 10);
     assert_ne!(
         run(&config, Policy::Toolstack),
