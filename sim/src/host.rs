@@ -555,16 +555,19 @@ impl<'s> Host<'s> {
         self.books.set_max_pages(id, max_pages).is_ok()
     }
 
-    /// Destroys `id`: the frame table takes back every frame it owns
+    /// Destroys `id`: its tmem client goes (its pages' frames back to the
+    /// heap), the grant mappings it holds are released and its grant table
+    /// torn down, the frame table takes back every frame it owns
     /// (preemptible `relinquish`: pins dropped, page tables de-validated,
     /// allocation references dropped), the freed frames return to the heap
     /// and the books, and the domain is forgotten.
     ///
     /// # Errors
     ///
-    /// The number of frames something else still references; the domain
-    /// then stays (dying) until they are freed. Nothing outside a domain can
-    /// reference its frames in this host yet (no grants), so this is a bug.
+    /// The number of frames something else still references (another
+    /// domain's grant mapping), or of its grant entries still pinned; the
+    /// domain then stays (dying) until they are unmapped and this is called
+    /// again.
     pub fn destroy_domain(&mut self, id: DomId) -> Result<(), u64> {
         self.tmem_destroy_client(id);
         let pinned = self.grant_release(id) as u64;

@@ -8,15 +8,22 @@
 //!   hypervisor's per-domain books with claims (hvmem-balloon-proto's
 //!   `HostMemory`), the M2P and each domain's physmap. Frame contents are
 //!   kept only where needed ([`memory`]).
-//! - [`hypercall`]: `mmu_update`, `mmuext_op` and `memory_op` with Xen's
-//!   numbers and Xen's return values; `grant_table_op` and `tmem_op` return
-//!   `-ENOSYS` until hvmem-grant and hvmem-tmem-pool are wired in.
-//! - [`invariants`]: conservation, owners, reference and type counts
-//!   against the live page tables, physmaps; a cheap check every step and
-//!   a full audit every N steps.
-//! - [`guest`]: honest PV guests with seeded workloads and the Xen balloon
-//!   driver; [`scenario`]: policies (static, toolstack ballooning,
-//!   selfballooning) and the figures of a run; [`report`]: table, JSON, SVG.
+//! - [`tmem`]: hvmem-tmem-pool over frames the host lends from its heap;
+//!   [`grant`]: hvmem-grant's tables and maptracks per domain, with the
+//!   frame table's `TableGrantFrames` for frame references.
+//! - [`hypercall`]: `mmu_update`, `mmuext_op`, `memory_op`,
+//!   `grant_table_op` and `tmem_op` with Xen's numbers and Xen's return
+//!   values.
+//! - [`invariants`]: conservation (tmem's frames included), owners,
+//!   reference and type counts against the live page tables and grant
+//!   mappings, physmaps; a cheap check every step and a full audit every N
+//!   steps.
+//! - [`guest`]: honest PV guests with seeded workloads, cleancache and
+//!   frontswap over tmem, and the Xen balloon driver; [`splitio`]: a block
+//!   backend and its frontends exchanging pages through grants;
+//!   [`scenario`]: policies (static, toolstack ballooning, selfballooning,
+//!   each ballooning policy with tmem) and the figures of a run;
+//!   [`report`]: table, JSON, SVG.
 //! - [`attack`]: the malicious guest, for the `host` fuzz target and
 //!   `hvmem-sim attack`.
 //!

@@ -70,7 +70,7 @@ fn rows(outcomes: &[Outcome]) -> Vec<(&'static str, Vec<String>)> {
                 count(r.stats.disk_reads)
             )
         }),
-        ("tmem at the end", |r| mib(r.final_tmem)),
+        ("tmem frames at the end", |r| count(r.final_tmem)),
         ("balloon traffic (in + out)", |r| {
             mib(r.stats.ballooned_in + r.stats.ballooned_out)
         }),
@@ -305,7 +305,8 @@ fn colour(i: usize) -> &'static str {
 }
 
 /// Memory over time, one panel per policy that ran: each guest's pages as
-/// a line, the host's free memory dashed.
+/// a line, the host's free memory dashed, tmem's frames dotted (policies
+/// with tmem).
 #[must_use]
 pub fn svg(config: &Config, outcomes: &[Outcome]) -> String {
     let ran: Vec<&PolicyReport> = outcomes
@@ -335,7 +336,7 @@ pub fn svg(config: &Config, outcomes: &[Outcome]) -> String {
         let max_pages = r
             .timeline
             .iter()
-            .flat_map(|x| x.pages.iter().copied().chain([x.free]))
+            .flat_map(|x| x.pages.iter().copied().chain([x.free, x.tmem]))
             .max()
             .unwrap_or(1)
             .max(1) as f64;
@@ -371,23 +372,24 @@ pub fn svg(config: &Config, outcomes: &[Outcome]) -> String {
             last as u64
         );
         let guests = r.timeline.first().map_or(0, |x| x.pages.len());
-        for g in 0..=guests {
+        let lines = guests + 1 + usize::from(r.policy.uses_tmem());
+        for g in 0..lines {
             let points: Vec<String> = r
                 .timeline
                 .iter()
                 .map(|t| {
-                    let v = if g == guests {
-                        t.free
-                    } else {
-                        t.pages.get(g).copied().unwrap_or(0)
+                    let v = match g.checked_sub(guests) {
+                        Some(0) => t.free,
+                        Some(_) => t.tmem,
+                        None => t.pages.get(g).copied().unwrap_or(0),
                     };
                     format!("{:.1},{:.1}", x(t.second), y(v))
                 })
                 .collect();
-            let (stroke, dash, label) = if g == guests {
-                ("#444", " stroke-dasharray=\"5,3\"", "host free".to_string())
-            } else {
-                (colour(g), "", format!("guest d{}", g + 1))
+            let (stroke, dash, label) = match g.checked_sub(guests) {
+                Some(0) => ("#444", " stroke-dasharray=\"5,3\"", "host free".to_string()),
+                Some(_) => ("#000", " stroke-dasharray=\"1,2\"", "tmem".to_string()),
+                None => (colour(g), "", format!("guest d{}", g + 1)),
             };
             let _ = writeln!(
                 s,

@@ -149,8 +149,9 @@ fn reports_show_every_policy_as_text_json_and_svg() {
     assert!(json.contains("\"policy\":\"static allocation\""));
     let svg = report::svg(&config, &outcomes);
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
-    // Three guests and the host's free memory, per policy.
-    assert_eq!(svg.matches("<polyline").count(), 4 * Policy::ALL.len());
+    // Three guests and the host's free memory, per policy; tmem's frames
+    // for the two tmem policies.
+    assert_eq!(svg.matches("<polyline").count(), 4 * Policy::ALL.len() + 2);
 }
 
 #[test]
