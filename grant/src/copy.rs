@@ -181,6 +181,7 @@ where
 /// The frame and window of `side`: the kept claim if it names the same
 /// grant or frame, else a new claim (dropping the kept one first).
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 fn keep_or_claim<'d, D, F>(
     copier: DomId,
     domains: &'d D,

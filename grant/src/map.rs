@@ -370,8 +370,9 @@ impl Maptrack<'_> {
         // The entry may have been unmapped (and reused) meanwhile, so the
         // ref is untrusted until re-checked under the lock.
         let active = table
-            .lock(GrantRef(gref))
-            .map_err(|_| GrantError::BadHandle)?;
+            .active_entry(GrantRef(gref))
+            .ok_or(GrantError::BadHandle)?
+            .lock();
         let flags = GntMapFlags::from_bits_retain(entry.flags.load(Ordering::Acquire));
         if flags.is_empty()
             || entry.domid.load(Ordering::Relaxed) != dom
@@ -435,7 +436,10 @@ impl Maptrack<'_> {
             let dec = pin_increments(done, readonly);
             if let Some(left) = pin_sub(pin, dec) {
                 active.set_pin(left);
-                for _ in 0..done.bits().count_ones() {
+                if done.contains(GntMapFlags::DEVICE_MAP) {
+                    put_kind_ref(frames, mfn, readonly);
+                }
+                if done.contains(GntMapFlags::HOST_MAP) {
                     put_kind_ref(frames, mfn, readonly);
                 }
                 table.reduce_status(&slot, left);
