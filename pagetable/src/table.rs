@@ -280,8 +280,12 @@ impl<F: Format> PageTable<F> {
     ///   `options.replace` is off,
     /// - [`MapError::OutOfMemory`]: `alloc` ran out,
     /// - [`MapError::Table`]: an inaccessible table or malformed entry.
+    ///
+    /// The checks and the one-leaf fast path are inlined into the caller
+    /// (the result, a [`TlbFlush`], is then written once, in place); the
+    /// general engine is [`map_general`](Self::map_general).
     #[allow(clippy::too_many_arguments)] // where, to what, how long, how, and the resources
-    #[inline]
+    #[inline(always)]
     fn map_with(
         &mut self,
         mem: &impl PhysMem,
@@ -334,6 +338,24 @@ impl<F: Format> PageTable<F> {
                 }
             }
         }
+        self.map_general(mem, alloc, bbm, start, end, pa, attrs, options)
+    }
+
+    /// [`map_with`](Self::map_with) past its checks: plan, reserve, commit
+    /// (`[start, end)` in index space, checked).
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
+    fn map_general(
+        &mut self,
+        mem: &impl PhysMem,
+        alloc: &mut impl TableAllocator,
+        bbm: &mut impl BreakBeforeMake,
+        start: u64,
+        end: u64,
+        pa: PhysAddr,
+        attrs: &Attributes,
+        options: MapOptions,
+    ) -> Result<TlbFlush, MapError> {
         let mut templates = [0u64; 8];
         for (level, template) in (0..self.format.levels()).zip(templates.iter_mut()) {
             if options.sizes.allows(level) && self.format.leaf_allowed(level) {
@@ -377,7 +399,10 @@ impl<F: Format> PageTable<F> {
     ///   untranslatable,
     /// - [`UnmapError::OutOfMemory`]: a split needed a table `alloc` lacked,
     /// - [`UnmapError::Table`]: an inaccessible table or malformed entry.
-    #[inline]
+    ///
+    /// Inlined like [`map_with`](Self::map_with); the general engine is
+    /// [`unmap_general`](Self::unmap_general).
+    #[inline(always)]
     fn unmap_with(
         &mut self,
         mem: &impl PhysMem,
@@ -405,6 +430,19 @@ impl<F: Format> PageTable<F> {
                 }
             }
         }
+        self.unmap_general(mem, alloc, bbm, start, end)
+    }
+
+    /// [`unmap_with`](Self::unmap_with) past its checks.
+    #[inline(never)]
+    fn unmap_general(
+        &mut self,
+        mem: &impl PhysMem,
+        alloc: &mut impl TableAllocator,
+        bbm: &mut impl BreakBeforeMake,
+        start: u64,
+        end: u64,
+    ) -> Result<TlbFlush, UnmapError> {
         self.run(mem, alloc, bbm, start, end, &Edit::Unmap)
             .map_err(|e| match e {
                 EditFailure::Reserve(ReserveFailure::OutOfMemory) => UnmapError::OutOfMemory,
