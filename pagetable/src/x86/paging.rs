@@ -268,7 +268,9 @@ impl Format for X86Paging {
         if raw & self.reserved != 0 {
             return EntryKind::Malformed;
         }
-        let addr = raw & self.addr_mask;
+        // `addr_mask` never has bits 11:0; saying so lets a caller's
+        // alignment check of the next table's address fold away.
+        let addr = raw & self.addr_mask & !0xfff;
         if level == 0 {
             // Bit 7 is PAT in a PTE.
             return EntryKind::Leaf(addr);
