@@ -26,6 +26,8 @@
 //!   exactly while pinned and `GTF_writing` exactly while writably pinned,
 //!   and a pinned entry still grants what its mappings use;
 //! - end access succeeds only on an entry nobody maps;
+//! - a copy, issued twice in one batch (the second element reusing what
+//!   the first claimed), ends the same way both times;
 //! - every frame's general and writable-type reference counts equal what
 //!   the mappings hold (a general reference per mapping kind, a type
 //!   reference per writable kind; an active entry holds none of its own):
@@ -855,14 +857,15 @@ impl World<'_> {
                 host,
                 device,
             } => self.unmap(by, handle, host, device),
-            Op::Copy { by, mut op } => {
+            Op::Copy { by, op } => {
                 let domains = self.domains();
-                crate::copy(
-                    dom(by),
-                    &domains,
-                    self.frames,
-                    core::slice::from_mut(&mut op),
-                );
+                // Twice in one batch: the second element reuses what the
+                // first claimed (or claims again after a failure), and
+                // must end the same way.
+                let mut ops = [op, op];
+                crate::copy(dom(by), &domains, self.frames, &mut ops);
+                assert_eq!(ops[0].status, ops[1].status, "{op:?}");
+                let op = ops[0];
                 let len = usize::from(op.len);
                 if op.source.offset as usize + len > FRAME_SIZE
                     || op.dest.offset as usize + len > FRAME_SIZE
