@@ -207,7 +207,8 @@ pub struct PolicyReport {
     pub guest_frames: u64,
     /// Mean share of guest memory holding working-set data, per mille.
     pub utilization_per_mille: u64,
-    /// Mean share of guest memory held by guests, per mille.
+    /// Mean share of guest memory held by the guests (not free, not tmem's),
+    /// per mille.
     pub allocated_per_mille: u64,
     /// Summed guest figures.
     pub stats: GuestStats,
@@ -377,7 +378,13 @@ pub fn run(
             report.audits += 1;
         }
         used_sum += u128::from(guests.iter().map(Guest::resident).sum::<u64>());
-        held_sum += u128::from(host.guest_frames() - host.books().free_pages());
+        // What the guests hold: neither free memory nor tmem's frames.
+        held_sum += u128::from(
+            guests
+                .iter()
+                .map(|g| host.books().domain(g.id()).map_or(0, |d| d.tot_pages))
+                .sum::<u64>(),
+        );
         if now % config.sample_every == 0 || now + 1 == config.steps {
             report.timeline.push(sample(&host, &guests, now));
         }

@@ -63,15 +63,20 @@ fn objects_for(frames: u64) -> usize {
     usize::try_from(frames / 256 + 1024).unwrap_or(1024)
 }
 
-/// The table sizes of a host of `frames` frames: every frame of the host
-/// could hold a tmem page.
+/// The most pages tmem tracks at once (4 GiB of pages): its page table
+/// costs about 100 bytes per page (a record and two index buckets), so a large host does not pay for a tmem
+/// bigger than its idle memory is likely to be. A put beyond it fails.
+pub const TMEM_MAX_PAGES: usize = 1 << 20;
+
+/// The table sizes of a host of `frames` frames: any frame of the host
+/// can hold a tmem page, up to [`TMEM_MAX_PAGES`] at once.
 #[must_use]
 pub fn tmem_layout(frames: u64) -> TmemLayout {
     let frames = usize::try_from(frames).unwrap_or(0).max(1);
     TmemLayout {
         clients: crate::host::MAX_DOMAINS,
         pools: crate::host::MAX_DOMAINS * 4,
-        pages: frames,
+        pages: frames.min(TMEM_MAX_PAGES),
         objects: objects_for(frames as u64),
         frames,
         dedup: false,
