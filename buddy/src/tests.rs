@@ -775,7 +775,7 @@ fn run_model(max: u8, zones: &[FrameRange], ops: &[Op]) {
 
 fn config() -> ProptestConfig {
     ProptestConfig {
-        cases: if cfg!(miri) { 3 } else { 256 },
+        cases: if cfg!(miri) { 2 } else { 256 },
         failure_persistence: None,
         ..ProptestConfig::default()
     }
