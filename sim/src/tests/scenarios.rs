@@ -206,6 +206,9 @@ fn a_short_attack_campaign_breaks_no_invariant() {
             .iter()
             .any(|((n, rc), _)| *n == "mmuext_op" && *rc == 0)
     );
+    // tmem puts and gets of its own succeed; grant batches are read.
+    assert!(summary.results.contains_key(&("tmem_op", 1)));
+    assert!(summary.results.contains_key(&("grant_table_op", 0)));
 }
 
 #[test]
@@ -231,8 +234,26 @@ fn a_destroyed_attacker_gives_back_every_frame() {
         .filter(|&m| world.host.frame_table().state(m).unwrap().pinned)
         .count();
     assert!(pinned > 0, "the attack pinned nothing");
+    let tmem_pages = |w: &attack::World<'_>| {
+        let t = w.host.tmem();
+        t.client_of(attack::ATTACKER)
+            .map_or(0, |c| t.client_stats(c).map_or(0, |s| s.pages))
+    };
+    // Go on until the attacker holds tmem pages too.
+    for _ in 0..5000 {
+        if tmem_pages(&world) > 0 {
+            break;
+        }
+        world.hostile_call(&mut src).unwrap();
+    }
+    assert!(tmem_pages(&world) > 0, "the attack put nothing in tmem");
     let deaths = world.deaths;
+    let tmem_before = world.host.tmem_frames();
+    let held = tmem_pages(&world);
     assert!(world.hostile_call(&mut attack::Bytes(&[u8::MAX])).unwrap());
     assert_eq!(world.deaths, deaths + 1);
+    // Its tmem pages went with it (the reborn attacker has an empty client).
+    assert_eq!(world.host.tmem_frames(), tmem_before - held);
+    assert_eq!(tmem_pages(&world), 0);
     world.audit().unwrap();
 }
