@@ -11,7 +11,7 @@ use hvmem_types::PhysAddr;
 
 use crate::attrs::{Access, Attributes};
 use crate::error::{TableError, TranslateError};
-use crate::format::{Descriptor, EntryKind, Format};
+use crate::format::{Descriptor, Format};
 use crate::mem::PhysMem;
 
 /// Where an address translates to.
@@ -114,9 +114,7 @@ pub(crate) fn entry_at<'m, F: Format>(
     }
 }
 
-/// Walks to the leaf covering `index`. Each level classifies its entry
-/// without attributes ([`Format::kind`]); only the leaf it stops at is fully
-/// decoded.
+/// Walks to the leaf covering `index`.
 #[inline]
 pub(crate) fn translate<F: Format>(
     format: &F,
@@ -143,17 +141,18 @@ pub(crate) fn translate<F: Format>(
                 level,
             })
         };
-        match format.kind(raw, level) {
-            EntryKind::Table(next) => {
+        // `decode`, not `kind`: the attributes of the leaf are wanted, and
+        // formats whose `kind` is cheaper build them only for leaves (x86);
+        // calling both would decode the leaf twice where `kind` is the
+        // default (AArch64).
+        match format.decode(raw, level) {
+            Descriptor::Table(next) => {
                 limits &= format.table_limits(raw, level);
                 level = level.checked_sub(1).ok_or_else(malformed)?;
                 table = next;
                 entries_per_table = format.entries();
             }
-            EntryKind::Leaf(_) => {
-                let Descriptor::Leaf(pa, mut attributes) = format.decode(raw, level) else {
-                    return Err(malformed());
-                };
+            Descriptor::Leaf(pa, mut attributes) => {
                 let size = 1u64 << shift;
                 attributes.access &= limits;
                 return Ok(Translation {
@@ -163,8 +162,8 @@ pub(crate) fn translate<F: Format>(
                     attributes,
                 });
             }
-            EntryKind::Invalid => return Err(TranslateError::NotMapped { level }),
-            EntryKind::Malformed => return Err(malformed()),
+            Descriptor::Invalid => return Err(TranslateError::NotMapped { level }),
+            Descriptor::Malformed => return Err(malformed()),
         }
     }
 }
