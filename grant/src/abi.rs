@@ -101,7 +101,8 @@ pub enum GnttabOp {
     Copy = 5,
     /// `GNTTABOP_query_size`, [`GnttabQuerySize`].
     QuerySize = 6,
-    /// `GNTTABOP_unmap_and_replace` (PV).
+    /// `GNTTABOP_unmap_and_replace` (x86 PV), batched
+    /// [`GnttabUnmapAndReplace`].
     UnmapAndReplace = 7,
     /// `GNTTABOP_set_version`, [`GnttabSetVersion`].
     SetVersion = 8,
@@ -109,9 +110,9 @@ pub enum GnttabOp {
     GetStatusFrames = 9,
     /// `GNTTABOP_get_version`, [`GnttabGetVersion`].
     GetVersion = 10,
-    /// `GNTTABOP_swap_grant_ref`.
+    /// `GNTTABOP_swap_grant_ref`, batched [`GnttabSwapGrantRef`].
     SwapGrantRef = 11,
-    /// `GNTTABOP_cache_flush` (Arm).
+    /// `GNTTABOP_cache_flush`, batched [`GnttabCacheFlush`].
     CacheFlush = 12,
 }
 
@@ -492,6 +493,70 @@ pub struct GnttabGetVersion {
     pub version: u32,
 }
 
+/// `GNTTABOP_unmap_and_replace` (24 bytes, x86 PV): removes the host
+/// mapping of `handle` at `host_addr` and moves whatever `new_addr` maps
+/// there, leaving `new_addr` empty.
+#[derive(
+    Clone, Copy, PartialEq, Eq, Default, Debug, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+#[repr(C)]
+pub struct GnttabUnmapAndReplace {
+    /// IN: the host mapping to remove (0: leave the handle alone).
+    pub host_addr: u64,
+    /// IN: the address whose mapping takes its place (0: none, a plain
+    /// host unmap).
+    pub new_addr: u64,
+    /// IN: the handle the map returned.
+    pub handle: u32,
+    /// OUT: `GNTST_*`.
+    pub status: i16,
+    /// Zero.
+    pub pad: u16,
+}
+
+/// `GNTTABOP_swap_grant_ref` (12 bytes): swaps two entries of the caller's
+/// own table.
+#[derive(
+    Clone, Copy, PartialEq, Eq, Default, Debug, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+#[repr(C)]
+pub struct GnttabSwapGrantRef {
+    /// IN: one entry.
+    pub ref_a: u32,
+    /// IN: the other.
+    pub ref_b: u32,
+    /// OUT: `GNTST_*`.
+    pub status: i16,
+    /// Zero.
+    pub pad: u16,
+}
+
+/// `GNTTAB_CACHE_CLEAN`: write dirty cache lines back.
+pub const GNTTAB_CACHE_CLEAN: u32 = 1 << 0;
+/// `GNTTAB_CACHE_INVAL`: discard cache lines.
+pub const GNTTAB_CACHE_INVAL: u32 = 1 << 1;
+/// `GNTTAB_CACHE_SOURCE_GREF`: the union names a grant reference (defined
+/// by the ABI, refused by Xen).
+pub const GNTTAB_CACHE_SOURCE_GREF: u32 = 1 << 31;
+
+/// `GNTTABOP_cache_flush` (16 bytes): cache maintenance on a range of a
+/// frame the caller owns or maps through a grant.
+#[derive(
+    Clone, Copy, PartialEq, Eq, Default, Debug, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+#[repr(C)]
+pub struct GnttabCacheFlush {
+    /// The union `a`: `dev_bus_addr` (the frame's machine address, all
+    /// eight bytes) or `ref` (first four, with `GNTTAB_CACHE_SOURCE_GREF`).
+    pub a: u64,
+    /// Byte offset in the frame.
+    pub offset: u16,
+    /// Bytes.
+    pub length: u16,
+    /// `GNTTAB_CACHE_*`.
+    pub op: u32,
+}
+
 macro_rules! assert_layout {
     ($ty:ty, size $size:expr, align $align:expr, $($field:ident @ $offset:expr),* $(,)?) => {
         const_assert_eq!(size_of::<$ty>(), $size);
@@ -518,6 +583,13 @@ assert_layout!(GnttabQuerySize, size 16, align 4, dom @ 0, nr_frames @ 4, max_nr
 assert_layout!(GnttabSetVersion, size 4, align 4, version @ 0);
 assert_layout!(GnttabGetStatusFrames, size 16, align 8, nr_frames @ 0, dom @ 4, status @ 6, frame_list @ 8);
 assert_layout!(GnttabGetVersion, size 8, align 4, dom @ 0, pad @ 2, version @ 4);
+assert_layout!(GnttabUnmapAndReplace, size 24, align 8,
+    host_addr @ 0, new_addr @ 8, handle @ 16, status @ 20);
+assert_layout!(GnttabSwapGrantRef, size 12, align 4, ref_a @ 0, ref_b @ 4, status @ 8);
+assert_layout!(GnttabCacheFlush, size 16, align 8, a @ 0, offset @ 8, length @ 10, op @ 12);
+const_assert_eq!(GNTTAB_CACHE_CLEAN, 1);
+const_assert_eq!(GNTTAB_CACHE_INVAL, 2);
+const_assert_eq!(GNTTAB_CACHE_SOURCE_GREF, 0x8000_0000);
 const_assert_eq!(size_of::<GrantRef>(), 4);
 const_assert_eq!(size_of::<GrantHandle>(), 4);
 const_assert_eq!(size_of::<GrantStatus>(), 2);
@@ -539,9 +611,11 @@ mod tests {
             (4, GnttabOp::Transfer),
             (5, GnttabOp::Copy),
             (6, GnttabOp::QuerySize),
+            (7, GnttabOp::UnmapAndReplace),
             (8, GnttabOp::SetVersion),
             (9, GnttabOp::GetStatusFrames),
             (10, GnttabOp::GetVersion),
+            (11, GnttabOp::SwapGrantRef),
             (12, GnttabOp::CacheFlush),
         ] {
             assert_eq!(GnttabOp::from_raw(cmd), Some(op));

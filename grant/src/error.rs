@@ -101,6 +101,12 @@ pub enum GrantError {
     NotVersion2,
     /// Writing the frame list back to the guest failed.
     BadFrameList,
+    /// A swapped entry is pinned by a mapping or copy; retry later.
+    EntryBusy,
+    /// `unmap_and_replace` could not move the mapping at `new_addr` (the
+    /// embedder has no page table there, or `new_addr` is the address
+    /// being unmapped).
+    ReplaceRefused,
 }
 
 impl GrantError {
@@ -119,6 +125,7 @@ impl GrantError {
             Self::CopyByFrameForeign => GntSt::PermissionDenied,
             Self::AddressTooBig => GntSt::AddressTooBig,
             Self::BadFrameList => GntSt::BadVirtAddr,
+            Self::EntryBusy => GntSt::Eagain,
             Self::TranslatedMapperFlags
             | Self::PinConflict
             | Self::PinOverflow
@@ -130,7 +137,8 @@ impl GrantError {
             | Self::CopyOutsideWindow
             | Self::ReceiverFull
             | Self::TooManyFrames
-            | Self::NotVersion2 => GntSt::GeneralError,
+            | Self::NotVersion2
+            | Self::ReplaceRefused => GntSt::GeneralError,
         }
     }
 }
@@ -162,6 +170,8 @@ impl fmt::Display for GrantError {
             Self::TooManyFrames => "more frames than the table allows",
             Self::NotVersion2 => "operation needs a v2 table",
             Self::BadFrameList => "frame list could not be written",
+            Self::EntryBusy => "entry is in use",
+            Self::ReplaceRefused => "the mapping at the new address cannot be moved",
         })
     }
 }
@@ -216,6 +226,49 @@ impl fmt::Display for VersionError {
 
 impl core::error::Error for VersionError {}
 
+/// Why `get_version` or `cache_flush` was refused; the hypercall returns
+/// these as errnos (those operations have no `GNTST_*` status field).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[non_exhaustive]
+pub enum CallError {
+    /// No such domain (`-ESRCH`).
+    NoSuchDomain,
+    /// Bad arguments: a range beyond the page, unknown flags, an invalid
+    /// frame, or no grant of the frame mapped by the caller (`-EINVAL`).
+    Invalid,
+    /// The frame has no owner with a grant table (`-EPERM`).
+    NotPermitted,
+    /// The cache operation is not available on this architecture
+    /// (`-EOPNOTSUPP`: invalidate without clean on x86).
+    NotSupported,
+}
+
+impl CallError {
+    /// The negative errno the hypercall returns.
+    #[must_use]
+    pub const fn errno(self) -> i32 {
+        match self {
+            Self::NoSuchDomain => -3,
+            Self::Invalid => -22,
+            Self::NotPermitted => -1,
+            Self::NotSupported => -95,
+        }
+    }
+}
+
+impl fmt::Display for CallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::NoSuchDomain => "no such domain",
+            Self::Invalid => "invalid argument",
+            Self::NotPermitted => "frame has no owner with a grant table",
+            Self::NotSupported => "cache operation not supported on this architecture",
+        })
+    }
+}
+
+impl core::error::Error for CallError {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,6 +294,16 @@ mod tests {
         for (status, raw) in expected {
             assert_eq!(status.raw(), raw);
         }
+    }
+
+    #[test]
+    fn swap_of_a_busy_entry_is_eagain_and_errnos_match_xen() {
+        assert_eq!(GrantError::EntryBusy.status(), GntSt::Eagain);
+        assert_eq!(GrantError::ReplaceRefused.status(), GntSt::GeneralError);
+        assert_eq!(CallError::NoSuchDomain.errno(), -3);
+        assert_eq!(CallError::Invalid.errno(), -22);
+        assert_eq!(CallError::NotPermitted.errno(), -1);
+        assert_eq!(CallError::NotSupported.errno(), -95);
     }
 
     #[test]

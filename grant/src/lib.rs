@@ -15,9 +15,11 @@
 //! - **Hypervisor side** ([`GrantTable`], [`Maptrack`]): the per-domain
 //!   table growing by frames up to a limit, v1/v2 and the switch between
 //!   them, the active entries with their pin counts, the mapping domain's
-//!   maptrack; `map_grant_ref`, `unmap_grant_ref`, [`copy`], [`transfer`],
-//!   [`setup_table`], [`query_size`], `set_version`, [`get_status_frames`],
-//!   each setting exactly the `GNTST_*` status Xen sets for the same fault.
+//!   maptrack; `map_grant_ref`, `unmap_grant_ref`, `unmap_and_replace`,
+//!   [`copy`], [`transfer`], [`setup_table`], [`query_size`],
+//!   `set_version`, [`get_status_frames`], [`get_version`],
+//!   `swap_grant_ref`, [`cache_flush`], each setting exactly the `GNTST_*`
+//!   status (or errno) Xen gives for the same fault.
 //! - **ABI** ([`abi`], [`flags`], [`GntSt`]): zerocopy structures with
 //!   compile-time size and offset checks, bitflags for `GTF_*`, `GNTMAP_*`,
 //!   `GNTCOPY_*`.
@@ -104,6 +106,7 @@ extern crate std;
 
 pub mod abi;
 mod active;
+mod cache;
 mod copy;
 mod error;
 pub mod flags;
@@ -127,13 +130,15 @@ mod tests;
 mod loom_tests;
 
 pub use abi::{
-    GnttabCopy, GnttabCopyPtr, GnttabGetStatusFrames, GnttabMapGrantRef, GnttabOp, GnttabQuerySize,
-    GnttabSetVersion, GnttabSetupTable, GnttabTransfer, GnttabUnmapGrantRef, GrantEntryHeader,
-    GrantEntryV1, GrantEntryV2, GrantHandle, GrantRef,
+    GnttabCacheFlush, GnttabCopy, GnttabCopyPtr, GnttabGetStatusFrames, GnttabGetVersion,
+    GnttabMapGrantRef, GnttabOp, GnttabQuerySize, GnttabSetVersion, GnttabSetupTable,
+    GnttabSwapGrantRef, GnttabTransfer, GnttabUnmapAndReplace, GnttabUnmapGrantRef,
+    GrantEntryHeader, GrantEntryV1, GrantEntryV2, GrantHandle, GrantRef,
 };
 pub use active::ActiveEntry;
+pub use cache::{CacheArch, CacheFlushRange, FrameOwner, cache_flush};
 pub use copy::copy;
-pub use error::{GntSt, GrantError, VersionError};
+pub use error::{CallError, GntSt, GrantError, VersionError};
 pub use flags::{GntCopyFlags, GntMapFlags, GrantType, GtfFlags};
 pub use frames::{Domains, GfnError, GrantFrames, StealError};
 pub use guest::{GuestError, GuestGrantTable, TransferEnd};
@@ -141,7 +146,9 @@ pub use map::UNMAP_BATCH;
 pub use maptrack::{MappingInfo, Maptrack, MaptrackEntry};
 pub use mem::{GrantMemory, GrantVersion, SliceMemory, status_frames_for};
 pub use refs::{GrantRefAllocator, RefError};
-pub use table::{GrantTable, GrantTableConfig, get_status_frames, query_size, setup_table};
+pub use table::{
+    GrantTable, GrantTableConfig, get_status_frames, get_version, query_size, setup_table,
+};
 pub use transfer::transfer;
 
 /// The atomic types [`GrantMemory`] hands out (`core`'s, or loom's under

@@ -20,7 +20,9 @@
 
 use hvmem_types::{DomId, Mfn};
 
-use crate::abi::{GnttabMapGrantRef, GnttabUnmapGrantRef, GrantHandle, GrantRef};
+use crate::abi::{
+    GnttabMapGrantRef, GnttabUnmapAndReplace, GnttabUnmapGrantRef, GrantHandle, GrantRef,
+};
 use crate::active::{
     PIN_DEV_READ, PIN_DEV_WRITE, PIN_HOST_READ, PIN_HOST_WRITE, PinnedKind, pin_can_add,
 };
@@ -92,6 +94,12 @@ pub(crate) fn gfn_error(error: GfnError) -> GrantError {
         GfnError::BadPage => GrantError::BadPage,
         GfnError::PagedOut => GrantError::PagedOut,
     }
+}
+
+/// The replacement half of an `unmap_and_replace` element.
+struct Replace<'r> {
+    new_addr: u64,
+    replace_pte: &'r mut dyn FnMut(u64, u64) -> bool,
 }
 
 /// What the first phase of an unmap left for the second.
@@ -273,7 +281,14 @@ impl Maptrack<'_> {
             let mut pending: [Option<PendingUnmap<'_>>; UNMAP_BATCH] =
                 core::array::from_fn(|_| None);
             for (op, slot) in chunk.iter_mut().zip(pending.iter_mut()) {
-                match self.unmap_begin(domains, op.handle, op.host_addr, op.dev_bus_addr, false) {
+                match self.unmap_begin(
+                    domains,
+                    op.handle,
+                    op.host_addr,
+                    op.dev_bus_addr,
+                    false,
+                    None,
+                ) {
                     Ok(done) => {
                         *slot = done;
                         op.status = GntSt::Okay.raw();
@@ -303,7 +318,14 @@ impl Maptrack<'_> {
         D: Domains + ?Sized,
         F: GrantFrames + ?Sized,
     {
-        match self.unmap_begin(domains, op.handle, op.host_addr, op.dev_bus_addr, false) {
+        match self.unmap_begin(
+            domains,
+            op.handle,
+            op.host_addr,
+            op.dev_bus_addr,
+            false,
+            None,
+        ) {
             Ok(done) => {
                 op.status = GntSt::Okay.raw();
                 if let Some(done) = done {
@@ -331,7 +353,7 @@ impl Maptrack<'_> {
             let mut pending: [Option<PendingUnmap<'_>>; UNMAP_BATCH] =
                 core::array::from_fn(|_| None);
             for (handle, slot) in (start..end).zip(pending.iter_mut()) {
-                if let Ok(done) = self.unmap_begin(domains, handle, 0, 0, true) {
+                if let Ok(done) = self.unmap_begin(domains, handle, 0, 0, true, None) {
                     *slot = done;
                 }
             }
@@ -345,9 +367,124 @@ impl Maptrack<'_> {
         released
     }
 
+    /// `GNTTABOP_unmap_and_replace` for a batch (x86 PV; reference b.4):
+    /// each element removes the host mapping of `handle` at `host_addr`, as
+    /// an unmap with `dev_bus_addr` 0 does, and puts in its place what
+    /// `new_addr` maps, leaving `new_addr` empty (Xen moves the PTE).
+    ///
+    /// The crate keeps no page tables, so the move is split as the mapping
+    /// model allows: `replace_pte(host_addr, new_addr)` is the embedder's
+    /// PTE move, called (for a non-zero `new_addr`, under the unmapped
+    /// grant's active-entry lock) before anything changes; `false` (no page
+    /// table at `new_addr`) refuses the element with
+    /// `GNTST_general_error`. Then every grant host mapping this maptrack
+    /// records at `new_addr` is recorded at `host_addr` instead: it moved,
+    /// keeping its pins and references (moved once, never dropped or
+    /// taken again), and a later unmap names it at `host_addr`. The
+    /// replaced mapping's pins and references are dropped once, after
+    /// `flush_tlb`, as for an unmap. With `new_addr` 0 the element is a
+    /// plain host unmap and `replace_pte` is not called.
+    ///
+    /// Statuses as Xen's: `GNTST_bad_handle` for a handle out of range or
+    /// free; `GNTST_general_error` when `host_addr` is not where the handle
+    /// maps, or the move is refused (including `new_addr == host_addr`,
+    /// where Xen would clear the PTE and then fail; here nothing changes);
+    /// `GNTST_okay` with nothing done for `host_addr` 0 or a handle without
+    /// a host mapping. Differences: `GNTMAP_contains_pte` mappings are not
+    /// told apart (Xen refuses them a non-zero `new_addr`).
+    pub fn unmap_and_replace<D, F>(
+        &self,
+        domains: &D,
+        frames: &F,
+        ops: &mut [GnttabUnmapAndReplace],
+        replace_pte: &mut dyn FnMut(u64, u64) -> bool,
+        flush_tlb: &mut dyn FnMut(),
+    ) where
+        D: Domains + ?Sized,
+        F: GrantFrames + ?Sized,
+    {
+        for chunk in ops.chunks_mut(UNMAP_BATCH) {
+            let mut pending: [Option<PendingUnmap<'_>>; UNMAP_BATCH] =
+                core::array::from_fn(|_| None);
+            for (op, slot) in chunk.iter_mut().zip(pending.iter_mut()) {
+                let replace = Replace {
+                    new_addr: op.new_addr,
+                    replace_pte: &mut *replace_pte,
+                };
+                match self.unmap_begin(domains, op.handle, op.host_addr, 0, false, Some(replace)) {
+                    Ok(done) => {
+                        if done.is_some() && op.new_addr != 0 {
+                            self.move_host_mappings(
+                                domains,
+                                GrantHandle(op.handle),
+                                op.new_addr,
+                                op.host_addr,
+                            );
+                        }
+                        *slot = done;
+                        op.status = GntSt::Okay.raw();
+                    }
+                    Err(error) => op.status = error.status().raw(),
+                }
+            }
+            if pending.iter().any(Option::is_some) {
+                flush_tlb();
+            }
+            for done in pending.into_iter().flatten() {
+                self.unmap_complete(frames, done);
+            }
+        }
+    }
+
+    /// Records every host mapping of this maptrack at `from` (other than
+    /// `skip`) at `to`: their PTE moved there. Each entry's address changes
+    /// under its grant's active-entry lock, one lock at a time.
+    fn move_host_mappings<D: Domains + ?Sized>(
+        &self,
+        domains: &D,
+        skip: GrantHandle,
+        from: u64,
+        to: u64,
+    ) {
+        for handle in 0..self.high_water() {
+            if handle == skip.0 {
+                continue;
+            }
+            let Some(entry) = self.entry(GrantHandle(handle)) else {
+                continue;
+            };
+            let flags = GntMapFlags::from_bits_retain(entry.flags.load(Ordering::Acquire));
+            if !flags.contains(GntMapFlags::HOST_MAP)
+                || entry.host_addr.load(Ordering::Relaxed) != from
+            {
+                continue;
+            }
+            let dom = entry.domid.load(Ordering::Relaxed);
+            let gref = entry.gref.load(Ordering::Relaxed);
+            let Some(table) = domains.grant_table(DomId::new(dom as u16)) else {
+                continue;
+            };
+            let Some(active) = table.active_entry(GrantRef(gref)) else {
+                continue;
+            };
+            let active = active.lock();
+            let flags = GntMapFlags::from_bits_retain(entry.flags.load(Ordering::Acquire));
+            if flags.contains(GntMapFlags::HOST_MAP)
+                && entry.domid.load(Ordering::Relaxed) == dom
+                && entry.gref.load(Ordering::Relaxed) == gref
+                && entry.host_addr.load(Ordering::Relaxed) == from
+            {
+                entry.host_addr.store(to, Ordering::Relaxed);
+            }
+            drop(active);
+        }
+    }
+
     /// Phase one: validates the handle and removes the kinds the request
     /// names from its maptrack entry (all of them with `force`). `Ok(None)`:
     /// nothing to do (both addresses zero, or naming kinds not mapped).
+    /// With `replace`, the embedder's PTE move runs (and may refuse) before
+    /// the host kind is removed.
     fn unmap_begin<'d, D: Domains + ?Sized>(
         &self,
         domains: &'d D,
@@ -355,6 +492,7 @@ impl Maptrack<'_> {
         host_addr: u64,
         dev_bus_addr: u64,
         force: bool,
+        replace: Option<Replace<'_>>,
     ) -> Result<Option<PendingUnmap<'d>>, GrantError> {
         let handle = GrantHandle(handle);
         let entry = self.entry(handle).ok_or(GrantError::BadHandle)?;
@@ -400,6 +538,14 @@ impl Maptrack<'_> {
         }
         if done.is_empty() {
             return Ok(None);
+        }
+        if let Some(replace) = replace {
+            if replace.new_addr != 0
+                && (replace.new_addr == host_addr
+                    || !(replace.replace_pte)(host_addr, replace.new_addr))
+            {
+                return Err(GrantError::ReplaceRefused);
+            }
         }
         let remaining = flags & KINDS & !done;
         let free = if remaining.is_empty() {

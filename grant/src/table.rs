@@ -14,11 +14,11 @@ use core::fmt;
 use hvmem_types::DomId;
 
 use crate::abi::{
-    GnttabGetStatusFrames, GnttabQuerySize, GnttabSetVersion, GnttabSetupTable, GrantRef,
-    NR_RESERVED_ENTRIES,
+    GnttabGetStatusFrames, GnttabGetVersion, GnttabQuerySize, GnttabSetVersion, GnttabSetupTable,
+    GnttabSwapGrantRef, GrantRef, NR_RESERVED_ENTRIES,
 };
 use crate::active::{Active, ActiveEntry, PIN_WRITE_MASK};
-use crate::error::{GntSt, GrantError, VersionError};
+use crate::error::{CallError, GntSt, GrantError, VersionError};
 use crate::flags::{GTF_TYPE_MASK, GrantType, GtfFlags};
 use crate::mem::{
     GrantMemory, GrantVersion, entry_word, hdr_domid, hdr_flags, hdr_word, join_u64, split_u64,
@@ -165,6 +165,18 @@ impl<'a> GrantTable<'a> {
             .count()
     }
 
+    /// Whether an entry of this table is pinned by `dom` and resolved to
+    /// `mfn` (Xen `grant_map_exists`).
+    pub(crate) fn pinned_by(&self, dom: DomId, mfn: hvmem_types::Mfn) -> bool {
+        self.active
+            .iter()
+            .take(self.nr_entries() as usize)
+            .any(|entry| {
+                let active = entry.lock();
+                active.pin() != 0 && active.domid() == dom && active.mfn() == mfn
+            })
+    }
+
     /// Grows the table to `nr_frames` grant frames (and the status frames
     /// they need in v2), clearing the new frames. Asking for no more frames
     /// than the table has is a no-op (tables never shrink).
@@ -309,6 +321,64 @@ impl<'a> GrantTable<'a> {
                     self.store_word(gref, 0, hdr_word(flags & !pinned, domid));
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// `GNTTABOP_swap_grant_ref` for a batch: each element swaps two
+    /// entries of this (the caller's own) table and gets its own status.
+    pub fn swap_grant_refs(&mut self, ops: &mut [GnttabSwapGrantRef]) {
+        for op in ops {
+            self.swap_grant_ref(op);
+        }
+    }
+
+    /// `GNTTABOP_swap_grant_ref` for one element: exchanges the shared
+    /// entries `ref_a` and `ref_b` (v2: with their status words), as Xen
+    /// does under its table write lock, which `&mut self` stands for.
+    /// Swapping an entry with itself does nothing. Refused, with nothing
+    /// changed, when either ref lies beyond the table (`GNTST_bad_gntref`,
+    /// `ref_a` checked first) or either entry is pinned by a mapping or a
+    /// copy (`GNTST_eagain`).
+    pub fn swap_grant_ref(&mut self, op: &mut GnttabSwapGrantRef) {
+        op.status = status_of(self.swap(GrantRef(op.ref_a), GrantRef(op.ref_b)));
+    }
+
+    fn swap(&mut self, a: GrantRef, b: GrantRef) -> Result<(), GrantError> {
+        let slot_a = self.slot(a).ok_or(GrantError::RefOutOfRange)?;
+        let slot_b = self.slot(b).ok_or(GrantError::RefOutOfRange)?;
+        if a == b {
+            return Ok(());
+        }
+        for gref in [a, b] {
+            let pinned = self
+                .active_entry(gref)
+                .is_none_or(|entry| entry.pin_unlocked() != 0);
+            if pinned {
+                return Err(GrantError::EntryBusy);
+            }
+        }
+        let words = self.version.words_per_entry();
+        if (0..words).any(|w| slot_a.word(w).is_none() || slot_b.word(w).is_none()) {
+            return Err(GrantError::RefOutOfRange);
+        }
+        if self.version == GrantVersion::V2 && (slot_a.status.is_none() || slot_b.status.is_none())
+        {
+            return Err(GrantError::RefOutOfRange);
+        }
+        // Nothing can fail from here on. The granter may write either entry
+        // meanwhile (they are its own); as in Xen, each word moves whole.
+        for w in 0..words {
+            if let (Some(x), Some(y)) = (slot_a.word(w), slot_b.word(w)) {
+                let old = x.load(Ordering::Acquire);
+                x.store(y.load(Ordering::Acquire), Ordering::Release);
+                y.store(old, Ordering::Release);
+            }
+        }
+        if let (Some(x), Some(y)) = (slot_a.status, slot_b.status) {
+            let old = x.load(Ordering::Acquire);
+            x.store(y.load(Ordering::Acquire), Ordering::Release);
+            y.store(old, Ordering::Release);
         }
         Ok(())
     }
@@ -709,6 +779,23 @@ pub fn get_status_frames(
         Ok(())
     })();
     op.status = status_of(result);
+}
+
+/// `GNTTABOP_get_version` on `table` (`None`: no such domain): writes the
+/// table's version (1 or 2) into `op.version`. Which domains a caller may
+/// ask about is the embedder's policy (Xen's XSM check; the default lets a
+/// domain ask about itself and the control domain about any).
+///
+/// # Errors
+///
+/// [`CallError::NoSuchDomain`] (`-ESRCH`); `op` is then unchanged.
+pub fn get_version(
+    table: Option<&GrantTable<'_>>,
+    op: &mut GnttabGetVersion,
+) -> Result<(), CallError> {
+    let table = table.ok_or(CallError::NoSuchDomain)?;
+    op.version = table.version.number();
+    Ok(())
 }
 
 /// The `GNTST_*` value of an operation's outcome.

@@ -1328,3 +1328,408 @@ fn tables_and_maptracks_can_be_shared_between_cpus() {
     shared::<GuestGrantTable<'static>>();
     shared::<ModelFrames>();
 }
+
+// ---- swap_grant_ref, get_version, unmap_and_replace, cache_flush ----
+
+/// The shared words of entry `gref` of the frontend's table (v1: 2, v2: 4).
+fn entry_words(store: &Store, table: &GrantTable<'_>, gref: u32) -> Vec<u32> {
+    let per = match table.version() {
+        GrantVersion::V1 => 2,
+        GrantVersion::V2 => 4,
+    };
+    let start = gref as usize * per;
+    store.words[0][start..start + per]
+        .iter()
+        .map(|w| w.load(core::sync::atomic::Ordering::Relaxed))
+        .collect()
+}
+
+fn swap(table: &mut GrantTable<'_>, a: u32, b: u32) -> i16 {
+    let mut op = GnttabSwapGrantRef {
+        ref_a: a,
+        ref_b: b,
+        ..Default::default()
+    };
+    table.swap_grant_ref(&mut op);
+    op.status
+}
+
+#[test]
+fn swap_grant_ref_exchanges_two_entries_with_their_status_v1_and_v2() {
+    let store = Store::new(4);
+    let env = Env::new(&store);
+    let mut table = env.table(0);
+    for version in [1, 2] {
+        table
+            .set_version(&mut GnttabSetVersion { version })
+            .unwrap();
+        let guest = env.guest(&table);
+        guest
+            .grant_access(GrantRef(8), BACK, Gfn::new(1), false)
+            .unwrap();
+        guest
+            .grant_access(GrantRef(9), BACK, Gfn::new(2), true)
+            .unwrap();
+        if version == 2 {
+            // Status words left by earlier use, which move with the entry.
+            store.status[0][8].store(0, core::sync::atomic::Ordering::Relaxed);
+            store.status[0][9].store(0x8, core::sync::atomic::Ordering::Relaxed);
+        }
+        let (before8, before9) = (
+            entry_words(&store, &table, 8),
+            entry_words(&store, &table, 9),
+        );
+        assert_eq!(swap(&mut table, 8, 9), OK);
+        assert_eq!(entry_words(&store, &table, 8), before9);
+        assert_eq!(entry_words(&store, &table, 9), before8);
+        if version == 2 {
+            assert_eq!(
+                store.status[0][8].load(core::sync::atomic::Ordering::Relaxed),
+                0x8
+            );
+            assert_eq!(
+                store.status[0][9].load(core::sync::atomic::Ordering::Relaxed),
+                0
+            );
+            store.status[0][8].store(0, core::sync::atomic::Ordering::Relaxed);
+        }
+        // The grants moved: ref 9 now grants gfn 1 read-write.
+        let mt = env.maptrack();
+        let d = ModelDomains::new([&table]);
+        let op = map(&mt, &d, env.frames(), 9, RW_HOST);
+        assert_eq!(op.status, OK);
+        assert_eq!(op.dev_bus_addr, 0x101 << 12);
+        assert_eq!(
+            map(&mt, &d, env.frames(), 8, RW_HOST).status,
+            GntSt::GeneralError.raw(),
+            "ref 8 is the read-only grant now"
+        );
+        assert_eq!(unmap(&mt, &d, env.frames(), op.handle, HOST, 0), OK);
+        guest.end_access(GrantRef(8)).unwrap();
+        guest.end_access(GrantRef(9)).unwrap();
+        assert_eq!(env.frames().refs(0x101), (0, 0));
+    }
+}
+
+#[test]
+fn swap_grant_ref_is_refused_while_either_entry_is_pinned_and_changes_nothing() {
+    let store = Store::new(4);
+    let env = Env::new(&store);
+    let mut table = env.table(0);
+    for version in [1, 2] {
+        table
+            .set_version(&mut GnttabSetVersion { version })
+            .unwrap();
+        let guest = env.guest(&table);
+        guest
+            .grant_access(GrantRef(8), BACK, Gfn::new(1), false)
+            .unwrap();
+        guest
+            .grant_access(GrantRef(9), BACK, Gfn::new(2), false)
+            .unwrap();
+        let mt = env.maptrack();
+        let op = {
+            let d = ModelDomains::new([&table]);
+            map(&mt, &d, env.frames(), 8, RW_HOST)
+        };
+        assert_eq!(op.status, OK);
+        let (before8, before9) = (
+            entry_words(&store, &table, 8),
+            entry_words(&store, &table, 9),
+        );
+        let status8 = table
+            .status(GrantRef(8))
+            .map(|s| s.load(core::sync::atomic::Ordering::Relaxed));
+        assert_eq!(swap(&mut table, 8, 9), GntSt::Eagain.raw());
+        assert_eq!(swap(&mut table, 9, 8), GntSt::Eagain.raw());
+        assert_eq!(entry_words(&store, &table, 8), before8);
+        assert_eq!(entry_words(&store, &table, 9), before9);
+        assert_eq!(
+            table
+                .status(GrantRef(8))
+                .map(|s| s.load(core::sync::atomic::Ordering::Relaxed)),
+            status8
+        );
+        // Swapping an entry with itself is a no-op even while pinned (the
+        // range is checked first, then the refs compared, as in Xen).
+        assert_eq!(swap(&mut table, 8, 8), OK);
+        let beyond = table.nr_entries();
+        assert_eq!(swap(&mut table, 8, beyond), GntSt::BadGntref.raw());
+        assert_eq!(swap(&mut table, beyond, 9), GntSt::BadGntref.raw());
+        assert_eq!(swap(&mut table, beyond, beyond), GntSt::BadGntref.raw());
+        assert_eq!(swap(&mut table, u32::MAX, 9), GntSt::BadGntref.raw());
+        assert_eq!(entry_words(&store, &table, 9), before9);
+        {
+            let d = ModelDomains::new([&table]);
+            assert_eq!(unmap(&mt, &d, env.frames(), op.handle, HOST, 0), OK);
+        }
+        let before8 = entry_words(&store, &table, 8);
+        assert_eq!(swap(&mut table, 8, 9), OK);
+        let mut ops = [
+            GnttabSwapGrantRef {
+                ref_a: 8,
+                ref_b: 9,
+                ..Default::default()
+            },
+            GnttabSwapGrantRef {
+                ref_a: 8,
+                ref_b: beyond,
+                ..Default::default()
+            },
+        ];
+        table.swap_grant_refs(&mut ops);
+        assert_eq!((ops[0].status, ops[1].status), (OK, GntSt::BadGntref.raw()));
+        assert_eq!(entry_words(&store, &table, 8), before8, "swapped twice");
+        guest.end_access(GrantRef(8)).unwrap();
+        guest.end_access(GrantRef(9)).unwrap();
+    }
+}
+
+#[test]
+fn get_version_reports_the_version_in_force_and_esrch_for_no_domain() {
+    let store = Store::new(4);
+    let env = Env::new(&store);
+    let mut table = env.table(0);
+    let mut op = GnttabGetVersion::default();
+    get_version(Some(&table), &mut op).unwrap();
+    assert_eq!(op.version, 1);
+    table
+        .set_version(&mut GnttabSetVersion { version: 2 })
+        .unwrap();
+    get_version(Some(&table), &mut op).unwrap();
+    assert_eq!(op.version, 2);
+    let mut none = GnttabGetVersion {
+        version: 7,
+        ..Default::default()
+    };
+    assert_eq!(get_version(None, &mut none), Err(CallError::NoSuchDomain));
+    assert_eq!(CallError::NoSuchDomain.errno(), -3);
+    assert_eq!(none.version, 7, "unchanged on error");
+}
+
+const HOST2: u64 = 0x7000_1000;
+
+fn replace(
+    mt: &Maptrack<'_>,
+    d: &ModelDomains<'_>,
+    f: &ModelFrames,
+    handle: u32,
+    host_addr: u64,
+    new_addr: u64,
+    pte_ok: bool,
+) -> (i16, Vec<(u64, u64)>, usize) {
+    let mut op = [GnttabUnmapAndReplace {
+        host_addr,
+        new_addr,
+        handle,
+        ..Default::default()
+    }];
+    let mut moves = Vec::new();
+    let mut flushes = 0;
+    mt.unmap_and_replace(
+        d,
+        f,
+        &mut op,
+        &mut |from, to| {
+            moves.push((from, to));
+            pte_ok
+        },
+        &mut || flushes += 1,
+    );
+    (op[0].status, moves, flushes)
+}
+
+#[test]
+fn unmap_and_replace_moves_the_new_address_mapping_and_drops_the_old_references_once() {
+    with(|env, table, mt| {
+        let guest = env.guest(table);
+        guest
+            .grant_access(GrantRef(8), BACK, Gfn::new(1), false)
+            .unwrap();
+        guest
+            .grant_access(GrantRef(9), BACK, Gfn::new(2), true)
+            .unwrap();
+        let d = ModelDomains::new([table]);
+        let old = map(mt, &d, env.frames(), 8, RW_HOST);
+        let mut new = map_op(9, RO_HOST);
+        new.host_addr = HOST2;
+        mt.map_grant_ref(&d, env.frames(), &mut new);
+        assert_eq!((old.status, new.status), (OK, OK));
+        assert_eq!(env.frames().refs(0x102), (1, 0));
+
+        let (status, moves, flushes) = replace(mt, &d, env.frames(), old.handle, HOST, HOST2, true);
+        assert_eq!(status, OK);
+        assert_eq!(moves, [(HOST, HOST2)], "the embedder moves the PTE once");
+        assert_eq!(flushes, 1);
+        // The replaced mapping's references went, once; the moved one's
+        // stayed, neither dropped nor taken again.
+        assert_eq!(env.frames().refs(0x101), (0, 0));
+        assert_eq!(table.pin_count(GrantRef(8)), Some(0));
+        guest.end_access(GrantRef(8)).unwrap();
+        assert_eq!(env.frames().refs(0x102), (1, 0));
+        assert_eq!(mt.mapping(GrantHandle(old.handle)), None);
+        // The moved mapping now lives at HOST.
+        assert_eq!(
+            unmap(mt, &d, env.frames(), new.handle, HOST2, 0),
+            GntSt::GeneralError.raw()
+        );
+        assert_eq!(unmap(mt, &d, env.frames(), new.handle, HOST, 0), OK);
+        assert_eq!(env.frames().refs(0x102), (0, 0));
+        assert_eq!(mt.mappings(), 0);
+    });
+}
+
+#[test]
+fn unmap_and_replace_refused_or_without_new_address_behaves_as_xen() {
+    with(|env, table, mt| {
+        env.guest(table)
+            .grant_access(GrantRef(8), BACK, Gfn::new(1), false)
+            .unwrap();
+        let d = ModelDomains::new([table]);
+        let f = env.frames();
+        let op = map(mt, &d, f, 8, BOTH);
+        assert_eq!(op.status, OK);
+        let refs = f.refs(0x101);
+        let general = GntSt::GeneralError.raw();
+        // The embedder has no page table at new_addr: refused, unchanged.
+        assert_eq!(replace(mt, &d, f, op.handle, HOST, HOST2, false).0, general);
+        // new_addr == host_addr: refused without asking the embedder.
+        let (status, moves, _) = replace(mt, &d, f, op.handle, HOST, HOST, true);
+        assert_eq!((status, moves.len()), (general, 0));
+        // Not where the handle maps.
+        assert_eq!(replace(mt, &d, f, op.handle, HOST2, 0, true).0, general);
+        assert_eq!(
+            replace(mt, &d, f, 4096, HOST, 0, true).0,
+            GntSt::BadHandle.raw()
+        );
+        assert_eq!(
+            replace(mt, &d, f, 17, HOST, 0, true).0,
+            GntSt::BadHandle.raw()
+        );
+        // host_addr 0: nothing to do.
+        let (status, moves, flushes) = replace(mt, &d, f, op.handle, 0, HOST2, true);
+        assert_eq!((status, moves.len(), flushes), (OK, 0, 0));
+        assert_eq!(f.refs(0x101), refs);
+        assert_eq!(table.pin_count(GrantRef(8)), Some(1 | 1 << 16));
+        // new_addr 0: a host unmap; the device mapping stays.
+        let (status, moves, flushes) = replace(mt, &d, f, op.handle, HOST, 0, true);
+        assert_eq!((status, moves.len(), flushes), (OK, 0, 1));
+        assert_eq!(table.pin_count(GrantRef(8)), Some(1 << 16));
+        // The handle has no host mapping left: okay, nothing done.
+        assert_eq!(replace(mt, &d, f, op.handle, HOST, HOST2, true).0, OK);
+        assert_eq!(unmap(mt, &d, f, op.handle, 0, 0x101 << 12), OK);
+        assert_eq!(f.refs(0x101), (0, 0));
+    });
+}
+
+fn flush_op(mfn: u64, offset: u16, length: u16, op: u32) -> GnttabCacheFlush {
+    GnttabCacheFlush {
+        a: mfn << 12,
+        offset,
+        length,
+        op,
+    }
+}
+
+#[test]
+fn cache_flush_checks_range_flags_owner_and_grant_in_xen_order() {
+    with(|env, table, mt| {
+        let f = env.frames();
+        let d = ModelDomains::new([table]);
+        let owner = |mfn: hvmem_types::Mfn| match f.owner(mfn.get()) {
+            Some(dom) => FrameOwner::Domain(dom),
+            None if mfn.get() < 0x1000 => FrameOwner::Unowned,
+            None => FrameOwner::Invalid,
+        };
+        let flush = |caller, arch, op: GnttabCacheFlush| cache_flush(caller, &d, arch, &op, &owner);
+        let clean = GNTTAB_CACHE_CLEAN;
+        let inval = GNTTAB_CACHE_INVAL;
+        for bad in [
+            flush_op(0x101, 4096, 0, clean),
+            flush_op(0x101, 0, 4097, clean),
+            flush_op(0x101, 4000, 200, clean),
+            flush_op(0x101, u16::MAX, u16::MAX, clean),
+            flush_op(0x101, 0, 64, 4),
+            flush_op(0x101, 0, 64, GNTTAB_CACHE_SOURCE_GREF | clean),
+        ] {
+            assert_eq!(
+                flush(FRONT, CacheArch::X86, bad),
+                Err(CallError::Invalid),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            flush(FRONT, CacheArch::X86, flush_op(0x5000, 0, 0, clean)),
+            Ok(None)
+        );
+        assert_eq!(
+            flush(FRONT, CacheArch::X86, flush_op(0x5000, 0, 64, 0)),
+            Ok(None)
+        );
+        assert_eq!(
+            flush(FRONT, CacheArch::X86, flush_op(0x5000, 0, 64, clean)),
+            Err(CallError::Invalid),
+            "invalid frame"
+        );
+        assert_eq!(
+            flush(FRONT, CacheArch::X86, flush_op(0x300, 0, 64, clean)),
+            Err(CallError::NotPermitted),
+            "unowned frame"
+        );
+        assert_eq!(
+            flush(FRONT, CacheArch::X86, flush_op(0x201, 0, 64, clean)),
+            Err(CallError::NotPermitted),
+            "owner without a grant table here"
+        );
+        // Its own frame: x86 cleans, refuses invalidate alone; Arm does all.
+        let own = flush(
+            FRONT,
+            CacheArch::X86,
+            flush_op(0x101, 16, 64, clean | inval),
+        );
+        assert_eq!(
+            own,
+            Ok(Some(CacheFlushRange {
+                mfn: hvmem_types::Mfn::new(0x101),
+                offset: 16,
+                length: 64,
+                clean: true,
+                invalidate: true,
+            }))
+        );
+        assert_eq!(
+            flush(FRONT, CacheArch::X86, flush_op(0x101, 0, 64, inval)),
+            Err(CallError::NotSupported)
+        );
+        assert!(matches!(
+            flush(FRONT, CacheArch::Arm, flush_op(0x101, 0, 64, inval)),
+            Ok(Some(CacheFlushRange {
+                invalidate: true,
+                clean: false,
+                ..
+            }))
+        ));
+        // Another domain's frame only while the caller has it pinned.
+        assert_eq!(
+            flush(BACK, CacheArch::X86, flush_op(0x101, 0, 64, clean)),
+            Err(CallError::Invalid)
+        );
+        env.guest(table)
+            .grant_access(GrantRef(8), BACK, Gfn::new(1), true)
+            .unwrap();
+        let op = map(mt, &d, f, 8, RO_HOST);
+        assert_eq!(op.status, OK);
+        let refs = f.refs(0x101);
+        assert!(
+            flush(BACK, CacheArch::X86, flush_op(0x101, 0, 64, clean))
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(f.refs(0x101), refs, "no reference kept");
+        assert_eq!(unmap(mt, &d, f, op.handle, HOST, 0), OK);
+        assert_eq!(
+            flush(BACK, CacheArch::X86, flush_op(0x101, 0, 64, clean)),
+            Err(CallError::Invalid)
+        );
+    });
+}
