@@ -296,13 +296,18 @@ impl<'s> World<'s> {
     /// honest frontends' live ones included) with any flags, unmaps of any
     /// handle with any addresses, copies between any grants and frames,
     /// `setup_table` and `query_size` of any domain with any size and list,
-    /// `set_version` to anything, counts past the array, unknown commands.
+    /// `set_version` to anything, swaps of its own entries, `get_version`
+    /// and `get_status_frames` of any domain, `unmap_and_replace` of any
+    /// handle and addresses, `cache_flush` of any frame, range and flags,
+    /// transfers, counts past the array, unknown commands.
     /// The attacker's own entries are rewritten at random too (it owns its
     /// table's frames).
     fn grant_op(&mut self, src: &mut dyn Source) -> i64 {
         use hvmem_grant::{
-            GnttabCopy, GnttabCopyPtr, GnttabMapGrantRef, GnttabQuerySize, GnttabSetVersion,
-            GnttabSetupTable, GnttabUnmapGrantRef, GrantRef,
+            GnttabCacheFlush, GnttabCopy, GnttabCopyPtr, GnttabGetStatusFrames, GnttabGetVersion,
+            GnttabMapGrantRef, GnttabQuerySize, GnttabSetVersion, GnttabSetupTable,
+            GnttabSwapGrantRef, GnttabTransfer, GnttabUnmapAndReplace, GnttabUnmapGrantRef,
+            GrantRef,
         };
         let kind = src.byte().unwrap_or(0);
         let n = 1 + usize::from(src.byte().unwrap_or(0) % 3);
@@ -401,7 +406,7 @@ impl<'s> World<'s> {
                     crate::grant::GrantArg::QuerySize(&mut op),
                 )
             }
-            _ => match src.byte().unwrap_or(0) % 4 {
+            _ => match src.byte().unwrap_or(0) % 10 {
                 0 => {
                     let mut op = GnttabSetVersion {
                         version: u32::from(src.byte().unwrap_or(0) % 4),
@@ -431,7 +436,101 @@ impl<'s> World<'s> {
                     u32::from(src.byte().unwrap_or(0)),
                     crate::grant::GrantArg::Fault,
                 ),
-                _ => call(&mut self.host, 0, crate::grant::GrantArg::Fault),
+                3 => call(&mut self.host, 0, crate::grant::GrantArg::Fault),
+                4 => {
+                    // Swaps of its own entries, pinned ones (the honest
+                    // backends may map what it grants) and bad refs included.
+                    let mut ops: Vec<GnttabSwapGrantRef> = (0..n)
+                        .map(|_| GnttabSwapGrantRef {
+                            ref_a: gref(src),
+                            ref_b: gref(src),
+                            ..Default::default()
+                        })
+                        .collect();
+                    call(
+                        &mut self.host,
+                        11,
+                        crate::grant::GrantArg::SwapGrantRef(&mut ops),
+                    )
+                }
+                5 => {
+                    let mut op = GnttabGetVersion {
+                        dom: Self::domid(src).get(),
+                        ..Default::default()
+                    };
+                    call(
+                        &mut self.host,
+                        10,
+                        crate::grant::GrantArg::GetVersion(&mut op),
+                    )
+                }
+                6 => {
+                    let mut op = GnttabGetStatusFrames {
+                        nr_frames: match src.byte().unwrap_or(0) % 4 {
+                            3 => src.word() as u32,
+                            k => u32::from(k),
+                        },
+                        dom: Self::domid(src).get(),
+                        ..Default::default()
+                    };
+                    let mut list = vec![0u64; usize::from(src.byte().unwrap_or(0) % 4)];
+                    call(
+                        &mut self.host,
+                        9,
+                        crate::grant::GrantArg::GetStatusFrames(&mut op, &mut list),
+                    )
+                }
+                7 => {
+                    let mut ops: Vec<GnttabUnmapAndReplace> = (0..n)
+                        .map(|_| GnttabUnmapAndReplace {
+                            host_addr: src.word() & 0xffff_f000,
+                            new_addr: match src.byte().unwrap_or(0) % 3 {
+                                0 => 0,
+                                _ => src.word() & 0xffff_f000,
+                            },
+                            handle: u32::from(src.byte().unwrap_or(0) % 8),
+                            ..Default::default()
+                        })
+                        .collect();
+                    call(
+                        &mut self.host,
+                        7,
+                        crate::grant::GrantArg::UnmapAndReplace(&mut ops),
+                    )
+                }
+                8 => {
+                    let mut ops: Vec<GnttabCacheFlush> = (0..n)
+                        .map(|_| GnttabCacheFlush {
+                            a: self.frame(src) << 12,
+                            offset: src.word() as u16 % 4200,
+                            length: src.word() as u16 % 4200,
+                            op: match src.byte().unwrap_or(0) % 4 {
+                                3 => src.word() as u32,
+                                k => u32::from(k),
+                            },
+                        })
+                        .collect();
+                    call(
+                        &mut self.host,
+                        12,
+                        crate::grant::GrantArg::CacheFlush(&mut ops),
+                    )
+                }
+                _ => {
+                    let mut ops: Vec<GnttabTransfer> = (0..n)
+                        .map(|_| GnttabTransfer {
+                            mfn: self.frame(src),
+                            domid: Self::domid(src).get(),
+                            gref: gref(src),
+                            ..Default::default()
+                        })
+                        .collect();
+                    call(
+                        &mut self.host,
+                        4,
+                        crate::grant::GrantArg::Transfer(&mut ops),
+                    )
+                }
             },
         }
     }

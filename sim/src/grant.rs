@@ -23,28 +23,45 @@
 //! (and a page table can never be mapped writable). The invariant checker
 //! counts them from each maptrack's live handles.
 //!
-//! # Not offered
+//! # Sub-operations
 //!
-//! `GNTTABOP_transfer`, `unmap_and_replace`, `get_status_frames`,
-//! `get_version`, `swap_grant_ref`, `dump_table` and `cache_flush` return
-//! `-ENOSYS` (the honest guests do not use them). Host mappings do not enter
-//! the mapper's page tables: the sim does not model virtual addresses, so a
-//! `GNTMAP_host_map` only holds its references until it is unmapped.
+//! Every sub-operation Xen's dispatcher has goes to hvmem-grant, with
+//! Xen's returns for x86 PV guests: map, unmap, `unmap_and_replace`,
+//! `setup_table`, copy, `query_size`, `set_version`, `get_status_frames`,
+//! `get_version`, `swap_grant_ref`, `cache_flush`. `get_version`,
+//! `get_status_frames`, `setup_table` and `query_size` of another domain
+//! are for the control domain only (Xen's XSM target check).
+//! `GNTTABOP_transfer` is refused with `-EOPNOTSUPP`, as by Xen started
+//! with `gnttab=no-transfer`: moving a frame between domains needs the
+//! sim's physmap, M2P and books updated for both sides, which is not
+//! written. `dump_table` is no longer in Xen's dispatcher: `-ENOSYS`.
+//!
+//! Host mappings do not enter the mapper's page tables: the sim does not
+//! model virtual addresses, so a `GNTMAP_host_map` only holds its
+//! references until it is unmapped, every address has a PTE for
+//! `unmap_and_replace` to move, and that move re-records only the grant
+//! mappings the maptrack holds at `new_addr`. No caches are simulated, so
+//! an accepted `cache_flush` has nothing to do.
 
 use core::cell::RefCell;
 use core::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
 
+use hvmem_frametable::Owner;
 use hvmem_frametable::grant::{GrantHost, TableGrantFrames};
 use hvmem_grant::abi::{STATUS_ENTRIES_PER_FRAME, V1_ENTRIES_PER_FRAME, WORDS_PER_FRAME};
 use hvmem_grant::{
-    ActiveEntry, Domains, GntMapFlags, GntSt, GnttabCopy, GnttabMapGrantRef, GnttabOp,
-    GnttabQuerySize, GnttabSetVersion, GnttabSetupTable, GnttabUnmapGrantRef, GrantHandle,
-    GrantMemory, GrantTable, GrantTableConfig, GuestGrantTable, Maptrack, MaptrackEntry,
-    status_frames_for,
+    ActiveEntry, CacheArch, CallError, Domains, FrameOwner, GntMapFlags, GntSt, GnttabCacheFlush,
+    GnttabCopy, GnttabGetStatusFrames, GnttabGetVersion, GnttabMapGrantRef, GnttabOp,
+    GnttabQuerySize, GnttabSetVersion, GnttabSetupTable, GnttabSwapGrantRef, GnttabTransfer,
+    GnttabUnmapAndReplace, GnttabUnmapGrantRef, GrantHandle, GrantMemory, GrantTable,
+    GrantTableConfig, GuestGrantTable, Maptrack, MaptrackEntry, status_frames_for,
 };
 use hvmem_types::{DomId, Mfn};
 
-use crate::abi::{EFAULT, EINVAL, ENOSYS, ESRCH};
+use crate::abi::{EFAULT, EINVAL, ENOSYS, EPERM, ESRCH};
+
+/// `EOPNOTSUPP`.
+const EOPNOTSUPP: i64 = 95;
 use crate::host::Host;
 use crate::memory::FrameMemory;
 
@@ -240,6 +257,18 @@ pub enum GrantArg<'a> {
     QuerySize(&'a mut GnttabQuerySize),
     /// `GNTTABOP_set_version`.
     SetVersion(&'a mut GnttabSetVersion),
+    /// `GNTTABOP_transfer`.
+    Transfer(&'a mut [GnttabTransfer]),
+    /// `GNTTABOP_unmap_and_replace`.
+    UnmapAndReplace(&'a mut [GnttabUnmapAndReplace]),
+    /// `GNTTABOP_get_status_frames`, with the guest's frame list.
+    GetStatusFrames(&'a mut GnttabGetStatusFrames, &'a mut [u64]),
+    /// `GNTTABOP_get_version`.
+    GetVersion(&'a mut GnttabGetVersion),
+    /// `GNTTABOP_swap_grant_ref`.
+    SwapGrantRef(&'a mut [GnttabSwapGrantRef]),
+    /// `GNTTABOP_cache_flush`.
+    CacheFlush(&'a mut [GnttabCacheFlush]),
     /// A pointer the hypervisor cannot read.
     Fault,
 }
@@ -421,9 +450,7 @@ impl<'s> Host<'s> {
                 }
                 None => -EFAULT,
             },
-            (GnttabOp::SetupTable | GnttabOp::QuerySize | GnttabOp::SetVersion, _) if n != 1 => {
-                -EINVAL
-            }
+            (GnttabOp::SetupTable | GnttabOp::QuerySize, _) if n != 1 => -EINVAL,
             (GnttabOp::SetupTable, GrantArg::SetupTable(op, list)) => {
                 let target = self.grant_target(caller, op.dom);
                 match target {
@@ -458,13 +485,78 @@ impl<'s> Host<'s> {
                     None => -ESRCH,
                 }
             }
+            (GnttabOp::Transfer, GrantArg::Transfer(ops)) => match ops.get(..n) {
+                // Xen started with `gnttab=no-transfer` (see the module
+                // docs): the array is checked, then the call refused.
+                Some(_) => -EOPNOTSUPP,
+                None => -EFAULT,
+            },
+            (GnttabOp::UnmapAndReplace, GrantArg::UnmapAndReplace(ops)) => {
+                match ops.get_mut(..n) {
+                    Some(ops) => {
+                        let frames = TableGrantFrames::new(&self.table, SimGrantHost::default());
+                        let tables = Tables(&self.grants);
+                        if let Some(g) = self.grants.iter().find(|g| g.dom == caller) {
+                            // No virtual addresses are simulated: every
+                            // address has a page table to move a PTE from.
+                            g.maptrack.unmap_and_replace(
+                                &tables,
+                                &frames,
+                                ops,
+                                &mut |_, _| true,
+                                &mut || {},
+                            );
+                        }
+                        0
+                    }
+                    None => -EFAULT,
+                }
+            }
+            (GnttabOp::SwapGrantRef, GrantArg::SwapGrantRef(ops)) => match ops.get_mut(..n) {
+                Some(ops) => {
+                    if let Some(g) = self.grants.iter_mut().find(|g| g.dom == caller) {
+                        g.table.swap_grant_refs(ops);
+                    }
+                    0
+                }
+                None => -EFAULT,
+            },
+            (GnttabOp::GetVersion, GrantArg::GetVersion(op)) => {
+                // Xen reads one element whatever the count.
+                match self.grant_target(caller, op.dom) {
+                    Ok(dom) => match hvmem_grant::get_version(self.grant_table(dom), op) {
+                        Ok(()) => 0,
+                        Err(e) => i64::from(e.errno()),
+                    },
+                    Err(GntSt::PermissionDenied) => -EPERM,
+                    Err(_) => i64::from(CallError::NoSuchDomain.errno()),
+                }
+            }
+            (GnttabOp::GetStatusFrames, _) if n != 1 => -EINVAL,
+            (GnttabOp::GetStatusFrames, GrantArg::GetStatusFrames(op, list)) => {
+                match self.grant_target(caller, op.dom) {
+                    Ok(dom) => hvmem_grant::get_status_frames(self.grant_table(dom), op, list),
+                    Err(st) => op.status = st.raw(),
+                }
+                0
+            }
+            (GnttabOp::CacheFlush, GrantArg::CacheFlush(ops)) => match ops.get(..n) {
+                Some(ops) => self.grant_cache_flush(caller, ops),
+                None => -EFAULT,
+            },
             (
                 GnttabOp::MapGrantRef
                 | GnttabOp::UnmapGrantRef
                 | GnttabOp::Copy
                 | GnttabOp::SetupTable
                 | GnttabOp::QuerySize
-                | GnttabOp::SetVersion,
+                | GnttabOp::SetVersion
+                | GnttabOp::Transfer
+                | GnttabOp::UnmapAndReplace
+                | GnttabOp::GetStatusFrames
+                | GnttabOp::GetVersion
+                | GnttabOp::SwapGrantRef
+                | GnttabOp::CacheFlush,
                 _,
             ) => -EFAULT,
             _ => -ENOSYS,
@@ -487,6 +579,29 @@ impl<'s> Host<'s> {
             return Err(GntSt::PermissionDenied);
         }
         Ok(target)
+    }
+
+    /// `GNTTABOP_cache_flush` as Xen on x86 answers it: each element is
+    /// checked by hvmem-grant; the first refused one ends the call with its
+    /// errno; an accepted clean needs no work, as the simulated memory has
+    /// no caches.
+    fn grant_cache_flush(&self, caller: DomId, ops: &[GnttabCacheFlush]) -> i64 {
+        let tables = Tables(&self.grants);
+        let owner = |mfn: Mfn| {
+            if self.index(mfn).is_none() {
+                return FrameOwner::Invalid;
+            }
+            match self.recorded_owner(mfn) {
+                Some(Owner::Domain(dom)) => FrameOwner::Domain(dom),
+                _ => FrameOwner::Unowned,
+            }
+        };
+        for op in ops {
+            if let Err(e) = hvmem_grant::cache_flush(caller, &tables, CacheArch::X86, op, &owner) {
+                return i64::from(e.errno());
+            }
+        }
+        0
     }
 
     fn grant_map(&mut self, caller: DomId, ops: &mut [GnttabMapGrantRef]) {

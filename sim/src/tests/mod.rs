@@ -260,23 +260,23 @@ fn double_pin_and_unpin_of_an_unpinned_table_are_einval() {
 }
 
 #[test]
-fn grant_commands_not_offered_and_unknown_hypercalls_are_enosys() {
+fn grant_commands_xen_lacks_are_enosys_and_unreadable_arrays_efault() {
     let mut storage = storage();
     let mut host = two_guests(&mut storage);
     let rc = |host: &mut Host<'_>, call| host.hypercall(D1, call).rc;
-    // GNTTABOP_transfer (4) and an unknown command.
-    for cmd in [4, 99] {
-        assert_eq!(
-            rc(
-                &mut host,
-                Hypercall::GrantTableOp {
-                    cmd,
-                    count: 1,
-                    arg: crate::grant::GrantArg::Fault
-                }
-            ),
-            -ENOSYS
-        );
+    let op = |cmd| Hypercall::GrantTableOp {
+        cmd,
+        count: 1,
+        arg: crate::grant::GrantArg::Fault,
+    };
+    // GNTTABOP_dump_table (3: Xen's dispatcher no longer has it) and
+    // commands beyond the last.
+    for cmd in [3, 13, 99] {
+        assert_eq!(rc(&mut host, op(cmd)), -ENOSYS, "{cmd}");
+    }
+    // Every command Xen has reads the guest's array first.
+    for cmd in [0, 1, 2, 4, 5, 6, 7, 8, 9, 10, 11, 12] {
+        assert_eq!(rc(&mut host, op(cmd)), -EFAULT, "{cmd}");
     }
     assert_eq!(rc(&mut host, Hypercall::Other { number: 99 }), -ENOSYS);
 }

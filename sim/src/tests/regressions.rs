@@ -7,8 +7,9 @@ use hvmem_pagetable::pv::MmuUpdate;
 use hvmem_types::{DomId, Gfn, Mfn};
 
 use hvmem_grant::{
-    GntSt, GnttabMapGrantRef, GnttabQuerySize, GnttabSetVersion, GnttabSetupTable,
-    GnttabUnmapGrantRef, GrantRef,
+    GntSt, GnttabCacheFlush, GnttabGetStatusFrames, GnttabGetVersion, GnttabMapGrantRef,
+    GnttabQuerySize, GnttabSetVersion, GnttabSetupTable, GnttabSwapGrantRef, GnttabTransfer,
+    GnttabUnmapAndReplace, GnttabUnmapGrantRef, GrantRef,
 };
 
 use super::*;
@@ -464,6 +465,200 @@ fn grant_table_op_returns_what_xen_returns() {
         grant(&mut host, DomId::new(99), 6, 1, GrantArg::QuerySize(&mut q)),
         -ESRCH
     );
+    host.audit().unwrap();
+}
+
+/// The grant sub-operations beyond map, unmap, copy and the table calls
+/// return what Xen (x86, PV guests, `gnttab=no-transfer`) returns, and the
+/// invariants keep holding through them.
+#[test]
+fn grant_swap_version_status_frames_replace_flush_and_transfer_return_what_xen_returns() {
+    let mut storage = storage();
+    let mut host = two_guests(&mut storage);
+    let d3 = DomId::new(3);
+    host.create_domain(d3, 512, 64).unwrap();
+    let page = mfn_of(&host, D1, 20);
+    let t = host.guest_grant_table(D1).unwrap();
+    t.grant_access(GrantRef(8), D2, Gfn::new(page.get()), true)
+        .unwrap();
+    let (st, handle) = map(&mut host, D2, D1, 8, HOST_MAP | READONLY);
+    assert_eq!(st, GntSt::Okay.raw());
+
+    // swap_grant_ref: a pinned entry is GNTST_eagain; free ones swap.
+    let mut swaps = [
+        GnttabSwapGrantRef {
+            ref_a: 8,
+            ref_b: 9,
+            ..Default::default()
+        },
+        GnttabSwapGrantRef {
+            ref_a: 9,
+            ref_b: 10,
+            ..Default::default()
+        },
+        GnttabSwapGrantRef {
+            ref_a: 9,
+            ref_b: 1 << 20,
+            ..Default::default()
+        },
+    ];
+    assert_eq!(
+        grant(&mut host, D1, 11, 3, GrantArg::SwapGrantRef(&mut swaps)),
+        0
+    );
+    assert_eq!(
+        swaps.map(|s| s.status),
+        [
+            GntSt::Eagain.raw(),
+            GntSt::Okay.raw(),
+            GntSt::BadGntref.raw()
+        ]
+    );
+    assert_eq!(
+        grant(&mut host, D1, 11, 4, GrantArg::SwapGrantRef(&mut swaps)),
+        -EFAULT
+    );
+
+    // get_version: own (DOMID_SELF), another's (-EPERM), none (-ESRCH).
+    let mut v = GnttabGetVersion {
+        dom: DomId::SELF.get(),
+        ..Default::default()
+    };
+    assert_eq!(grant(&mut host, D1, 10, 1, GrantArg::GetVersion(&mut v)), 0);
+    assert_eq!(v.version, 1);
+    v.dom = D2.get();
+    assert_eq!(
+        grant(&mut host, D1, 10, 1, GrantArg::GetVersion(&mut v)),
+        -EPERM
+    );
+    v.dom = 77;
+    assert_eq!(
+        grant(&mut host, D1, 10, 1, GrantArg::GetVersion(&mut v)),
+        -ESRCH
+    );
+
+    // get_status_frames: count must be 1; v1 has none; v2 has one.
+    let mut sf = GnttabGetStatusFrames {
+        nr_frames: 1,
+        dom: DomId::SELF.get(),
+        ..Default::default()
+    };
+    let mut list = [0u64; 2];
+    assert_eq!(
+        grant(
+            &mut host,
+            d3,
+            9,
+            2,
+            GrantArg::GetStatusFrames(&mut sf, &mut list)
+        ),
+        -EINVAL
+    );
+    assert_eq!(
+        grant(
+            &mut host,
+            d3,
+            9,
+            1,
+            GrantArg::GetStatusFrames(&mut sf, &mut list)
+        ),
+        0
+    );
+    assert_eq!(sf.status, GntSt::GeneralError.raw());
+    let mut sv = GnttabSetVersion { version: 2 };
+    assert_eq!(grant(&mut host, d3, 8, 1, GrantArg::SetVersion(&mut sv)), 0);
+    assert_eq!(
+        grant(
+            &mut host,
+            d3,
+            9,
+            1,
+            GrantArg::GetStatusFrames(&mut sf, &mut list)
+        ),
+        0
+    );
+    assert_eq!(sf.status, GntSt::Okay.raw());
+    assert!(list[0] >= host.first_mfn().get() + host.total_frames());
+    sf.dom = D1.get();
+    assert_eq!(
+        grant(
+            &mut host,
+            d3,
+            9,
+            1,
+            GrantArg::GetStatusFrames(&mut sf, &mut list)
+        ),
+        0
+    );
+    assert_eq!(sf.status, GntSt::PermissionDenied.raw());
+
+    // cache_flush (x86): a clean of a frame D2 maps is done; invalidate
+    // alone is -EOPNOTSUPP; a frame it neither owns nor maps is -EINVAL;
+    // a range beyond the page is -EINVAL.
+    let flush = |mfn: Mfn, op: u32| GnttabCacheFlush {
+        a: mfn.get() << 12,
+        offset: 0,
+        length: 64,
+        op,
+    };
+    let mut f = [flush(page, 1), flush(mfn_of(&host, D2, 3), 1 | 2)];
+    assert_eq!(grant(&mut host, D2, 12, 2, GrantArg::CacheFlush(&mut f)), 0);
+    let mut f = [flush(page, 2)];
+    assert_eq!(
+        grant(&mut host, D2, 12, 1, GrantArg::CacheFlush(&mut f)),
+        -95
+    );
+    let mut f = [flush(mfn_of(&host, D1, 21), 1)];
+    assert_eq!(
+        grant(&mut host, D2, 12, 1, GrantArg::CacheFlush(&mut f)),
+        -EINVAL
+    );
+    let mut f = [GnttabCacheFlush {
+        offset: 4090,
+        ..flush(page, 1)
+    }];
+    assert_eq!(
+        grant(&mut host, D2, 12, 1, GrantArg::CacheFlush(&mut f)),
+        -EINVAL
+    );
+
+    // transfer: the sim runs as Xen with `gnttab=no-transfer`.
+    let mut tr = [GnttabTransfer {
+        mfn: mfn_of(&host, D1, 22).get(),
+        domid: D2.get(),
+        gref: 8,
+        ..Default::default()
+    }];
+    assert_eq!(grant(&mut host, D1, 4, 1, GrantArg::Transfer(&mut tr)), -95);
+    assert_eq!(
+        grant(&mut host, D1, 4, 2, GrantArg::Transfer(&mut tr)),
+        -EFAULT
+    );
+
+    // unmap_and_replace: a wrong address keeps the mapping; the right one
+    // removes it and drops its references once.
+    let mut r = [GnttabUnmapAndReplace {
+        host_addr: 0x2000,
+        new_addr: 0x3000,
+        handle,
+        ..Default::default()
+    }];
+    assert_eq!(
+        grant(&mut host, D2, 7, 1, GrantArg::UnmapAndReplace(&mut r)),
+        0
+    );
+    assert_eq!(r[0].status, GntSt::GeneralError.raw());
+    host.audit().unwrap();
+    r[0].host_addr = 0x1000;
+    assert_eq!(
+        grant(&mut host, D2, 7, 1, GrantArg::UnmapAndReplace(&mut r)),
+        0
+    );
+    assert_eq!(r[0].status, GntSt::Okay.raw());
+    assert_eq!(unmap(&mut host, D2, handle), GntSt::BadHandle.raw());
+    assert!(host.grant_mappings().is_empty());
+    let t = host.guest_grant_table(D1).unwrap();
+    t.end_access(GrantRef(8)).unwrap();
     host.audit().unwrap();
 }
 
