@@ -587,6 +587,34 @@ pub enum Op {
         /// Mapped.
         mapped: bool,
     },
+    /// `swap_grant_ref` of two of the domain's own entries.
+    Swap {
+        /// Domain index.
+        by: usize,
+        /// One entry.
+        a: GrantRef,
+        /// The other.
+        b: GrantRef,
+    },
+    /// `get_version` and a check of its answer.
+    GetVersion {
+        /// Domain index.
+        by: usize,
+    },
+    /// `unmap_and_replace`.
+    Replace {
+        /// Mapper index.
+        by: usize,
+        /// Handle.
+        handle: u32,
+        /// Name the host mapping at its right address.
+        right: bool,
+        /// The new address: 0, one of the four map addresses, or an
+        /// address nothing maps.
+        new_addr: u64,
+        /// Whether the embedder can move the PTE.
+        pte_ok: bool,
+    },
     /// The mapper releases every mapping (dying).
     ReleaseAll {
         /// Mapper index.
@@ -705,15 +733,32 @@ impl Op {
                 by,
                 frames: u32::from(b % 4),
             },
-            16 => match b % 3 {
+            16 => match b % 6 {
                 0 => Self::StatusFrames {
                     by,
                     frames: u32::from(c % 3),
                 },
                 1 => Self::Query { by },
-                _ => Self::MapStatus {
+                2 => Self::MapStatus {
                     by,
                     mapped: c & 1 != 0,
+                },
+                3 => Self::Swap {
+                    by,
+                    a: gref(c),
+                    b: gref(a >> 1 | b & 0x80),
+                },
+                4 => Self::GetVersion { by },
+                _ => Self::Replace {
+                    by,
+                    handle: u32::from(c % 10),
+                    right: c & 0x80 == 0,
+                    new_addr: match a >> 1 & 7 {
+                        0 => 0,
+                        k @ 1..=4 => host_addr_of(GrantRef(u32::from(k) - 1)),
+                        _ => HOST_ADDR + 0x20_0000,
+                    },
+                    pte_ok: a & 0x10 == 0 || a >> 5 != 0,
                 },
             },
             _ => Self::ReleaseAll { by },
@@ -729,9 +774,19 @@ struct Mapping {
     kinds: GntMapFlags,
     readonly: bool,
     mfn: u64,
+    /// Where the host mapping is (it moves with `unmap_and_replace`).
+    host: u64,
 }
 
 const HOST_ADDR: u64 = 0x7000_0000;
+/// An address no mapping is ever at.
+const WRONG_ADDR: u64 = HOST_ADDR + 0x10_0000;
+
+/// Where a map of `gref` puts its host mapping: one of four addresses, so
+/// that mappings share them now and then.
+fn host_addr_of(gref: GrantRef) -> u64 {
+    HOST_ADDR + u64::from(gref.0 & 3) * 0x1000
+}
 
 /// The tables, maptracks and model of one run.
 struct World<'t> {
@@ -941,6 +996,50 @@ impl World<'_> {
                 assert_eq!(op.max_nr_frames, MAX_FRAMES);
             }
             Op::MapStatus { by, mapped } => self.mems[by].set_status_mapped(0, mapped),
+            Op::Swap { by, a, b } => {
+                let entries = self.tables[by].nr_entries();
+                let expected = if a.0 >= entries || b.0 >= entries {
+                    GntSt::BadGntref
+                } else if a == b {
+                    GntSt::Okay
+                } else if self.mapped(by, a) || self.mapped(by, b) {
+                    GntSt::Eagain
+                } else {
+                    GntSt::Okay
+                };
+                let mut op = crate::GnttabSwapGrantRef {
+                    ref_a: a.0,
+                    ref_b: b.0,
+                    ..Default::default()
+                };
+                self.tables[by].swap_grant_ref(&mut op);
+                assert_eq!(op.status, expected.raw(), "{op:?}");
+                if expected == GntSt::Okay && a != b {
+                    // The entries' contents moved, tampering included.
+                    let (ta, tb) = (
+                        self.tampered[by].remove(&a.0),
+                        self.tampered[by].remove(&b.0),
+                    );
+                    if ta {
+                        self.tampered[by].insert(b.0);
+                    }
+                    if tb {
+                        self.tampered[by].insert(a.0);
+                    }
+                }
+            }
+            Op::GetVersion { by } => {
+                let mut op = crate::GnttabGetVersion::default();
+                crate::get_version(Some(&self.tables[by]), &mut op).unwrap();
+                assert_eq!(op.version, self.tables[by].version().number());
+            }
+            Op::Replace {
+                by,
+                handle,
+                right,
+                new_addr,
+                pte_ok,
+            } => self.replace(by, handle, right, new_addr, pte_ok),
             Op::ReleaseAll { by } => {
                 let domains = self.domains();
                 let released = self.maptracks[by].release_all(&domains, self.frames, &mut || {});
@@ -952,7 +1051,7 @@ impl World<'_> {
 
     fn map(&mut self, by: usize, granter_id: DomId, gref: GrantRef, flags: u32) {
         let mut op = GnttabMapGrantRef {
-            host_addr: HOST_ADDR,
+            host_addr: host_addr_of(gref),
             flags,
             gref: gref.0,
             dom: granter_id.get(),
@@ -1003,6 +1102,7 @@ impl World<'_> {
                 kinds,
                 readonly,
                 mfn,
+                host: op.host_addr,
             },
         );
         assert_eq!(previous, None, "handle {} handed out twice", op.handle);
@@ -1023,10 +1123,13 @@ impl World<'_> {
         let known = self.mappings[by].get(&handle).copied();
         let mfn_addr = known.map_or(0x1234_5000, |m| m.mfn << 12);
         let mut op = GnttabUnmapGrantRef {
-            host_addr: host.map_or(
-                0,
-                |right| if right { HOST_ADDR } else { HOST_ADDR + 0x1000 },
-            ),
+            host_addr: host.map_or(0, |right| {
+                if right {
+                    known.map_or(HOST_ADDR, |m| m.host)
+                } else {
+                    WRONG_ADDR
+                }
+            }),
             dev_bus_addr: device
                 .map_or(0, |right| if right { mfn_addr } else { mfn_addr + 0x1000 }),
             handle,
@@ -1063,6 +1166,61 @@ impl World<'_> {
             self.mappings[by].remove(&handle);
         } else if let Some(m) = self.mappings[by].get_mut(&handle) {
             m.kinds = left;
+        }
+    }
+
+    fn replace(&mut self, by: usize, handle: u32, right: bool, new_addr: u64, pte_ok: bool) {
+        let known = self.mappings[by].get(&handle).copied();
+        let host_addr = match (right, known) {
+            (true, Some(m)) => m.host,
+            _ => WRONG_ADDR,
+        };
+        let mut op = crate::GnttabUnmapAndReplace {
+            host_addr,
+            new_addr,
+            handle,
+            ..Default::default()
+        };
+        let domains = self.domains();
+        let mut moved = 0;
+        self.maptracks[by].unmap_and_replace(
+            &domains,
+            self.frames,
+            core::slice::from_mut(&mut op),
+            &mut |from, to| {
+                assert_eq!((from, to), (host_addr, new_addr));
+                moved += 1;
+                pte_ok
+            },
+            &mut || {},
+        );
+        let Some(mapping) = known else {
+            assert_eq!(op.status, GntSt::BadHandle.raw(), "{op:?}");
+            return;
+        };
+        if !mapping.kinds.contains(GntMapFlags::HOST_MAP) {
+            assert_eq!(op.status, GntSt::Okay.raw(), "{op:?}");
+            assert_eq!(moved, 0);
+            return;
+        }
+        if !right || (new_addr != 0 && (new_addr == host_addr || !pte_ok)) {
+            assert_eq!(op.status, GntSt::GeneralError.raw(), "{op:?}");
+            return;
+        }
+        assert_eq!(op.status, GntSt::Okay.raw(), "{op:?} of {mapping:?}");
+        assert_eq!(moved, u32::from(new_addr != 0));
+        let left = mapping.kinds - GntMapFlags::HOST_MAP;
+        if left.is_empty() {
+            self.mappings[by].remove(&handle);
+        } else if let Some(m) = self.mappings[by].get_mut(&handle) {
+            m.kinds = left;
+        }
+        if new_addr != 0 {
+            for m in self.mappings[by].values_mut() {
+                if m.kinds.contains(GntMapFlags::HOST_MAP) && m.host == new_addr {
+                    m.host = host_addr;
+                }
+            }
         }
     }
 
@@ -1250,7 +1408,7 @@ mod tests {
     fn decoder_reaches_every_operation() {
         let mut seen = BTreeSet::new();
         for code in 0..18u8 {
-            for b in [0u8, 1, 2] {
+            for b in 0u8..6 {
                 let op = Op::decode(&[code, 0, b, 0]);
                 seen.insert(
                     std::format!("{op:?}")
@@ -1261,7 +1419,7 @@ mod tests {
                 );
             }
         }
-        assert_eq!(seen.len(), 17, "{seen:?}");
+        assert_eq!(seen.len(), 20, "{seen:?}");
     }
 
     #[test]
@@ -1278,6 +1436,42 @@ mod tests {
             [14, 0, 2, 0],        // d1 switches to v2
             [1, 0x32, 10, 4],     // d1 sub-page grant of gfn 0 to d2
             [12, 0xc3, 10, 0x19], // copy through it
+        ]));
+    }
+
+    #[test]
+    fn model_scenario_replace_moves_a_mapping_and_swap_moves_entries() {
+        let replace = [16, 7, 5, 0];
+        assert_eq!(
+            Op::decode(&replace),
+            Op::Replace {
+                by: 1,
+                handle: 0,
+                right: true,
+                new_addr: host_addr_of(GrantRef(10)),
+                pte_ok: true,
+            }
+        );
+        assert_eq!(
+            Op::decode(&[16, 0, 3, 9]),
+            Op::Swap {
+                by: 0,
+                a: GrantRef(9),
+                b: GrantRef(0),
+            }
+        );
+        run(&ops(&[
+            [0, 2, 9, 0],  // d1 grants ref 9 (gfn 0) to d2, read-write
+            [0, 2, 10, 1], // and ref 10 (gfn 1)
+            [7, 1, 9, 2],  // d2 maps ref 9 (handle 0)
+            [7, 1, 10, 2], // and ref 10 (handle 1), at another address
+            [16, 0, 3, 9], // d1 swaps ref 9 with ref 0: refused, mapped
+            replace,       // d2 replaces handle 0 with handle 1's mapping
+            [10, 1, 0, 1], // handle 0 is gone
+            [10, 1, 1, 1], // handle 1 unmapped at its new address
+            [16, 0, 3, 9], // now the swap goes through
+            [16, 0, 4, 0], // get_version
+            [4, 0, 0, 0],  // d1 ends access of ref 0 (was 9)
         ]));
     }
 
