@@ -8,7 +8,8 @@
 //! handles, flags, frames, offsets and lengths (map, unmap, copy, transfer,
 //! set_version, setup_table, get_status_frames, query_size, swap_grant_ref,
 //! get_version, unmap_and_replace with right and wrong addresses and a PTE
-//! move the embedder may refuse, release of a dying mapper's mappings), on
+//! move the embedder may refuse, cache_flush of any frame, range and flags
+//! on x86 or Arm, release of a dying mapper's mappings), on
 //! two domains plus a domain id that does not
 //! exist. The decoder, the model and the invariant checks live in
 //! `hvmem_grant::model` (feature `model`), shared with the crate's property

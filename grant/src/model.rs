@@ -615,6 +615,15 @@ pub enum Op {
         /// Whether the embedder can move the PTE.
         pte_ok: bool,
     },
+    /// `cache_flush` of a frame, and a check of its answer.
+    CacheFlush {
+        /// Caller index.
+        by: usize,
+        /// The operation.
+        op: crate::GnttabCacheFlush,
+        /// Arm rather than x86.
+        arm: bool,
+    },
     /// The mapper releases every mapping (dying).
     ReleaseAll {
         /// Mapper index.
@@ -733,7 +742,7 @@ impl Op {
                 by,
                 frames: u32::from(b % 4),
             },
-            16 => match b % 6 {
+            16 => match b % 7 {
                 0 => Self::StatusFrames {
                     by,
                     frames: u32::from(c % 3),
@@ -749,6 +758,21 @@ impl Op {
                     b: gref(a >> 1 | b & 0x80),
                 },
                 4 => Self::GetVersion { by },
+                6 => Self::CacheFlush {
+                    by,
+                    op: crate::GnttabCacheFlush {
+                        a: mfn_of(usize::from(c & 1), u64::from(c >> 1 & 7)) << 12,
+                        offset: u16::from(c >> 4) * 512,
+                        length: match a >> 1 & 3 {
+                            0 => 0,
+                            1 => 64,
+                            2 => 2048,
+                            _ => 4096,
+                        },
+                        op: u32::from(a >> 3 & 3) | if a & 0x80 != 0 { 4 } else { 0 },
+                    },
+                    arm: a & 0x20 != 0,
+                },
                 _ => Self::Replace {
                     by,
                     handle: u32::from(c % 10),
@@ -1040,6 +1064,44 @@ impl World<'_> {
                 new_addr,
                 pte_ok,
             } => self.replace(by, handle, right, new_addr, pte_ok),
+            Op::CacheFlush { by, op, arm } => {
+                use crate::{CacheArch, CallError, FrameOwner};
+                let mfn = op.a >> 12;
+                let owner = self.frames.owner(mfn);
+                let pinned = self.mappings[by]
+                    .values()
+                    .any(|m| m.mfn == mfn && Some(dom(m.granter)) == owner);
+                let (offset, length) = (u32::from(op.offset), u32::from(op.length));
+                let clean = op.op & crate::abi::GNTTAB_CACHE_CLEAN != 0;
+                let expected = if offset >= 4096 || offset + length > 4096 || op.op & !3 != 0 {
+                    Err(CallError::Invalid)
+                } else if length == 0 || op.op == 0 {
+                    Ok(false)
+                } else if owner.is_none() {
+                    Err(CallError::NotPermitted)
+                } else if owner != Some(dom(by)) && !pinned {
+                    Err(CallError::Invalid)
+                } else if !arm && !clean {
+                    Err(CallError::NotSupported)
+                } else {
+                    Ok(true)
+                };
+                let refs = self.frames.refs(mfn);
+                let domains = self.domains();
+                let arch = if arm { CacheArch::Arm } else { CacheArch::X86 };
+                let lookup = |m: Mfn| {
+                    self.frames
+                        .owner(m.get())
+                        .map_or(FrameOwner::Unowned, FrameOwner::Domain)
+                };
+                let got = crate::cache_flush(dom(by), &domains, arch, &op, &lookup);
+                assert_eq!(got.map(|r| r.is_some()), expected, "{op:?}");
+                if let Ok(Some(range)) = got {
+                    assert_eq!(range.mfn.get(), mfn);
+                    assert_eq!((range.offset, range.length), (op.offset, op.length));
+                }
+                assert_eq!(self.frames.refs(mfn), refs, "cache_flush kept a reference");
+            }
             Op::ReleaseAll { by } => {
                 let domains = self.domains();
                 let released = self.maptracks[by].release_all(&domains, self.frames, &mut || {});
@@ -1408,7 +1470,7 @@ mod tests {
     fn decoder_reaches_every_operation() {
         let mut seen = BTreeSet::new();
         for code in 0..18u8 {
-            for b in 0u8..6 {
+            for b in 0u8..7 {
                 let op = Op::decode(&[code, 0, b, 0]);
                 seen.insert(
                     std::format!("{op:?}")
@@ -1419,13 +1481,13 @@ mod tests {
                 );
             }
         }
-        assert_eq!(seen.len(), 20, "{seen:?}");
+        assert_eq!(seen.len(), 21, "{seen:?}");
     }
 
     #[test]
     fn model_scenario_map_copy_unmap_end() {
         run(&ops(&[
-            [0, 2, 9, 0],         // d1 grants ref 9 (gfn 0) to d2, read-write
+            [0, 6, 9, 0],         // d1 grants ref 9 (gfn 0) to d2, read-write
             [7, 1, 9, 2],         // d2 maps d1's ref 9, host, rw
             [7, 1, 9, 7],         // d2 maps it again, host+device, ro
             [4, 0, 9, 0],         // d1 tries to end access: refused
@@ -1434,13 +1496,13 @@ mod tests {
             [10, 1, 1, 3],        // d2 unmaps handle 1
             [4, 0, 9, 0],         // d1 ends access
             [14, 0, 2, 0],        // d1 switches to v2
-            [1, 0x32, 10, 4],     // d1 sub-page grant of gfn 0 to d2
+            [1, 0x36, 10, 4],     // d1 sub-page grant of gfn 0 to d2
             [12, 0xc3, 10, 0x19], // copy through it
         ]));
     }
 
     #[test]
-    fn model_scenario_replace_moves_a_mapping_and_swap_moves_entries() {
+    fn model_scenario_replace_swap_and_cache_flush() {
         let replace = [16, 7, 5, 0];
         assert_eq!(
             Op::decode(&replace),
@@ -1460,11 +1522,27 @@ mod tests {
                 b: GrantRef(0),
             }
         );
+        let flush = [16, 11, 6, 0];
+        assert_eq!(
+            Op::decode(&flush),
+            Op::CacheFlush {
+                by: 1,
+                op: crate::GnttabCacheFlush {
+                    a: mfn_of(0, 0) << 12,
+                    offset: 0,
+                    length: 64,
+                    op: crate::abi::GNTTAB_CACHE_CLEAN,
+                },
+                arm: false,
+            }
+        );
         run(&ops(&[
-            [0, 2, 9, 0],  // d1 grants ref 9 (gfn 0) to d2, read-write
-            [0, 2, 10, 1], // and ref 10 (gfn 1)
+            flush,         // d2 flushes d1's frame: refused, not mapped
+            [0, 6, 9, 0],  // d1 grants ref 9 (gfn 0) to d2, read-write
+            [0, 6, 10, 1], // and ref 10 (gfn 1)
             [7, 1, 9, 2],  // d2 maps ref 9 (handle 0)
             [7, 1, 10, 2], // and ref 10 (handle 1), at another address
+            flush,         // now allowed
             [16, 0, 3, 9], // d1 swaps ref 9 with ref 0: refused, mapped
             replace,       // d2 replaces handle 0 with handle 1's mapping
             [10, 1, 0, 1], // handle 0 is gone
