@@ -4,7 +4,7 @@
 //!
 //! | part   | words      | per frame | holds |
 //! |--------|------------|-----------|-------|
-//! | links  | `n`        | 8 bytes   | free-list `next` (low 32 bits) and `prev` (high 32 bits) of a free block's head; for the frame after the head of a free block of order >= 1, the block's `first_dirty` offset |
+//! | links  | `n`        | 8 bytes   | free-list `next` and `prev` of a free block's head, as two `u32` halves (setting one is a plain store); for the frame after the head of a free block of order >= 1, the block's `first_dirty` offset |
 //! | state  | `ceil(n/8)`| 1 byte    | [`FrameState`] |
 //! | dirty  | `ceil(n/64)`| 1 bit    | the frame holds data of its last user and must be scrubbed before anyone who asked for clean memory gets it |
 //!
@@ -29,7 +29,7 @@
 //! Reserved frames are the exception that keeps reservations exact: each one is
 //! its own order-0 head, so any sub-range of a reservation can be released.
 
-use zerocopy::IntoBytes;
+use zerocopy::{FromBytes, IntoBytes};
 
 /// The sentinel for "no frame" in free-list links.
 pub(crate) const NIL: u32 = u32::MAX;
@@ -140,7 +140,10 @@ impl FrameState {
 /// broken internal invariant degrades into a refused operation, never a panic.
 #[derive(Debug)]
 pub(crate) struct FrameMeta<'m> {
-    links: &'m mut [u64],
+    /// `[next, prev]` of each frame, as two halves, so that relinking one
+    /// side of a list neighbour (usually a cold cache line) is a store rather
+    /// than a read-modify-write.
+    links: &'m mut [[u32; 2]],
     state: &'m mut [u8],
     dirty: &'m mut [u64],
 }
@@ -153,10 +156,13 @@ impl<'m> FrameMeta<'m> {
         let n = frames as usize;
         let needed = metadata_words(u64::from(frames));
         let storage = storage.get_mut(..needed)?;
-        let (links, rest) = storage.split_at_mut(n);
+        let (link_words, rest) = storage.split_at_mut(n);
         let (state_words, dirty) = rest.split_at_mut(n.div_ceil(8));
         let state = state_words.as_mut_bytes().get_mut(..n)?;
-        links.fill(u64::from(NIL) | (u64::from(NIL) << 32));
+        // Infallible: a `u64` slice is a whole number of suitably aligned
+        // `[u32; 2]`.
+        let links = <[[u32; 2]]>::mut_from_bytes(link_words.as_mut_bytes()).ok()?;
+        links.fill([NIL, NIL]);
         state.fill(FrameState::TAIL.0);
         dirty.fill(0);
         Some(Self {
@@ -181,7 +187,7 @@ impl<'m> FrameMeta<'m> {
 
     #[inline]
     pub(crate) fn next(&self, i: u32) -> u32 {
-        self.links.get(i as usize).map_or(NIL, |&w| w as u32)
+        self.links.get(i as usize).map_or(NIL, |w| w[0])
     }
 
     /// `(next, prev)` of frame `i`, in one read.
@@ -189,27 +195,27 @@ impl<'m> FrameMeta<'m> {
     pub(crate) fn links(&self, i: u32) -> (u32, u32) {
         self.links
             .get(i as usize)
-            .map_or((NIL, NIL), |&w| (w as u32, (w >> 32) as u32))
+            .map_or((NIL, NIL), |&[next, prev]| (next, prev))
     }
 
     #[inline]
     pub(crate) fn set_links(&mut self, i: u32, next: u32, prev: u32) {
         if let Some(w) = self.links.get_mut(i as usize) {
-            *w = u64::from(next) | (u64::from(prev) << 32);
+            *w = [next, prev];
         }
     }
 
     #[inline]
     pub(crate) fn set_next(&mut self, i: u32, next: u32) {
         if let Some(w) = self.links.get_mut(i as usize) {
-            *w = (*w & !0xffff_ffff) | u64::from(next);
+            w[0] = next;
         }
     }
 
     #[inline]
     pub(crate) fn set_prev(&mut self, i: u32, prev: u32) {
         if let Some(w) = self.links.get_mut(i as usize) {
-            *w = (*w & 0xffff_ffff) | (u64::from(prev) << 32);
+            w[1] = prev;
         }
     }
 
@@ -268,6 +274,39 @@ impl<'m> FrameMeta<'m> {
             *w |= mask;
         });
         newly
+    }
+
+    /// Marks the frames `[i, i + n)` dirty without reading the bits first:
+    /// for a freed block, whose bits are known to be clear (an allocated
+    /// block's always are).
+    #[inline]
+    pub(crate) fn set_dirty(&mut self, i: u32, n: u32) {
+        if n == 1 {
+            if let Some(w) = self.dirty.get_mut(i as usize / 64) {
+                *w |= 1 << (i % 64);
+            }
+            return;
+        }
+        if let Some(words) = self.whole_words(i, n) {
+            words.fill(u64::MAX);
+            return;
+        }
+        self.for_each_word(i, n, |w, mask| *w |= mask);
+    }
+
+    /// How many of the frames `[i, i + n)` are dirty (for debug checks).
+    pub(crate) fn count_dirty(&self, i: u32, n: u32) -> u32 {
+        let end = i.saturating_add(n);
+        let mut at = i;
+        let mut count = 0;
+        while at < end {
+            let bit = at % 64;
+            let span = (64 - bit).min(end - at);
+            let word = self.dirty.get(at as usize / 64).copied().unwrap_or(0);
+            count += (word & span_mask(bit, span)).count_ones();
+            at += span;
+        }
+        count
     }
 
     /// Marks the frames `[i, i + n)` clean; returns how many were dirty.

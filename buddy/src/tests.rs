@@ -432,6 +432,64 @@ fn clean_and_dirty_buddies_merge_without_losing_dirty_marks() {
 }
 
 #[test]
+fn reused_dirty_memory_is_counted_exactly_and_scrubbed_once_per_dirty_frame() {
+    // Reuse of dirty memory: its frames leave the dirty count when allocated
+    // and come back to it when freed, and scrubbing sees each one once.
+    let zone = [range(0, 64)];
+    let mut meta = Meta::for_ranges(&zone);
+    let mut heap = meta.heap(6, &zone, Contents::Clean);
+    let a = heap.alloc(order(4)).unwrap();
+    heap.free(a, order(4)).unwrap();
+    assert_eq!(heap.stats().dirty_frames, 16);
+    // The all-dirty block comes back whole: its 16 frames leave the count.
+    let b = heap.alloc(order(4)).unwrap();
+    assert_eq!(b, a);
+    assert_eq!(heap.stats().dirty_frames, 0);
+    // A smaller piece of it: only its own frames leave the count.
+    heap.free(b, order(4)).unwrap();
+    let c = heap.alloc(order(2)).unwrap();
+    assert_eq!(heap.stats().dirty_frames, 12);
+    heap.free(c, order(2)).unwrap();
+    assert_eq!(heap.stats().dirty_frames, 16);
+    // alloc_clean of the whole zone scrubs exactly the 16 dirty frames.
+    let mut scrubbed = Vec::new();
+    let all = heap
+        .alloc_clean(order(6), |m| scrubbed.push(m.get()))
+        .unwrap();
+    scrubbed.sort_unstable();
+    assert_eq!(scrubbed, (a.get()..a.get() + 16).collect::<Vec<_>>());
+    assert_eq!(heap.stats().dirty_frames, 0);
+    // Freed again, every frame is dirty once.
+    heap.free(all, order(6)).unwrap();
+    assert_eq!(heap.stats().dirty_frames, 64);
+    let mut scrubbed = 0;
+    heap.scrub(1000, |_| scrubbed += 1);
+    assert_eq!((scrubbed, heap.stats().dirty_frames), (64, 0));
+}
+
+#[test]
+fn a_partly_dirty_block_split_for_an_allocation_counts_only_its_dirty_frames() {
+    let zone = [range(0, 64)];
+    let mut meta = Meta::for_ranges(&zone);
+    let mut heap = meta.heap(6, &zone, Contents::Clean);
+    // Dirty frames 0..2 and 16..20, in a merged, partly dirty order-6 block.
+    let x = heap.alloc(order(1)).unwrap();
+    let y = heap.alloc(order(4)).unwrap();
+    let z = heap.alloc(order(2)).unwrap();
+    assert_eq!((x.get(), y.get(), z.get()), (0, 16, 4));
+    heap.free(z, order(2)).unwrap();
+    heap.free(x, order(1)).unwrap();
+    heap.free(y, order(4)).unwrap();
+    assert_eq!(heap.stats().dirty_frames, 2 + 16 + 4);
+    // The lower half of the merged block holds every dirty frame.
+    let w = heap.alloc(order(5)).unwrap();
+    assert_eq!(w.get(), 0);
+    assert_eq!(heap.stats().dirty_frames, 0);
+    heap.free(w, order(5)).unwrap();
+    assert_eq!(heap.stats().dirty_frames, 32);
+}
+
+#[test]
 fn zone_policy_only_never_falls_back_and_prefer_does() {
     let zones = [range(0, 16), range(16, 16)];
     let mut meta = Meta::for_ranges(&zones);

@@ -464,8 +464,12 @@ impl<'m> Zone<'m> {
     /// so that the hot-list path stays small.
     #[inline(never)]
     fn merge_freed(&mut self, i: u32, k: u8) {
-        let newly = self.meta.mark_dirty(i, 1 << k);
-        debug_assert_eq!(newly, 1 << k, "an allocated block had dirty bits");
+        debug_assert_eq!(
+            self.meta.count_dirty(i, 1 << k),
+            0,
+            "an allocated block had dirty bits"
+        );
+        self.meta.set_dirty(i, 1 << k);
         self.merge_and_insert(i, k, true, 0);
     }
 
