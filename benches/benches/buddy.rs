@@ -184,5 +184,9 @@ fn buddy(c: &mut Criterion) {
     compare(c, &mut MixedTrace::new(TRACE_SEED));
 }
 
-criterion_group!(benches, buddy);
+criterion_group! {
+    name = benches;
+    config = hvmem_benches::criterion();
+    targets = buddy
+}
 criterion_main!(benches);

@@ -169,5 +169,9 @@ fn contended_get_put(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, get_put, get_type_put_type, contended_get_put);
+criterion_group! {
+    name = benches;
+    config = hvmem_benches::criterion();
+    targets = get_put, get_type_put_type, contended_get_put
+}
 criterion_main!(benches);

@@ -278,5 +278,9 @@ fn benches(c: &mut Criterion) {
     assert!(ops.iter().all(|op| op.status == GntSt::Okay.raw()));
 }
 
-criterion_group!(grant, benches);
+criterion_group! {
+    name = grant;
+    config = hvmem_benches::criterion();
+    targets = benches
+}
 criterion_main!(grant);

@@ -42,5 +42,9 @@ fn copy_4k(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, copy_4k);
+criterion_group! {
+    name = benches;
+    config = hvmem_benches::criterion();
+    targets = copy_4k
+}
 criterion_main!(benches);

@@ -533,13 +533,9 @@ fn map_2m_single(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(
-    benches,
-    map_4k_single,
-    map_2m_single,
-    translate_random,
-    map_1g_of_4k,
-    unmap_1g_of_4k,
-    protect_1g_of_4k
-);
+criterion_group! {
+    name = benches;
+    config = hvmem_benches::criterion();
+    targets = map_4k_single, map_2m_single, translate_random, map_1g_of_4k, unmap_1g_of_4k, protect_1g_of_4k
+}
 criterion_main!(benches);

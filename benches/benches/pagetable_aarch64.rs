@@ -386,11 +386,9 @@ fn protect_1g(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(
-    benches,
-    map_4k_single,
-    translate_random,
-    map_1g_of_4k,
-    protect_1g
-);
+criterion_group! {
+    name = benches;
+    config = hvmem_benches::criterion();
+    targets = map_4k_single, translate_random, map_1g_of_4k, protect_1g
+}
 criterion_main!(benches);

@@ -86,5 +86,9 @@ fn floors(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, floors);
+criterion_group! {
+    name = benches;
+    config = hvmem_benches::criterion();
+    targets = floors
+}
 criterion_main!(benches);

@@ -157,5 +157,9 @@ fn invariant_checks(c: &mut Criterion) {
     audit.finish();
 }
 
-criterion_group!(benches, hypercalls_mixed, invariant_checks);
+criterion_group! {
+    name = benches;
+    config = hvmem_benches::criterion();
+    targets = hypercalls_mixed, invariant_checks
+}
 criterion_main!(benches);

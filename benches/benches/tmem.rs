@@ -326,5 +326,9 @@ fn benches(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(tmem, benches);
+criterion_group! {
+    name = tmem;
+    config = hvmem_benches::criterion();
+    targets = benches
+}
 criterion_main!(tmem);

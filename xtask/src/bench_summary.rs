@@ -92,13 +92,26 @@ fn json_number_in(doc: &str, section: &str, key: &str) -> Option<f64> {
     tail.get(..end)?.parse().ok()
 }
 
+/// The name of a bench inside its group: its function, its parameter
+/// (`BenchmarkId::from_parameter` leaves the function null), or both.
+fn function_name(benchmark: &str) -> Option<String> {
+    match (
+        json_string(benchmark, "function_id"),
+        json_string(benchmark, "value_str"),
+    ) {
+        (Some(function), Some(value)) => Some(format!("{function}/{value}")),
+        (Some(name), None) | (None, Some(name)) => Some(name),
+        (None, None) => None,
+    }
+}
+
 /// Reads one function's directory (the one holding `new/`).
 fn read_measurement(dir: &Path) -> Option<Measurement> {
     let benchmark = fs::read_to_string(dir.join("new/benchmark.json")).ok()?;
     let estimates = fs::read_to_string(dir.join("new/estimates.json")).ok()?;
     Some(Measurement {
         group: json_string(&benchmark, "group_id")?,
-        function: json_string(&benchmark, "function_id")?,
+        function: function_name(&benchmark)?,
         median_ns: json_number_in(&estimates, "median", "point_estimate")?,
         elements: json_number_in(&benchmark, "throughput", "Elements").map(|e| e as u64),
     })
@@ -305,6 +318,19 @@ mod tests {
                 elements: Some(2),
             }]
         );
+    }
+
+    #[test]
+    fn a_bench_is_named_by_its_function_its_parameter_or_both() {
+        let parameter =
+            r#"{"group_id":"audit","function_id":null,"value_str":"1024","throughput":null}"#;
+        let both =
+            r#"{"group_id":"audit","function_id":"full","value_str":"64","throughput":null}"#;
+        let function = r#"{"group_id":"get_put","function_id":"frametable","value_str":null}"#;
+        assert_eq!(function_name(parameter).as_deref(), Some("1024"));
+        assert_eq!(function_name(both).as_deref(), Some("full/64"));
+        assert_eq!(function_name(function).as_deref(), Some("frametable"));
+        assert_eq!(function_name(r#"{"group_id":"g"}"#), None);
     }
 
     #[test]
