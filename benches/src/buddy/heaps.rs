@@ -466,28 +466,22 @@ fn frames(order: PageOrder) -> NonZeroUsize {
     NonZeroUsize::new(1 << order.get()).unwrap_or(NonZeroUsize::MIN)
 }
 
-impl FrameHeap for FrameAllocHeap {
-    const NAME: &'static str = "frame-alloc";
-
-    #[inline]
-    fn alloc(&mut self, order: PageOrder) -> Option<usize> {
-        self.heap.allocate_physical(BASE_PAGE, frames(order)).ok()
-    }
-
-    #[inline]
-    unsafe fn free(&mut self, block: usize, order: PageOrder) -> bool {
-        // SAFETY: the caller passes a live block of this heap with the order
-        // (so the frame count) it was allocated with.
-        unsafe {
-            self.heap
-                .deallocate_physical(BASE_PAGE, frames(order), block)
-        };
-        true
-    }
+/// The name each `frame-alloc` configuration runs under.
+pub trait FrameAllocName {
+    /// The criterion function name.
+    const NAME: &'static str;
 }
 
-impl FrameHeap for FrameAllocDepotHeap {
+impl FrameAllocName for SummaryBuddy {
+    const NAME: &'static str = "frame-alloc";
+}
+
+impl FrameAllocName for Depot {
     const NAME: &'static str = "frame-alloc+depot";
+}
+
+impl<A: PhysicalAllocator + FrameAllocName> FrameHeap for FrameAllocHeap<A> {
+    const NAME: &'static str = A::NAME;
 
     #[inline]
     fn alloc(&mut self, order: PageOrder) -> Option<usize> {
