@@ -5,7 +5,7 @@
 //! - [`buddy`]: the frame heaps the `buddy` bench compares (`hvmem-buddy` and
 //!   its peers on crates.io, each behind one small trait) and the workloads it
 //!   runs on them.
-//! - [`criterion`]: the criterion settings every bench runs with.
+//! - [`criterion()`]: the criterion settings every bench runs with.
 #![allow(
     clippy::expect_used,
     clippy::panic,
