@@ -278,10 +278,19 @@ impl<'a> GrantTable<'a> {
             }
         }
         // From here on nothing can fail.
+        // A reserved entry survives the switch when it grants access, and
+        // also when its grant was ended but a mapper still has it pinned: on
+        // v2 ending access clears the header's type while the status word
+        // keeps GTF_reading/GTF_writing, and those bits must reach the new
+        // header, or the granter's next end_access would succeed on a frame
+        // another domain still maps.
+        let busy = (GtfFlags::READING | GtfFlags::WRITING).bits();
         let mut saved = [(0u16, 0u16, 0u64); NR_RESERVED_ENTRIES as usize];
         for (gref, slot) in (0..reserved).zip(saved.iter_mut()) {
             let entry = self.reserved_entry(GrantRef(gref));
-            if self.version == GrantVersion::V1 || GrantType::of(entry.0) == GrantType::PermitAccess
+            if self.version == GrantVersion::V1
+                || GrantType::of(entry.0) == GrantType::PermitAccess
+                || entry.0 & busy != 0
             {
                 *slot = entry;
             }

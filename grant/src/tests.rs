@@ -570,6 +570,41 @@ fn reserved_entries_may_stay_mapped_across_a_switch_and_are_converted() {
     assert_eq!(env.frames().refs(0x103), (0, 0));
 }
 
+/// Found by the `grant` fuzz target: a reserved grant ended on v2 while
+/// still mapped (the header's type cleared, the status word still busy)
+/// lost its busy bits on the way back to v1, and the granter's next
+/// end_access then succeeded on a frame another domain still mapped.
+#[test]
+fn an_ended_but_still_mapped_reserved_entry_stays_busy_across_a_switch_back_to_v1() {
+    let store = Store::new(4);
+    let env = Env::new(&store);
+    let mut table = env.table(0);
+    env.guest(&table)
+        .grant_access(RESERVED_XENSTORE, BACK, Gfn::new(3), false)
+        .unwrap();
+    let mt = env.maptrack();
+    {
+        let d = ModelDomains::new([&table]);
+        assert_eq!(map(&mt, &d, env.frames(), 1, RW_HOST).status, OK);
+    }
+    table
+        .set_version(&mut GnttabSetVersion { version: 2 })
+        .unwrap();
+    assert_eq!(
+        env.guest(&table).end_access(RESERVED_XENSTORE),
+        Err(GuestError::InUse)
+    );
+    table
+        .set_version(&mut GnttabSetVersion { version: 1 })
+        .unwrap();
+    let v1 = env.guest(&table);
+    assert!(v1.in_use(RESERVED_XENSTORE).unwrap());
+    assert_eq!(v1.end_access(RESERVED_XENSTORE), Err(GuestError::InUse));
+    let d = ModelDomains::new([&table]);
+    assert_eq!(unmap(&mt, &d, env.frames(), 0, HOST, 0), OK);
+    assert_eq!(env.frames().refs(0x103), (0, 0));
+}
+
 #[test]
 fn set_version_refuses_bad_versions_and_v2_beyond_the_limit() {
     let store = Store::new(4);
