@@ -419,14 +419,24 @@ impl<'s> World<'s> {
                 }
                 1 => {
                     // The attacker rewrites one of its own entries: grant
-                    // anything to anyone (its table is in its own frames).
+                    // anything to anyone, or offer any slot for a transfer
+                    // from anyone (its table is in its own frames).
                     if let Some(table) = self.host.guest_grant_table(ATTACKER) {
-                        let _ = table.grant_access(
-                            GrantRef(gref(src)),
-                            Self::domid(src),
-                            Gfn::new(self.frame(src)),
-                            src.byte().unwrap_or(0) % 2 == 0,
-                        );
+                        let r = GrantRef(gref(src));
+                        let (dom, frame) = (Self::domid(src), Gfn::new(self.frame(src)));
+                        match src.byte().unwrap_or(0) % 4 {
+                            0 | 1 => {
+                                let _ = table.grant_access(r, dom, frame, src.byte() == Some(0));
+                            }
+                            2 => {
+                                // A slot in its physmap, or beyond it.
+                                let slot = src.word() % (2 * self.attacker_pages.max(1));
+                                let _ = table.grant_transfer(r, dom, Gfn::new(slot));
+                            }
+                            _ => {
+                                let _ = table.end_transfer(r);
+                            }
+                        }
                         let _ = table.end_access(GrantRef(gref(src)));
                     }
                     0
@@ -517,14 +527,28 @@ impl<'s> World<'s> {
                     )
                 }
                 _ => {
+                    // Half the time a flip to itself: it offers the entry
+                    // first, so that the transfer can go all the way.
+                    let to_self = src.byte().unwrap_or(0) % 2 == 0;
                     let mut ops: Vec<GnttabTransfer> = (0..n)
                         .map(|_| GnttabTransfer {
                             mfn: self.frame(src),
-                            domid: Self::domid(src).get(),
+                            domid: if to_self {
+                                ATTACKER.get()
+                            } else {
+                                Self::domid(src).get()
+                            },
                             gref: gref(src),
                             ..Default::default()
                         })
                         .collect();
+                    if to_self && let Some(table) = self.host.guest_grant_table(ATTACKER) {
+                        for op in &ops {
+                            let slot = src.word() % (2 * self.attacker_pages.max(1));
+                            let _ =
+                                table.grant_transfer(GrantRef(op.gref), ATTACKER, Gfn::new(slot));
+                        }
+                    }
                     call(
                         &mut self.host,
                         4,

@@ -31,10 +31,22 @@
 //! `get_version`, `swap_grant_ref`, `cache_flush`. `get_version`,
 //! `get_status_frames`, `setup_table` and `query_size` of another domain
 //! are for the control domain only (Xen's XSM target check).
-//! `GNTTABOP_transfer` is refused with `-EOPNOTSUPP`, as by Xen started
-//! with `gnttab=no-transfer`: moving a frame between domains needs the
-//! sim's physmap, M2P and books updated for both sides, which is not
-//! written. `dump_table` is no longer in Xen's dispatcher: `-ENOSYS`.
+//! `dump_table` is no longer in Xen's dispatcher: `-ENOSYS`.
+//!
+//! # Transfers
+//!
+//! `GNTTABOP_transfer` (PV page flipping) moves a frame from the caller to
+//! a domain that offered an accept-transfer entry. hvmem-grant and the
+//! frame table move the frame's ownership during the call (sender, then
+//! the host, then the receiver, or back to the heap when it cannot be
+//! delivered); the host's records follow once the call is done, in the
+//! order the frame moved: the sender's physmap slot empties and its
+//! `tot_pages` drops by one (Xen's `steal_page`), the receiver's M2P names
+//! the guest frame its entry gave and its `tot_pages` grows by one (Xen's
+//! `assign_pages` and `guest_physmap_add_page`). A receiver may take the
+//! frame only while it is below its `max_pages` (`GNTST_general_error`
+//! otherwise, the frame then freed, as Xen does); a domain being
+//! destroyed, whose table only waits for its mappers, takes nothing.
 //!
 //! Host mappings do not enter the mapper's page tables: the sim does not
 //! model virtual addresses, so a `GNTMAP_host_map` only holds its
@@ -60,8 +72,6 @@ use hvmem_types::{DomId, Mfn};
 
 use crate::abi::{EFAULT, EINVAL, ENOSYS, EPERM, ESRCH};
 
-/// `EOPNOTSUPP`.
-const EOPNOTSUPP: i64 = 95;
 use crate::host::Host;
 use crate::memory::FrameMemory;
 
@@ -172,12 +182,57 @@ struct PendingCopy {
     len: usize,
 }
 
+/// A frame a transfer moved, applied to the host's records once the
+/// operation is done.
+#[derive(Clone, Copy, Debug)]
+enum FrameMove {
+    /// Taken from `dom` (now the host's, off every physmap).
+    Stolen { dom: DomId, mfn: Mfn },
+    /// Given to `dom` at guest frame `gfn`.
+    Assigned { dom: DomId, mfn: Mfn, gfn: u64 },
+}
+
 /// What the frame-table glue needs from the host: PV translation (frame
-/// numbers are machine frames) and frame contents for copies. Transfers
-/// are not offered, so nothing may receive a frame.
+/// numbers are machine frames), frame contents for copies, and for
+/// transfers the receivers' headroom and the moves to record.
 #[derive(Default)]
 struct SimGrantHost {
     copies: RefCell<Vec<PendingCopy>>,
+    /// Pages each live domain may still take (`max_pages - tot_pages`),
+    /// as the moves so far leave it; empty outside transfers.
+    headroom: RefCell<Vec<(DomId, u64)>>,
+    moves: RefCell<Vec<FrameMove>>,
+}
+
+impl SimGrantHost {
+    /// The glue for a transfer: every live domain's headroom from the
+    /// books.
+    fn for_transfer(host: &Host<'_>) -> Self {
+        let headroom = host
+            .domains
+            .iter()
+            .filter(|d| !d.is_dying())
+            .filter_map(|d| {
+                let b = host.books.domain(d.id())?;
+                Some((d.id(), b.max_pages.saturating_sub(b.tot_pages)))
+            })
+            .collect();
+        Self {
+            headroom: RefCell::new(headroom),
+            ..Self::default()
+        }
+    }
+
+    fn adjust_headroom(&self, dom: DomId, f: impl FnOnce(u64) -> u64) {
+        if let Some((_, h)) = self
+            .headroom
+            .borrow_mut()
+            .iter_mut()
+            .find(|(d, _)| *d == dom)
+        {
+            *h = f(*h);
+        }
+    }
 }
 
 impl GrantHost for SimGrantHost {
@@ -185,14 +240,30 @@ impl GrantHost for SimGrantHost {
         Some(Mfn::new(gfn))
     }
 
-    fn remove_from_physmap(&self, _dom: DomId, _gfn: u64) {}
-
-    fn add_to_physmap(&self, _dom: DomId, _gfn: u64, _mfn: Mfn) -> bool {
-        false
+    fn remove_from_physmap(&self, dom: DomId, gfn: u64) {
+        // Called once the frame table gave the frame to the host.
+        self.moves.borrow_mut().push(FrameMove::Stolen {
+            dom,
+            mfn: Mfn::new(gfn),
+        });
+        self.adjust_headroom(dom, |h| h.saturating_add(1));
     }
 
-    fn can_receive(&self, _dom: DomId) -> bool {
-        false
+    fn add_to_physmap(&self, dom: DomId, gfn: u64, mfn: Mfn) -> bool {
+        // PV: Xen writes the M2P entry and cannot fail; a guest frame
+        // beyond the sim's physmap leaves the frame owned but off it.
+        self.moves
+            .borrow_mut()
+            .push(FrameMove::Assigned { dom, mfn, gfn });
+        self.adjust_headroom(dom, |h| h.saturating_sub(1));
+        true
+    }
+
+    fn can_receive(&self, dom: DomId) -> bool {
+        self.headroom
+            .borrow()
+            .iter()
+            .any(|&(d, h)| d == dom && h > 0)
     }
 
     fn copy(&self, src: Mfn, src_offset: usize, dst: Mfn, dst_offset: usize, len: usize) {
@@ -485,10 +556,17 @@ impl<'s> Host<'s> {
                     None => -ESRCH,
                 }
             }
-            (GnttabOp::Transfer, GrantArg::Transfer(ops)) => match ops.get(..n) {
-                // Xen started with `gnttab=no-transfer` (see the module
-                // docs): the array is checked, then the call refused.
-                Some(_) => -EOPNOTSUPP,
+            (GnttabOp::Transfer, GrantArg::Transfer(ops)) => match ops.get_mut(..n) {
+                Some(ops) => {
+                    let frames =
+                        TableGrantFrames::new(&self.table, SimGrantHost::for_transfer(self));
+                    hvmem_grant::transfer(caller, &Tables(&self.grants), &frames, ops);
+                    let moves = frames.host().moves.take();
+                    for m in moves {
+                        self.apply_move(m);
+                    }
+                    0
+                }
                 None => -EFAULT,
             },
             (GnttabOp::UnmapAndReplace, GrantArg::UnmapAndReplace(ops)) => {
@@ -602,6 +680,28 @@ impl<'s> Host<'s> {
             }
         }
         0
+    }
+
+    /// Records a frame a transfer moved (see the module docs): the frame
+    /// table already shows the move.
+    fn apply_move(&mut self, m: FrameMove) {
+        match m {
+            FrameMove::Stolen { dom, mfn } => {
+                self.remove_from_physmap(mfn);
+                self.set_record(mfn, crate::host::HOST_OWNER, crate::host::INVALID);
+                let _ = self.books.decrease_reservation(dom, 1, 0);
+                self.adjust_owned(dom, -1);
+                self.host_frames += 1;
+            }
+            FrameMove::Assigned { dom, mfn, gfn } => {
+                self.set_record(mfn, dom.get(), crate::host::INVALID);
+                self.set_machphys(dom, mfn, gfn);
+                let grown = self.books.populate_physmap(dom, 1, 0);
+                debug_assert_eq!(grown, Ok(1), "{dom} received {mfn} without headroom");
+                self.adjust_owned(dom, 1);
+                self.host_frames = self.host_frames.saturating_sub(1);
+            }
+        }
     }
 
     fn grant_map(&mut self, caller: DomId, ops: &mut [GnttabMapGrantRef]) {

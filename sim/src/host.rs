@@ -59,13 +59,13 @@ pub const FIRST_MFN: u64 = 0x100;
 pub const MAX_PHYS_BITS: u8 = 46;
 
 /// No M2P / physmap entry.
-const INVALID: u64 = u64::MAX;
+pub(crate) const INVALID: u64 = u64::MAX;
 
 /// The record of a frame with no owner.
 const NO_OWNER: u16 = u16::MAX;
 
 /// The record of a host-owned frame.
-const HOST_OWNER: u16 = DomId::XEN.get();
+pub(crate) const HOST_OWNER: u16 = DomId::XEN.get();
 
 /// The record of a host-owned frame lent to tmem (the frame table says
 /// `Owner::Host`; the host's record tells the two apart).
@@ -205,6 +205,8 @@ pub struct Domain {
     physmap: Vec<u64>,
     /// Frames the frame table says the domain owns.
     owned: u64,
+    /// Being destroyed: it receives no more frames (Xen's `is_dying`).
+    dying: bool,
 }
 
 impl Domain {
@@ -218,6 +220,13 @@ impl Domain {
     #[must_use]
     pub fn owned(&self) -> u64 {
         self.owned
+    }
+
+    /// Whether it is being destroyed (waiting for others to let go of its
+    /// frames or grants); it receives no more frames.
+    #[must_use]
+    pub fn is_dying(&self) -> bool {
+        self.dying
     }
 
     /// Size of its physmap (its static maximum).
@@ -445,6 +454,13 @@ impl<'s> Host<'s> {
         self.domains.iter().position(|d| d.id == id)
     }
 
+    /// Adds `delta` to the frames `dom` owns.
+    pub(crate) fn adjust_owned(&mut self, dom: DomId, delta: i64) {
+        if let Some(d) = self.domains.iter_mut().find(|d| d.id == dom) {
+            d.owned = d.owned.saturating_add_signed(delta);
+        }
+    }
+
     pub(crate) fn index(&self, mfn: Mfn) -> Option<usize> {
         let i = mfn.get().checked_sub(self.first)?;
         if i < self.frames {
@@ -529,6 +545,7 @@ impl<'s> Host<'s> {
             id,
             physmap: vec![INVALID; physmap],
             owned: 0,
+            dying: false,
         });
         // Every domain slot has grant storage, so this cannot fail.
         let granted = self.grant_create(id);
@@ -569,6 +586,9 @@ impl<'s> Host<'s> {
     /// domain then stays (dying) until they are unmapped and this is called
     /// again.
     pub fn destroy_domain(&mut self, id: DomId) -> Result<(), u64> {
+        if let Some(d) = self.domains.iter_mut().find(|d| d.id == id) {
+            d.dying = true;
+        }
         self.tmem_destroy_client(id);
         let pinned = self.grant_release(id) as u64;
         {
@@ -602,6 +622,9 @@ impl<'s> Host<'s> {
         address_bits: u32,
     ) -> Option<Mfn> {
         let d = self.domain_index(dom)?;
+        if self.domains.get(d)?.dying {
+            return None;
+        }
         let n = order.frames();
         if let Some(gfn) = gfn {
             // The extent must lie in the physmap (the sim's physmap is the

@@ -37,7 +37,7 @@ fn count(n: u64) -> String {
 /// The rows of the table: label and one cell per policy.
 fn rows(outcomes: &[Outcome]) -> Vec<(&'static str, Vec<String>)> {
     type Cell = fn(&PolicyReport) -> String;
-    let metrics: [(&'static str, Cell); 13] = [
+    let metrics: [(&'static str, Cell); 14] = [
         ("memory utilization (working set / guest RAM)", |r| {
             pct(r.utilization_per_mille)
         }),
@@ -76,6 +76,9 @@ fn rows(outcomes: &[Outcome]) -> Vec<(&'static str, Vec<String>)> {
         }),
         ("split-driver I/O through grants: writes / reads", |r| {
             format!("{} / {}", count(r.io.writes), count(r.io.reads))
+        }),
+        ("packets by page flipping: received / dropped", |r| {
+            format!("{} / {}", count(r.io.flips), count(r.io.flips_dropped))
         }),
         ("processes created (page-table trees)", |r| {
             count(r.stats.processes)
@@ -242,7 +245,7 @@ pub fn json(config: &Config, outcomes: &[Outcome]) -> String {
                         "\"accesses\":{},\"misses\":{},\"miss_per_mille\":{},",
                         "\"swap_to_disk_avoided\":{},\"tmem_hits\":{},\"tmem_gets\":{},",
                         "\"tmem_checks\":{},\"disk_reads\":{},\"swap_disk_writes\":{},\"final_tmem\":{},",
-                        "\"io_writes\":{},\"io_reads\":{},",
+                        "\"io_writes\":{},\"io_reads\":{},\"io_flips\":{},\"io_flips_dropped\":{},",
                         "\"ballooned_in_pages\":{},\"ballooned_out_pages\":{},",
                         "\"processes\":{},\"hypercalls\":{},\"hypercalls_per_sec\":{:.0},",
                         "\"counter_checks\":{},\"audits\":{},\"data_checks\":{},",
@@ -265,6 +268,8 @@ pub fn json(config: &Config, outcomes: &[Outcome]) -> String {
                     r.final_tmem,
                     r.io.writes,
                     r.io.reads,
+                    r.io.flips,
+                    r.io.flips_dropped,
                     r.stats.ballooned_in,
                     r.stats.ballooned_out,
                     r.stats.processes,

@@ -20,19 +20,32 @@
 //!    (`GNTTABOP_copy`, `GNTCOPY_dest_gref`), the frontend ends access and
 //!    finds the backend's data in its buffer.
 //!
-//! Every status must be `GNTST_okay` and every page must hold what was
-//! written: anything else is a [`Violation`].
+//! 4. A packet received by page flipping, as netback and netfront did
+//!    before grant copies: at setup the frontend gave back the frame of an
+//!    rx slot (`decrease_reservation`) and offered the slot to the backend
+//!    (an accept-transfer entry). The backend fills a page of its own with
+//!    the packet and transfers the frame (`GNTTABOP_transfer`); the
+//!    frontend collects it (`end_transfer`), finds the packet at its rx
+//!    slot, gives the frame back and offers the slot again. The backend
+//!    repopulates the guest frame it gave away (`populate_physmap`) before
+//!    its next packet. A frame Xen could not deliver, or a backend the
+//!    host has no memory for, is a dropped packet, as it was in Linux.
+//!
+//! Every other status must be `GNTST_okay` and every page must hold what
+//! was written: anything else is a [`Violation`].
 
 use hvmem_grant::{
     GntCopyFlags, GntMapFlags, GntSt, GnttabCopy, GnttabCopyPtr, GnttabMapGrantRef,
-    GnttabQuerySize, GnttabSetVersion, GnttabSetupTable, GnttabUnmapGrantRef, GrantRef,
+    GnttabQuerySize, GnttabSetVersion, GnttabSetupTable, GnttabTransfer, GnttabUnmapGrantRef,
+    GrantRef, TransferEnd,
 };
 use hvmem_types::{DomId, Gfn, Mfn};
 
+use crate::abi::{XENMEM_DECREASE_RESERVATION, XENMEM_POPULATE_PHYSMAP};
 use crate::grant::GrantArg;
 use crate::guest::Guest;
 use crate::host::Host;
-use crate::hypercall::Hypercall;
+use crate::hypercall::{Hypercall, MemoryArg, Reservation};
 use crate::invariants::Violation;
 use crate::rng::mix;
 
@@ -41,12 +54,15 @@ use crate::rng::mix;
 const WRITE_REF: GrantRef = GrantRef(8);
 /// The grant reference of a frontend's read buffer.
 const READ_REF: GrantRef = GrantRef(9);
+/// The grant reference of a frontend's rx slot (accept transfer).
+const RX_REF: GrantRef = GrantRef(10);
 
 /// `GNTTABOP_map_grant_ref`, `unmap_grant_ref`, `setup_table`, `copy`,
 /// `query_size`, `set_version`.
 const MAP: u32 = 0;
 const UNMAP: u32 = 1;
 const SETUP: u32 = 2;
+const TRANSFER: u32 = 4;
 const COPY: u32 = 5;
 const QUERY: u32 = 6;
 const SET_VERSION: u32 = 8;
@@ -58,7 +74,13 @@ pub struct IoStats {
     pub writes: u64,
     /// Block reads (backend data copied into a frontend grant).
     pub reads: u64,
-    /// `grant_table_op` hypercalls issued.
+    /// Packets received by page flipping (a frame transferred from the
+    /// backend to a frontend).
+    pub flips: u64,
+    /// Packets dropped: the frame could not be delivered, or the backend
+    /// had no frame to send.
+    pub flips_dropped: u64,
+    /// `grant_table_op` and `memory_op` hypercalls issued.
     pub hypercalls: u64,
 }
 
@@ -67,6 +89,9 @@ struct Frontend {
     dom: DomId,
     write_buf: Gfn,
     read_buf: Gfn,
+    /// The guest frame transferred packets arrive at (empty while it
+    /// waits for one).
+    rx_slot: Gfn,
     /// The write in flight: backend handle, host address, frame and data.
     inflight: Option<(u32, u64, Mfn, u64)>,
 }
@@ -76,6 +101,8 @@ struct Frontend {
 pub struct SplitIo {
     backend: DomId,
     backend_buf: Gfn,
+    /// The backend's guest frame it flips packets from.
+    flip_buf: Gfn,
     frontends: Vec<Frontend>,
     serial: u64,
     /// What they did.
@@ -85,6 +112,27 @@ pub struct SplitIo {
 fn grant_call(host: &mut Host<'_>, dom: DomId, cmd: u32, arg: GrantArg<'_>) -> i64 {
     host.hypercall(dom, Hypercall::GrantTableOp { cmd, count: 1, arg })
         .rc
+}
+
+/// `memory_op` `cmd` on one order-0 extent: a machine frame to give back
+/// (decrease), or a guest frame to fill (populate). Returns the extents
+/// done.
+fn reservation(host: &mut Host<'_>, dom: DomId, cmd: u32, frame: u64) -> i64 {
+    let mut list = [frame];
+    host.hypercall(
+        dom,
+        Hypercall::MemoryOp {
+            cmd: u64::from(cmd),
+            arg: MemoryArg::Reservation(Reservation {
+                extents: Some(&mut list),
+                nr_extents: 1,
+                extent_order: 0,
+                mem_flags: 0,
+                domid: DomId::SELF,
+            }),
+        },
+    )
+    .rc
 }
 
 fn mfn_of(host: &Host<'_>, dom: DomId, gfn: Gfn) -> Result<Mfn, Violation> {
@@ -114,18 +162,19 @@ impl SplitIo {
         if rest.is_empty() {
             return Ok(None);
         }
-        let Some(&[backend_buf]) = backend.take_io_pages(1).as_deref() else {
+        let Some(&[backend_buf, flip_buf]) = backend.take_io_pages(2).as_deref() else {
             return Ok(None);
         };
         let mut io = Self {
             backend: backend.id(),
             backend_buf,
+            flip_buf,
             frontends: Vec::new(),
             serial: 0,
             stats: IoStats::default(),
         };
         for (i, g) in rest.iter_mut().enumerate() {
-            let Some(&[write_buf, read_buf]) = g.take_io_pages(2).as_deref() else {
+            let Some(&[write_buf, read_buf, rx_slot]) = g.take_io_pages(3).as_deref() else {
                 return Ok(None);
             };
             let dom = g.id();
@@ -163,10 +212,12 @@ impl SplitIo {
                     return Err(bad);
                 }
             }
+            io.give_back_rx_slot(host, dom, rx_slot)?;
             io.frontends.push(Frontend {
                 dom,
                 write_buf,
                 read_buf,
+                rx_slot,
                 inflight: None,
             });
         }
@@ -189,8 +240,93 @@ impl SplitIo {
             self.complete_write(host, i)?;
             self.write(host, i)?;
             self.read(host, i)?;
+            self.receive(host, i)?;
         }
         Ok(())
+    }
+
+    /// The frontend gives the frame at its rx slot back to Xen and offers
+    /// the slot to the backend for the next packet.
+    fn give_back_rx_slot(
+        &mut self,
+        host: &mut Host<'_>,
+        dom: DomId,
+        rx_slot: Gfn,
+    ) -> Result<(), Violation> {
+        let mfn = mfn_of(host, dom, rx_slot)?;
+        if reservation(host, dom, XENMEM_DECREASE_RESERVATION, mfn.get()) != 1 {
+            return Err(Violation::DomainPages {
+                domid: dom,
+                books: 1,
+                frames: 0,
+            });
+        }
+        self.stats.hypercalls += 1;
+        // PV: the offer names the pseudo-physical frame to fill.
+        let offered = host
+            .guest_grant_table(dom)
+            .map(|t| t.grant_transfer(RX_REF, self.backend, rx_slot));
+        if offered != Some(Ok(())) {
+            return Err(grant_failed(mfn));
+        }
+        Ok(())
+    }
+
+    fn receive(&mut self, host: &mut Host<'_>, i: usize) -> Result<(), Violation> {
+        let backend = self.backend;
+        let Some((dom, rx_slot)) = self.frontends.get(i).map(|f| (f.dom, f.rx_slot)) else {
+            return Ok(());
+        };
+        // The backend's packet page, repopulated after the last flip.
+        let src = match host.domain(backend).and_then(|d| d.mfn(self.flip_buf)) {
+            Some(mfn) => mfn,
+            None => {
+                self.stats.hypercalls += 1;
+                let filled =
+                    reservation(host, backend, XENMEM_POPULATE_PHYSMAP, self.flip_buf.get());
+                match host.domain(backend).and_then(|d| d.mfn(self.flip_buf)) {
+                    Some(mfn) if filled == 1 => mfn,
+                    _ => {
+                        self.stats.flips_dropped += 1;
+                        return Ok(());
+                    }
+                }
+            }
+        };
+        let fp = self.fingerprint(backend);
+        host.guest_store(backend, src, fp)
+            .map_err(|_| Violation::GuestData { mfn: src })?;
+        let mut op = [GnttabTransfer {
+            mfn: src.get(),
+            domid: dom.get(),
+            gref: RX_REF.0,
+            ..Default::default()
+        }];
+        let rc = grant_call(host, backend, TRANSFER, GrantArg::Transfer(&mut op));
+        self.stats.hypercalls += 1;
+        if rc != 0 {
+            return Err(grant_failed(src));
+        }
+        if op[0].status == GntSt::GeneralError.raw() {
+            // Not delivered (the frontend is at its max_pages): the frame
+            // is gone, the offer stands for the next packet.
+            self.stats.flips_dropped += 1;
+            return Ok(());
+        }
+        if op[0].status != GntSt::Okay.raw() {
+            return Err(grant_failed(src));
+        }
+        let ended = host.guest_grant_table(dom).map(|t| t.end_transfer(RX_REF));
+        if ended != Some(Ok(TransferEnd::Received(src.get())))
+            || host.domain(dom).and_then(|d| d.mfn(rx_slot)) != Some(src)
+        {
+            return Err(grant_failed(src));
+        }
+        if host.memory().fingerprint(src) != Some(fp) {
+            return Err(Violation::GuestData { mfn: src });
+        }
+        self.stats.flips += 1;
+        self.give_back_rx_slot(host, dom, rx_slot)
     }
 
     fn complete_write(&mut self, host: &mut Host<'_>, i: usize) -> Result<(), Violation> {

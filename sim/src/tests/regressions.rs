@@ -9,7 +9,7 @@ use hvmem_types::{DomId, Gfn, Mfn};
 use hvmem_grant::{
     GntSt, GnttabCacheFlush, GnttabGetStatusFrames, GnttabGetVersion, GnttabMapGrantRef,
     GnttabQuerySize, GnttabSetVersion, GnttabSetupTable, GnttabSwapGrantRef, GnttabTransfer,
-    GnttabUnmapAndReplace, GnttabUnmapGrantRef, GrantRef,
+    GnttabUnmapAndReplace, GnttabUnmapGrantRef, GrantRef, TransferEnd,
 };
 
 use super::*;
@@ -269,6 +269,112 @@ fn grant(host: &mut Host<'_>, caller: DomId, cmd: u32, count: u32, arg: GrantArg
         .rc
 }
 
+fn transfer_op(mfn: Mfn, to: DomId, gref: u32) -> GnttabTransfer {
+    GnttabTransfer {
+        mfn: mfn.get(),
+        domid: to.get(),
+        gref,
+        ..Default::default()
+    }
+}
+
+fn transfer(host: &mut Host<'_>, from: DomId, mfn: Mfn, to: DomId, gref: u32) -> i16 {
+    let mut op = [transfer_op(mfn, to, gref)];
+    assert_eq!(grant(host, from, 4, 1, GrantArg::Transfer(&mut op)), 0);
+    op[0].status
+}
+
+/// `GNTTABOP_transfer` (PV page flipping): the frame leaves the sender's
+/// physmap and `tot_pages` and arrives, with its contents, at the guest
+/// frame the receiver's accept-transfer entry names, with the receiver's
+/// `tot_pages` one higher. A frame the sender does not own, or still uses,
+/// stays where it is; one that cannot be delivered (no such receiver, no
+/// offer, a receiver at its `max_pages`) is lost to the sender and freed.
+#[test]
+fn grant_transfer_moves_the_frame_with_both_domains_books() {
+    let mut storage = storage();
+    let mut host = two_guests(&mut storage);
+    let tot = |host: &Host<'_>, d| host.books().domain(d).unwrap().tot_pages;
+    // D2 gives up guest frame 40 and offers the slot to D1.
+    let mut list = [mfn_of(&host, D2, 40).get()];
+    assert_eq!(
+        memory_op(
+            &mut host,
+            D2,
+            XENMEM_DECREASE_RESERVATION,
+            DomId::SELF,
+            &mut list,
+            0
+        ),
+        1
+    );
+    let offer = |host: &Host<'_>, gref: u32, gfn: u64| {
+        host.guest_grant_table(D2)
+            .unwrap()
+            .grant_transfer(GrantRef(gref), D1, Gfn::new(gfn))
+            .unwrap();
+    };
+    offer(&host, 8, 40);
+    let page = mfn_of(&host, D1, 22);
+    host.guest_store(D1, page, 0xfeed_0200).unwrap();
+    let before = (tot(&host, D1), tot(&host, D2));
+    assert_eq!(transfer(&mut host, D1, page, D2, 8), GntSt::Okay.raw());
+    assert_eq!(host.recorded_owner(page), Some(Owner::Domain(D2)));
+    assert_eq!(host.domain(D1).unwrap().mfn(Gfn::new(22)), None);
+    assert_eq!(host.domain(D2).unwrap().mfn(Gfn::new(40)), Some(page));
+    assert_eq!(
+        (tot(&host, D1), tot(&host, D2)),
+        (before.0 - 1, before.1 + 1)
+    );
+    assert_eq!(host.memory().fingerprint(page), Some(0xfeed_0200));
+    assert_eq!(
+        host.guest_grant_table(D2)
+            .unwrap()
+            .end_transfer(GrantRef(8)),
+        Ok(TransferEnd::Received(page.get()))
+    );
+    host.audit().unwrap();
+
+    // Not the sender's frame, or a frame its page tables use: it stays.
+    offer(&host, 9, 41);
+    let theirs = mfn_of(&host, D2, 41);
+    assert_eq!(transfer(&mut host, D1, theirs, D2, 9), GntSt::BadPage.raw());
+    let data = mfn_of(&host, D1, 10);
+    process(&mut host, D1, 0, data);
+    assert_eq!(
+        transfer(&mut host, D1, data, D2, 9),
+        GntSt::GeneralError.raw()
+    );
+    assert_eq!(host.recorded_owner(data), Some(Owner::Domain(D1)));
+    assert_eq!(host.recorded_owner(theirs), Some(Owner::Domain(D2)));
+    host.audit().unwrap();
+
+    // Undeliverable (no offer, no such domain, then a receiver at its
+    // max_pages): the sender loses the frame, the heap gets it back.
+    for (gfn, to, gref, st) in [
+        (23, D2, 10, GntSt::GeneralError),
+        (24, DomId::new(7), 9, GntSt::BadDomain),
+        (25, D2, 9, GntSt::GeneralError),
+    ] {
+        if gfn == 25 {
+            host.set_max_pages(D2, tot(&host, D2));
+        }
+        let lost = mfn_of(&host, D1, gfn);
+        let (free, held) = (host.free_frames(), tot(&host, D1));
+        assert_eq!(transfer(&mut host, D1, lost, to, gref), st.raw());
+        assert_eq!(host.recorded_owner(lost), None);
+        assert_eq!((host.free_frames(), tot(&host, D1)), (free + 1, held - 1));
+        host.audit().unwrap();
+    }
+    // The offer the full receiver could not take is still there to cancel.
+    assert_eq!(
+        host.guest_grant_table(D2)
+            .unwrap()
+            .end_transfer(GrantRef(9)),
+        Ok(TransferEnd::Cancelled)
+    );
+}
+
 fn map(host: &mut Host<'_>, mapper: DomId, granter: DomId, gref: u32, flags: u32) -> (i16, u32) {
     let mut op = [GnttabMapGrantRef {
         host_addr: 0x1000,
@@ -469,7 +575,7 @@ fn grant_table_op_returns_what_xen_returns() {
 }
 
 /// The grant sub-operations beyond map, unmap, copy and the table calls
-/// return what Xen (x86, PV guests, `gnttab=no-transfer`) returns, and the
+/// return what Xen (x86, PV guests) returns, and the
 /// invariants keep holding through them.
 #[test]
 fn grant_swap_version_status_frames_replace_flush_and_transfer_return_what_xen_returns() {
@@ -622,14 +728,8 @@ fn grant_swap_version_status_frames_replace_flush_and_transfer_return_what_xen_r
         -EINVAL
     );
 
-    // transfer: the sim runs as Xen with `gnttab=no-transfer`.
-    let mut tr = [GnttabTransfer {
-        mfn: mfn_of(&host, D1, 22).get(),
-        domid: D2.get(),
-        gref: 8,
-        ..Default::default()
-    }];
-    assert_eq!(grant(&mut host, D1, 4, 1, GrantArg::Transfer(&mut tr)), -95);
+    // transfer: a count beyond the array cannot be read.
+    let mut tr = [transfer_op(mfn_of(&host, D1, 22), D2, 8)];
     assert_eq!(
         grant(&mut host, D1, 4, 2, GrantArg::Transfer(&mut tr)),
         -EFAULT

@@ -42,6 +42,13 @@ fn every_scenario_and_offered_policy_runs_with_invariants_checked() {
             // second's writes are still mapped at the end).
             assert_eq!(r.io.reads, 2 * config.steps, "{s:?} {p:?}");
             assert_eq!(r.io.writes, 2 * (config.steps - 1), "{s:?} {p:?}");
+            // Two frontends receive a flipped packet every second, or drop
+            // it (no memory for the backend, or a frontend at its max).
+            assert_eq!(
+                r.io.flips + r.io.flips_dropped,
+                2 * config.steps,
+                "{s:?} {p:?}"
+            );
             if p == Policy::Toolstack {
                 assert!(r.stats.ballooned_in + r.stats.ballooned_out > 0, "{p:?}");
             }
