@@ -97,8 +97,6 @@ pub enum GrantError {
     ReceiverFull,
     /// More frames than the table's limit, or the table could not grow.
     TooManyFrames,
-    /// The operation needs a v2 table.
-    NotVersion2,
     /// Writing the frame list back to the guest failed.
     BadFrameList,
     /// A swapped entry is pinned by a mapping or copy; retry later.
@@ -137,7 +135,6 @@ impl GrantError {
             | Self::CopyOutsideWindow
             | Self::ReceiverFull
             | Self::TooManyFrames
-            | Self::NotVersion2
             | Self::ReplaceRefused => GntSt::GeneralError,
         }
     }
@@ -168,7 +165,6 @@ impl fmt::Display for GrantError {
             Self::AddressTooBig => "receiver cannot address the frame",
             Self::ReceiverFull => "receiver cannot take another frame",
             Self::TooManyFrames => "more frames than the table allows",
-            Self::NotVersion2 => "operation needs a v2 table",
             Self::BadFrameList => "frame list could not be written",
             Self::EntryBusy => "entry is in use",
             Self::ReplaceRefused => "the mapping at the new address cannot be moved",

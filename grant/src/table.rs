@@ -762,8 +762,11 @@ pub fn query_size(table: Option<&GrantTable<'_>>, op: &mut GnttabQuerySize) {
 
 /// `GNTTABOP_get_status_frames` on `table` (`None`: no such domain):
 /// writes the numbers of the first `op.nr_frames` status frames into
-/// `frame_list`. A v1 table, or a request beyond the status frames, is
-/// refused (XSA-382: never read past the status-frame array).
+/// `frame_list`. As in Xen, the only bound is the number of status frames
+/// the table has, which is 0 for a v1 table: asking a v1 table for none
+/// succeeds and writes nothing, asking it for one or more is
+/// `GNTST_general_error`, and so is asking a v2 table for more than it has
+/// (XSA-382: never read past the status-frame array).
 pub fn get_status_frames(
     table: Option<&GrantTable<'_>>,
     op: &mut GnttabGetStatusFrames,
@@ -771,9 +774,8 @@ pub fn get_status_frames(
 ) {
     let result = (|| {
         let table = table.ok_or(GrantError::UnknownDomain)?;
-        if table.version != GrantVersion::V2 {
-            return Err(GrantError::NotVersion2);
-        }
+        // No version check of its own (Xen has none): a v1 table has no
+        // status frames, so this bound refuses any request but an empty one.
         if op.nr_frames > table.nr_status_frames {
             return Err(GrantError::TooManyFrames);
         }

@@ -710,6 +710,39 @@ fn xsa_382_status_frame_request_beyond_the_array_is_refused() {
 }
 
 #[test]
+fn get_status_frames_is_bounded_only_by_the_status_frames_a_v1_table_has_none() {
+    let store = Store::new(4);
+    let env = Env::new(&store);
+    let mut table = env.table(0);
+    let untouched = [0xdead_u64; 2];
+    // v1: no status frames, so an empty request succeeds and writes
+    // nothing, and any other is GNTST_general_error (as Xen, which has no
+    // version check of its own here).
+    for (nr_frames, status) in [
+        (0, OK),
+        (1, GntSt::GeneralError.raw()),
+        (u32::MAX, GntSt::GeneralError.raw()),
+    ] {
+        let mut list = untouched;
+        let mut op = GnttabGetStatusFrames {
+            nr_frames,
+            ..Default::default()
+        };
+        get_status_frames(Some(&table), &mut op, &mut list);
+        assert_eq!(op.status, status, "v1, {nr_frames} frames");
+        assert_eq!(list, untouched, "v1, {nr_frames} frames");
+    }
+    // v2: an empty request succeeds too, and writes nothing.
+    table
+        .set_version(&mut GnttabSetVersion { version: 2 })
+        .unwrap();
+    let mut list = untouched;
+    let mut op = GnttabGetStatusFrames::default();
+    get_status_frames(Some(&table), &mut op, &mut list);
+    assert_eq!((op.status, list), (OK, untouched));
+}
+
+#[test]
 fn setup_table_grows_up_to_the_limit_and_query_size_reports_it() {
     let store = Store::new(4);
     let env = Env::new(&store);
