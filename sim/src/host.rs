@@ -207,6 +207,8 @@ pub struct Domain {
     owned: u64,
     /// Being destroyed: it receives no more frames (Xen's `is_dying`).
     dying: bool,
+    /// Pages its persistent tmem pools hold, charged to its `tot_pages`.
+    pub(crate) tmem_persistent: u64,
 }
 
 impl Domain {
@@ -220,6 +222,14 @@ impl Domain {
     #[must_use]
     pub fn owned(&self) -> u64 {
         self.owned
+    }
+
+    /// Pages its persistent tmem pools hold: they count in its `tot_pages`
+    /// and against its `max_pages`, as in Xen (the frames themselves are
+    /// the host's, lent to tmem).
+    #[must_use]
+    pub fn tmem_persistent(&self) -> u64 {
+        self.tmem_persistent
     }
 
     /// Whether it is being destroyed (waiting for others to let go of its
@@ -546,6 +556,7 @@ impl<'s> Host<'s> {
             physmap: vec![INVALID; physmap],
             owned: 0,
             dying: false,
+            tmem_persistent: 0,
         });
         // Every domain slot has grant storage, so this cannot fail.
         let granted = self.grant_create(id);
@@ -561,7 +572,7 @@ impl<'s> Host<'s> {
         }
         // The claim is used up; cancel what is left of it.
         let _ = self.books.claim_pages(id, 0);
-        self.tmem_create_client(id, max_pages);
+        self.tmem_create_client(id);
         Ok(())
     }
 

@@ -5,14 +5,17 @@
 //! - [`Host::check_counters`], O(domains), after every step: the heap's free
 //!   frames equal the books' free pages; the books are conserved (free +
 //!   every domain's pages = guest memory, claims within free memory); each
-//!   domain's pages in the books equal the frames the host counts for it and
-//!   stay within its `max_pages`; free + domains' + host's + tmem's frames
-//!   = all frames; the frames lent to tmem are exactly those holding its
-//!   pages, and the books charge them to tmem's entry.
+//!   domain's pages in the books equal the frames the host counts for it
+//!   plus the pages its persistent tmem pools hold, and stay within its
+//!   `max_pages`; free + domains' + host's + tmem's frames = all frames;
+//!   the frames lent to tmem are exactly those holding its pages, and the
+//!   books charge them to tmem's entry but for the persistent pages the
+//!   domains pay for.
 //! - [`Host::audit`], O(frames), every N steps: every frame's owner in the
 //!   frame table equals the host's record, and the per-owner counts equal
 //!   the counters above (a frame is lent to tmem in the host's records
-//!   exactly when tmem's store holds it); every physmap entry points at a frame the domain
+//!   exactly when tmem's store holds it, and each domain is charged for
+//!   exactly the pages its persistent pools hold); every physmap entry points at a frame the domain
 //!   owns whose M2P points back; every frame's general and type reference
 //!   counts equal what the live page tables hold (one general reference per
 //!   present entry in a validated table in use, plus a type reference per
@@ -102,6 +105,16 @@ pub enum Violation {
         /// Pages tmem says it holds.
         pages: u64,
     },
+    /// A domain is charged for a number of persistent tmem pages other
+    /// than its persistent pools hold.
+    TmemCharge {
+        /// The domain.
+        domid: DomId,
+        /// Pages the host charges it for.
+        charged: u64,
+        /// Pages its persistent pools hold.
+        held: u64,
+    },
     /// An honest split driver's grant operation failed (the frame
     /// involved, or the domain id for a table setup).
     Grant {
@@ -161,30 +174,35 @@ impl Host<'_> {
         if !self.books.is_conserved() {
             return Err(Violation::BooksNotConserved);
         }
-        let mut owned = 0u64;
+        let (mut owned, mut persistent) = (0u64, 0u64);
         for d in &self.domains {
             let b = self
                 .books
                 .domain(d.id())
                 .ok_or(Violation::BooksNotConserved)?;
-            if b.tot_pages != d.owned() {
+            // Its frames and its persistent tmem pages (the audit checks the
+            // latter against tmem's own count).
+            let held = d.tmem_persistent();
+            if b.tot_pages != d.owned() + held {
                 return Err(Violation::DomainPages {
                     domid: d.id(),
                     books: b.tot_pages,
-                    frames: d.owned(),
+                    frames: d.owned() + held,
                 });
             }
             if b.tot_pages > b.max_pages {
                 return Err(Violation::AboveMax { domid: d.id() });
             }
             owned += d.owned();
+            persistent += held;
         }
         if heap + owned + self.host_frames + self.tmem_frames != self.total_frames() {
             return Err(Violation::FramesNotConserved);
         }
         // tmem: at rest every lent frame holds a page (one page per frame:
-        // no compression or deduplication here), and the books charge
-        // exactly the lent frames.
+        // no compression or deduplication here), and the books charge the
+        // lent frames to tmem but for the persistent pages, which the
+        // domains above pay for.
         let store = self.tmem.store();
         let charged = self
             .books
@@ -194,7 +212,7 @@ impl Host<'_> {
         if self.tmem_frames != store.lent()
             || store.lent() != store.in_use()
             || store.in_use() != pages
-            || charged != self.tmem_frames
+            || charged.checked_add(persistent) != Some(self.tmem_frames)
         {
             return Err(Violation::TmemFrames {
                 lent: self.tmem_frames,
@@ -315,6 +333,14 @@ impl Host<'_> {
                     domid: d.id(),
                     books: d.owned(),
                     frames: count,
+                });
+            }
+            let held = self.tmem_persistent_held(d.id());
+            if held != d.tmem_persistent() {
+                return Err(Violation::TmemCharge {
+                    domid: d.id(),
+                    charged: d.tmem_persistent(),
+                    held,
                 });
             }
         }

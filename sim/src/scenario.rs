@@ -16,7 +16,7 @@ use hvmem_balloon_proto::xen::toolstack::{DomainBounds, Mode, Toolstack};
 use hvmem_types::DomId;
 
 use crate::guest::{Guest, GuestStats, Workload};
-use crate::host::{Host, HostConfig, HostStorage, MAX_DOMAINS};
+use crate::host::{Domain, Host, HostConfig, HostStorage, MAX_DOMAINS};
 use crate::invariants::Violation;
 
 /// How memory is shared among the guests.
@@ -190,7 +190,8 @@ impl Config {
 pub struct Sample {
     /// Simulated second.
     pub second: u64,
-    /// `tot_pages` per guest, in guest order.
+    /// Frames each guest owns (its `tot_pages` less its persistent tmem
+    /// pages, which are tmem frames), in guest order.
     pub pages: Vec<u64>,
     /// Free pages of the host.
     pub free: u64,
@@ -378,11 +379,12 @@ pub fn run(
             report.audits += 1;
         }
         used_sum += u128::from(guests.iter().map(Guest::resident).sum::<u64>());
-        // What the guests hold: neither free memory nor tmem's frames.
+        // What the guests hold: neither free memory nor tmem's frames
+        // (their persistent tmem pages count in their tot_pages, not here).
         held_sum += u128::from(
             guests
                 .iter()
-                .map(|g| host.books().domain(g.id()).map_or(0, |d| d.tot_pages))
+                .map(|g| host.domain(g.id()).map_or(0, Domain::owned))
                 .sum::<u64>(),
         );
         if now % config.sample_every == 0 || now + 1 == config.steps {
@@ -428,7 +430,7 @@ fn sample(host: &Host<'_>, guests: &[Guest], second: u64) -> Sample {
         second,
         pages: guests
             .iter()
-            .map(|g| host.books().domain(g.id()).map_or(0, |d| d.tot_pages))
+            .map(|g| host.domain(g.id()).map_or(0, Domain::owned))
             .collect(),
         free: host.free_frames(),
         tmem: host.tmem_frames(),

@@ -25,9 +25,20 @@
 //! When a domain needs memory the heap does not have, the host evicts
 //! ephemeral pages ([`Tmem::evict`]) and returns their frames to the heap
 //! before it allocates (Xen's `tmem_relinquish_pages`). Persistent pages
-//! are never evicted; each client may hold at most an eighth of its
-//! domain's maximum as persistent pages (its quota, set when the domain is
-//! created).
+//! are never evicted.
+//!
+//! # Who pays for a page
+//!
+//! As in Xen, an ephemeral page is charged to the host (its frame counts in
+//! [`TMEM_BOOKS`]), a persistent page to the domain that put it: it counts
+//! in the domain's `tot_pages` and against its `max_pages`, so a domain at
+//! its limit can store nothing in a persistent pool (the put fails with
+//! `-ENOMEM` and, by frontswap's rule, the old copy for that key is gone).
+//! Before each `tmem_op` the host sets the client's persistent quota to
+//! what the domain may still hold (`max_pages` less the pages it holds
+//! outside tmem); after it, the books move the charge for the domain's
+//! persistent pages between [`TMEM_BOOKS`] and the domain. The frames stay
+//! the host's, lent to tmem, either way.
 //!
 //! # Page contents
 //!
@@ -41,8 +52,8 @@
 use hvmem_frametable::{FrameTable, FrameType, Owner, TrustContents};
 use hvmem_tmem_pool::hypercall::{GuestFault, GuestPages, do_tmem_op};
 use hvmem_tmem_pool::{
-    ClientConfig, FrameId, GetOutcome, Oid, PAGE_BYTES, Page, PageStore, PoolId, Tmem, TmemLayout,
-    abi::TmemOp,
+    ClientConfig, FrameId, GetOutcome, Oid, PAGE_BYTES, POOLS_PER_CLIENT, Page, PageStore, PoolId,
+    Tmem, TmemLayout, abi::TmemOp,
 };
 use hvmem_types::{DomId, Mfn, PageOrder};
 
@@ -283,15 +294,70 @@ impl Host<'_> {
         &self.tmem
     }
 
-    /// Creates `dom`'s tmem client with its persistent quota (an eighth of
-    /// its maximum). A host whose client slots are full leaves it to the
-    /// first `tmem_op`, which then fails with `-ENOMEM`.
-    pub(crate) fn tmem_create_client(&mut self, dom: DomId, max_pages: u64) {
-        let config = ClientConfig {
-            persistent_quota: u32::try_from(max_pages / 8).unwrap_or(u32::MAX),
-            ..ClientConfig::default()
+    /// Creates `dom`'s tmem client (its persistent quota follows its
+    /// headroom, set before each `tmem_op`). A host whose client slots are
+    /// full leaves it to the first `tmem_op`, which then fails with
+    /// `-ENOMEM`.
+    pub(crate) fn tmem_create_client(&mut self, dom: DomId) {
+        let _ = self.tmem.create_client(dom, ClientConfig::default());
+    }
+
+    /// Pages `dom`'s persistent pools hold, as tmem counts them.
+    #[must_use]
+    pub fn tmem_persistent_held(&self, dom: DomId) -> u64 {
+        let Some(client) = self.tmem.client_of(dom) else {
+            return 0;
         };
-        let _ = self.tmem.create_client(dom, config);
+        (0..POOLS_PER_CLIENT as u32)
+            .map(PoolId)
+            .filter(|&p| self.tmem.pool_kind(client, p).is_ok_and(|k| k.persistent))
+            .filter_map(|p| self.tmem.pool_stats(client, p).ok())
+            .map(|s| s.pages)
+            .sum()
+    }
+
+    /// Lets `dom`'s client hold as many persistent pages as the domain may
+    /// still take: `max_pages` less what it holds outside tmem.
+    fn tmem_set_persistent_quota(&mut self, dom: DomId) {
+        let (Some(client), Some(d), Some(b)) = (
+            self.tmem.client_of(dom),
+            self.domain(dom),
+            self.books.domain(dom),
+        ) else {
+            return;
+        };
+        let outside = b.tot_pages.saturating_sub(d.tmem_persistent);
+        let quota = b.max_pages.saturating_sub(outside);
+        if let Ok(mut config) = self.tmem.client_config(client) {
+            config.persistent_quota = u32::try_from(quota).unwrap_or(u32::MAX);
+            let _ = self.tmem.set_client_config(client, config);
+        }
+    }
+
+    /// Moves the books' charge for `dom`'s persistent pages between
+    /// [`TMEM_BOOKS`] and the domain, to what its pools hold now.
+    fn tmem_charge_persistent(&mut self, dom: DomId) {
+        let held = self.tmem_persistent_held(dom);
+        let Some(d) = self.domains.iter_mut().find(|d| d.id() == dom) else {
+            return;
+        };
+        let charged = core::mem::replace(&mut d.tmem_persistent, held);
+        let (from, to, k) = if held > charged {
+            (TMEM_BOOKS, dom, held - charged)
+        } else {
+            (dom, TMEM_BOOKS, charged - held)
+        };
+        if k == 0 {
+            return;
+        }
+        // The quota kept the domain within its max_pages, and the pages
+        // freed first cover the ones taken: both always succeed.
+        let freed = self.books.decrease_reservation(from, k, 0);
+        let taken = self.books.populate_physmap(to, k, 0);
+        debug_assert!(
+            freed == Ok(k) && taken == Ok(k),
+            "moving {k} persistent pages {from} -> {to}: {freed:?} {taken:?}"
+        );
     }
 
     /// Destroys `dom`'s tmem client (its pools and pages) and takes the
@@ -300,6 +366,7 @@ impl Host<'_> {
         if let Some(client) = self.tmem.client_of(dom) {
             let _ = self.tmem.destroy_client(client);
         }
+        self.tmem_charge_persistent(dom);
         self.tmem_settle();
     }
 
@@ -356,6 +423,7 @@ impl Host<'_> {
         if op.cmd == hvmem_tmem_pool::abi::TMEM_PUT_PAGE {
             self.tmem_lend();
         }
+        self.tmem_set_persistent_quota(caller);
         let rc = {
             let Self {
                 tmem, table, mem, ..
@@ -367,6 +435,7 @@ impl Host<'_> {
             };
             do_tmem_op(tmem, caller, op, &mut pages)
         };
+        self.tmem_charge_persistent(caller);
         self.tmem_settle();
         rc
     }
@@ -433,6 +502,55 @@ mod tests {
         host.destroy_domain(d).unwrap();
         assert_eq!(host.tmem_frames(), 0);
         assert_eq!(host.free_frames(), 4096 - 16);
+        host.check_counters().unwrap();
+    }
+
+    /// A persistent page is charged to the domain that put it (its
+    /// `tot_pages`, against its `max_pages`), an ephemeral one to the host;
+    /// a domain at its limit stores nothing persistent; a flush gives the
+    /// charge back.
+    #[test]
+    fn persistent_pages_are_charged_to_the_domain_within_its_max_pages() {
+        let mut storage = HostStorage::new(HostConfig::with_mib(16));
+        let mut host = Host::boot(&mut storage).unwrap();
+        let d = DomId::new(1);
+        host.create_domain(d, 1024, 512).unwrap();
+        let tot = |host: &Host<'_>| host.books().domain(d).unwrap().tot_pages;
+        let new = |flags| TmemOp::new_pool(hvmem_tmem_pool::Uuid::NONE, flags);
+        assert_eq!(host.do_tmem(d, &new(abi::PRIVATE_PERSISTENT)), 0);
+        assert_eq!(host.do_tmem(d, &new(abi::PRIVATE_EPHEMERAL)), 1);
+        let mfn = host.domain(d).unwrap().mfn(Gfn::new(3)).unwrap();
+        host.guest_store(d, mfn, 0xabc).unwrap();
+        let key = |cmd, pool, index| TmemOp::page(cmd, pool, Oid([1, 0, 0]), index, mfn.get());
+        assert_eq!(host.do_tmem(d, &key(TMEM_PUT_PAGE, 0, 7)), 1);
+        assert_eq!(host.do_tmem(d, &key(TMEM_PUT_PAGE, 1, 7)), 1);
+        assert_eq!(
+            (tot(&host), host.domain(d).unwrap().tmem_persistent()),
+            (513, 1)
+        );
+        assert_eq!(host.tmem_frames(), 2);
+        host.check_counters().unwrap();
+        // At its limit: the next persistent put fails, an ephemeral one
+        // (the host's memory) still goes in.
+        assert!(host.set_max_pages(d, 513));
+        assert_eq!(
+            host.do_tmem(d, &key(TMEM_PUT_PAGE, 0, 8)),
+            -i64::from(abi::ENOMEM)
+        );
+        assert_eq!(host.do_tmem(d, &key(TMEM_PUT_PAGE, 1, 8)), 1);
+        assert_eq!(tot(&host), 513);
+        host.check_counters().unwrap();
+        // A flush gives the page and its charge back.
+        assert_eq!(host.do_tmem(d, &key(abi::TMEM_FLUSH_PAGE, 0, 7)), 1);
+        assert_eq!(
+            (tot(&host), host.domain(d).unwrap().tmem_persistent()),
+            (512, 0)
+        );
+        assert_eq!(host.do_tmem(d, &key(TMEM_PUT_PAGE, 0, 8)), 1);
+        assert_eq!(tot(&host), 513);
+        host.audit().unwrap();
+        host.destroy_domain(d).unwrap();
+        assert_eq!(host.tmem_frames(), 0);
         host.check_counters().unwrap();
     }
 

@@ -109,7 +109,12 @@ fn same_seed_same_report() {
 #[test]
 fn report_figures_add_up_to_the_host() {
     let config = small(Scenario::Churn, 4);
-    for p in [Policy::Static, Policy::SelfBalloon, Policy::SelfBalloonTmem] {
+    for p in [
+        Policy::Static,
+        Policy::ToolstackTmem,
+        Policy::SelfBalloon,
+        Policy::SelfBalloonTmem,
+    ] {
         let r = run(&config, p);
         let end: u64 = r.final_pages.iter().sum();
         assert_eq!(
