@@ -21,51 +21,54 @@
 use hvmem_types::{DomId, Mfn};
 
 use crate::abi::{FRAME_SIZE, GnttabCopy, GnttabCopyPtr, GrantRef};
-use crate::active::{PIN_HOST_READ, PIN_HOST_WRITE, PIN_WRITE_MASK, PinnedKind, pin_can_add};
+use crate::active::{
+    Active, ActiveEntry, PIN_HOST_READ, PIN_HOST_WRITE, PIN_WRITE_MASK, PinnedKind, pin_can_add,
+};
 use crate::error::GrantError;
 use crate::flags::{GntCopyFlags, GrantType, GtfFlags};
 use crate::frames::{Domains, GrantFrames};
 use crate::map::{gfn_error, lookup, pin_sub};
 use crate::mem::{GrantVersion, hdr_domid, hdr_flags};
-use crate::table::{GrantTable, status_of};
+use crate::table::{GrantTable, StatusWord, status_of};
 
-/// One side of a copy, claimed.
-enum Claim<'d> {
+/// A pinned entry's active entry and status bits, found once when it is
+/// pinned and used again to unpin it (valid while the table is borrowed:
+/// the table cannot shrink or change version meanwhile).
+#[derive(Clone, Copy)]
+struct Pinned<'d> {
+    entry: &'d ActiveEntry,
+    status: StatusWord<'d>,
+}
+
+/// What a side's claim holds, and so what letting it go drops.
+#[derive(Clone, Copy)]
+enum Hold<'d> {
     /// A frame of the caller's own, with a general reference (and a
     /// writable type reference if `writable`).
-    Local { mfn: Mfn, writable: bool },
-    /// A pinned grant.
-    Grant(GrantClaim<'d>),
+    Local { writable: bool },
+    /// A pinned grant, with the copy's references on its frame.
+    Grant { pinned: Pinned<'d> },
+    /// A transitive grant, pinned without references, and the grant it
+    /// names, pinned with them.
+    Transitive {
+        outer: Pinned<'d>,
+        inner: Pinned<'d>,
+    },
 }
 
-struct GrantClaim<'d> {
-    table: &'d GrantTable<'d>,
-    gref: GrantRef,
+/// One side of a copy, claimed, with what its element named (to tell
+/// whether the next element names the same).
+#[derive(Clone, Copy)]
+struct Held<'d> {
     mfn: Mfn,
+    /// The accessible window: (first byte, length).
     window: (u16, u16),
+    domid: u16,
+    by_gref: bool,
     readonly: bool,
-    /// For a transitive grant: the underlying grant it pinned.
-    inner: Option<(&'d GrantTable<'d>, GrantRef)>,
-}
-
-impl Claim<'_> {
-    fn mfn(&self) -> Mfn {
-        match self {
-            Self::Local { mfn, .. } => *mfn,
-            Self::Grant(claim) => claim.mfn,
-        }
-    }
-
-    fn window(&self) -> (u16, u16) {
-        match self {
-            Self::Local { .. } => (0, FRAME_SIZE as u16),
-            Self::Grant(claim) => claim.window,
-        }
-    }
-
-    fn transitive(&self) -> bool {
-        matches!(self, Self::Grant(GrantClaim { inner: Some(_), .. }))
-    }
+    /// The grant reference or the frame number.
+    named: u64,
+    hold: Hold<'d>,
 }
 
 /// `GNTTABOP_copy` for a batch issued by `copier`; each element gets its
@@ -98,21 +101,14 @@ where
     drop_held(frames, &mut src);
 }
 
-/// A side's claim kept for the next element, with what its element named.
-struct Held<'d> {
-    domid: u16,
-    by_gref: bool,
-    /// The grant reference or the frame number.
-    named: u64,
-    claim: Claim<'d>,
-}
-
+#[inline(always)]
 fn drop_held<F: GrantFrames + ?Sized>(frames: &F, held: &mut Option<Held<'_>>) {
     if let Some(held) = held.take() {
-        release(frames, held.claim);
+        release(frames, &held);
     }
 }
 
+#[inline(always)]
 fn copy_one<'d, D, F>(
     copier: DomId,
     domains: &'d D,
@@ -151,27 +147,30 @@ where
         drop_held(frames, dst_held);
         drop_held(frames, src_held);
     }
-    let (src_mfn, src_window) = keep_or_claim(
+    let src = keep_or_claim(
         copier, domains, frames, &op.source, src_gref, src_table, true, src_held,
     )?;
-    let (dst_mfn, dst_window) = keep_or_claim(
+    let dst = keep_or_claim(
         copier, domains, frames, &op.dest, dst_gref, dst_table, false, dst_held,
     )?;
     let inside = |(start, length): (u16, u16), offset: u16| {
         offset >= start && usize::from(offset) + len <= usize::from(start) + usize::from(length)
     };
-    if !inside(src_window, op.source.offset) || !inside(dst_window, op.dest.offset) {
+    if !inside(src.window, op.source.offset) || !inside(dst.window, op.dest.offset) {
         return Err(GrantError::CopyOutsideWindow);
     }
     frames.copy(
-        src_mfn,
+        src.mfn,
         usize::from(op.source.offset),
-        dst_mfn,
+        dst.mfn,
         usize::from(op.dest.offset),
         len,
     );
     for held in [dst_held, src_held] {
-        if held.as_ref().is_some_and(|h| h.claim.transitive()) {
+        if held
+            .as_ref()
+            .is_some_and(|h| matches!(h.hold, Hold::Transitive { .. }))
+        {
             drop_held(frames, held);
         }
     }
@@ -191,7 +190,7 @@ fn keep_or_claim<'d, D, F>(
     table: Option<&'d GrantTable<'d>>,
     readonly: bool,
     held: &mut Option<Held<'d>>,
-) -> Result<(Mfn, (u16, u16)), GrantError>
+) -> Result<Found, GrantError>
 where
     D: Domains + ?Sized,
     F: GrantFrames + ?Sized,
@@ -203,22 +202,34 @@ where
     };
     if let Some(kept) = held {
         if kept.by_gref == by_gref && kept.named == named {
-            return Ok((kept.claim.mfn(), kept.claim.window()));
+            return Ok(Found {
+                mfn: kept.mfn,
+                window: kept.window,
+            });
         }
     }
     drop_held(frames, held);
-    let claim = claim(copier, domains, frames, side, table, readonly)?;
-    let found = (claim.mfn(), claim.window());
+    let (mfn, window, hold) = claim(copier, domains, frames, side, table, readonly)?;
     *held = Some(Held {
+        mfn,
+        window,
         domid: side.domid,
         by_gref,
+        readonly,
         named,
-        claim,
+        hold,
     });
-    Ok(found)
+    Ok(Found { mfn, window })
+}
+
+/// The frame and window a side's claim gives the copy.
+struct Found {
+    mfn: Mfn,
+    window: (u16, u16),
 }
 
 /// The table a grant side names (`None` for a local frame).
+#[inline(always)]
 fn side_table<'d, D: Domains + ?Sized>(
     copier: DomId,
     domains: &'d D,
@@ -235,6 +246,8 @@ fn side_table<'d, D: Domains + ?Sized>(
     lookup(domains, dom).map(Some)
 }
 
+/// Claims `side`: references the caller's own frame, or pins the grant.
+#[inline(always)]
 fn claim<'d, D, F>(
     copier: DomId,
     domains: &'d D,
@@ -242,7 +255,7 @@ fn claim<'d, D, F>(
     side: &GnttabCopyPtr,
     table: Option<&'d GrantTable<'d>>,
     readonly: bool,
-) -> Result<Claim<'d>, GrantError>
+) -> Result<(Mfn, (u16, u16), Hold<'d>), GrantError>
 where
     D: Domains + ?Sized,
     F: GrantFrames + ?Sized,
@@ -253,25 +266,37 @@ where
             frames.put_page(mfn);
             return Err(GrantError::FrameInUse);
         }
-        return Ok(Claim::Local {
-            mfn,
+        let hold = Hold::Local {
             writable: !readonly,
-        });
+        };
+        return Ok((mfn, (0, FRAME_SIZE as u16), hold));
     };
-    acquire(domains, frames, table, side.gref(), copier, readonly, true).map(Claim::Grant)
+    let acquired = acquire::<D, F, true>(domains, frames, table, side.gref(), copier, readonly)?;
+    let hold = match acquired.inner {
+        None => Hold::Grant {
+            pinned: acquired.pinned,
+        },
+        Some(inner) => Hold::Transitive {
+            outer: acquired.pinned,
+            inner,
+        },
+    };
+    Ok((acquired.mfn, acquired.window, hold))
 }
 
 /// Pins `gref` of `table` for a copy by `grantee` (Xen
-/// `acquire_grant_for_copy`).
-fn acquire<'d, D, F>(
+/// `acquire_grant_for_copy`); a transitive entry is followed only if
+/// `TRANSITIVE` (the grant a transitive entry names is acquired with it
+/// off, so no chain goes deeper than one level and nothing recurses).
+#[inline(always)]
+fn acquire<'d, D, F, const TRANSITIVE: bool>(
     domains: &'d D,
     frames: &F,
     table: &'d GrantTable<'d>,
     gref: GrantRef,
     grantee: DomId,
     readonly: bool,
-    allow_transitive: bool,
-) -> Result<GrantClaim<'d>, GrantError>
+) -> Result<Acquired<'d>, GrantError>
 where
     D: Domains + ?Sized,
     F: GrantFrames + ?Sized,
@@ -281,7 +306,10 @@ where
     } else {
         PIN_HOST_WRITE
     };
-    let (active, slot) = table.lock_slot(gref)?;
+    let (entry, slot) = table.entry_slot(gref)?;
+    // Present whenever the entry is (what set_status checks first).
+    let status = slot.status_word().ok_or(GrantError::RefOutOfRange)?;
+    let active = entry.lock();
     let pin = active.pin();
     if pin != 0 {
         if active.domid() != grantee || active.kind() == PinnedKind::Transitive {
@@ -295,57 +323,30 @@ where
     if first || (!readonly && pin & PIN_WRITE_MASK == 0) {
         table.set_status(&slot, !first, readonly, false, grantee)?;
     }
-    if first {
-        let flags = hdr_flags(slot.header());
+    let pinned = Pinned { entry, status };
+    let (mfn, window) = if first {
         let v2 = table.version() == GrantVersion::V2;
+        // Only a v2 entry can be transitive or sub-page.
+        let flags = if v2 { hdr_flags(slot.header()) } else { 0 };
         if v2 && GrantType::of(flags) == GrantType::Transitive {
-            let word1 = slot.word1();
-            let trans_dom = DomId::new(hdr_flags(word1));
+            if !TRANSITIVE {
+                status.reduce(0);
+                return Err(GrantError::NotGranted);
+            }
+            let trans_dom = DomId::new(hdr_flags(slot.word1()));
             let trans_gref = GrantRef(
                 slot.word(2)
                     .map_or(0, |w| w.load(crate::sync::Ordering::Acquire)),
             );
-            let inner_table = (allow_transitive && trans_dom != table.owner())
-                .then(|| lookup(domains, trans_dom).ok())
-                .flatten();
-            let Some(inner_table) = inner_table else {
-                table.reduce_status(&slot, 0);
-                return Err(GrantError::NotGranted);
-            };
-            // Pinned exclusively while the inner grant is acquired without
-            // holding this lock, so no two active-entry locks nest.
-            active.set_target(grantee, Mfn::new(0), PinnedKind::Transitive, (0, 4096));
-            active.set_pin(incr);
-            drop(active);
-            let owner = table.owner();
-            return match acquire(
-                domains,
-                frames,
-                inner_table,
-                trans_gref,
-                owner,
-                readonly,
-                false,
-            ) {
-                Ok(inner) => Ok(GrantClaim {
-                    table,
-                    gref,
-                    mfn: inner.mfn,
-                    window: inner.window,
-                    readonly,
-                    inner: Some((inner_table, trans_gref)),
-                }),
-                Err(error) => {
-                    unpin(frames, table, gref, incr, Mfn::new(0), false);
-                    Err(error)
-                }
-            };
+            return acquire_transitive(
+                domains, frames, table, active, pinned, grantee, incr, trans_dom, trans_gref,
+            );
         }
         let (kind, window) = if v2 && flags & GtfFlags::SUB_PAGE.bits() != 0 {
             let word1 = slot.word1();
             let (start, length) = (hdr_flags(word1), hdr_domid(word1));
             if usize::from(start) + usize::from(length) > FRAME_SIZE {
-                table.reduce_status(&slot, 0);
+                status.reduce(0);
                 return Err(GrantError::NotGranted);
             }
             (PinnedKind::SubPage, (start, length))
@@ -353,14 +354,18 @@ where
             (PinnedKind::FullPage, (0, FRAME_SIZE as u16))
         };
         match frames.get_gfn(table.owner(), slot.frame()) {
-            Ok(mfn) => active.set_target(grantee, mfn, kind, window),
+            Ok(mfn) => {
+                active.set_target(grantee, mfn, kind, window);
+                (mfn, window)
+            }
             Err(error) => {
-                table.reduce_status(&slot, 0);
+                status.reduce(0);
                 return Err(gfn_error(error));
             }
         }
-    }
-    let mfn = active.mfn();
+    } else {
+        (active.mfn(), active.window())
+    };
     // The first pin's translation reference is this copy's general
     // reference (as in Xen); the entry itself holds none.
     let referenced = match (first, readonly) {
@@ -374,34 +379,87 @@ where
             frames.put_page(mfn);
             active.clear_target();
         }
-        table.reduce_status(&slot, pin);
+        status.reduce(pin);
         return Err(GrantError::FrameInUse);
     }
     active.set_pin(pin + incr);
-    Ok(GrantClaim {
-        table,
-        gref,
+    Ok(Acquired {
         mfn,
-        window: active.window(),
-        readonly,
+        window,
+        pinned,
         inner: None,
     })
 }
 
-/// Drops a copy's pin `incr` on `gref`, with the copy's references if
-/// `referenced`.
+/// A grant [`acquire`] pinned: its frame and window, and for a transitive
+/// grant the entry it names (pinned with the references) besides its own
+/// (pinned without).
+struct Acquired<'d> {
+    mfn: Mfn,
+    window: (u16, u16),
+    pinned: Pinned<'d>,
+    inner: Option<Pinned<'d>>,
+}
+
+/// The rest of [`acquire`] for a first pin of a v2 transitive entry (its
+/// active entry locked, `GTF_reading`/`GTF_writing` set): follows it one
+/// level, to the grant `trans_gref` of `trans_dom`.
+#[allow(clippy::too_many_arguments)]
+#[inline(never)]
+fn acquire_transitive<'d, D, F>(
+    domains: &'d D,
+    frames: &F,
+    table: &'d GrantTable<'d>,
+    active: Active<'d>,
+    outer: Pinned<'d>,
+    grantee: DomId,
+    incr: u32,
+    trans_dom: DomId,
+    trans_gref: GrantRef,
+) -> Result<Acquired<'d>, GrantError>
+where
+    D: Domains + ?Sized,
+    F: GrantFrames + ?Sized,
+{
+    let readonly = incr == PIN_HOST_READ;
+    let inner_table = (trans_dom != table.owner())
+        .then(|| lookup(domains, trans_dom).ok())
+        .flatten();
+    let Some(inner_table) = inner_table else {
+        outer.status.reduce(0);
+        return Err(GrantError::NotGranted);
+    };
+    // Pinned exclusively while the inner grant is acquired without holding
+    // this lock, so no two active-entry locks nest.
+    active.set_target(grantee, Mfn::new(0), PinnedKind::Transitive, (0, 4096));
+    active.set_pin(incr);
+    drop(active);
+    let owner = table.owner();
+    match acquire::<D, F, false>(domains, frames, inner_table, trans_gref, owner, readonly) {
+        Ok(inner) => Ok(Acquired {
+            mfn: inner.mfn,
+            window: inner.window,
+            pinned: outer,
+            inner: Some(inner.pinned),
+        }),
+        Err(error) => {
+            unpin(frames, outer, incr, Mfn::new(0), false);
+            Err(error)
+        }
+    }
+}
+
+/// Drops a copy's pin `incr` on the entry `pinned`, with the copy's
+/// references if `referenced`.
+#[inline(always)]
 fn unpin<F: GrantFrames + ?Sized>(
     frames: &F,
-    table: &GrantTable<'_>,
-    gref: GrantRef,
+    pinned: Pinned<'_>,
     incr: u32,
     mfn: Mfn,
     referenced: bool,
 ) {
-    let Ok((active, slot)) = table.lock_slot(gref) else {
-        debug_assert!(false, "pinned entry left the table");
-        return;
-    };
+    let active = pinned.entry.lock();
     let Some(left) = pin_sub(active.pin(), incr) else {
         debug_assert!(false, "copy pin missing");
         return;
@@ -414,34 +472,33 @@ fn unpin<F: GrantFrames + ?Sized>(
             frames.put_page_and_type(mfn);
         }
     }
-    table.reduce_status(&slot, left);
+    pinned.status.reduce(left);
     if left == 0 {
         active.clear_target();
     }
 }
 
-fn release<F: GrantFrames + ?Sized>(frames: &F, claim: Claim<'_>) {
-    match claim {
-        Claim::Local { mfn, writable } => {
+/// Lets a side's claim go: its pins and references.
+#[inline(always)]
+fn release<F: GrantFrames + ?Sized>(frames: &F, held: &Held<'_>) {
+    let incr = if held.readonly {
+        PIN_HOST_READ
+    } else {
+        PIN_HOST_WRITE
+    };
+    let mfn = held.mfn;
+    match held.hold {
+        Hold::Local { writable } => {
             if writable {
                 frames.put_page_and_type(mfn);
             } else {
                 frames.put_page(mfn);
             }
         }
-        Claim::Grant(claim) => {
-            let incr = if claim.readonly {
-                PIN_HOST_READ
-            } else {
-                PIN_HOST_WRITE
-            };
-            match claim.inner {
-                Some((inner_table, inner_gref)) => {
-                    unpin(frames, inner_table, inner_gref, incr, claim.mfn, true);
-                    unpin(frames, claim.table, claim.gref, incr, claim.mfn, false);
-                }
-                None => unpin(frames, claim.table, claim.gref, incr, claim.mfn, true),
-            }
+        Hold::Grant { pinned } => unpin(frames, pinned, incr, mfn, true),
+        Hold::Transitive { outer, inner } => {
+            unpin(frames, inner, incr, mfn, true);
+            unpin(frames, outer, incr, mfn, false);
         }
     }
 }

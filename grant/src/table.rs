@@ -66,6 +66,10 @@ pub struct GrantTable<'a> {
     version: GrantVersion,
     nr_frames: u32,
     nr_status_frames: u32,
+    /// [`nr_entries`](Self::nr_entries), kept up to date by everything
+    /// that changes the frames or the version (all `&mut self`), so that
+    /// finding an entry does not recompute it.
+    nr_entries: u32,
 }
 
 impl fmt::Debug for GrantTable<'_> {
@@ -104,6 +108,7 @@ impl<'a> GrantTable<'a> {
             version: GrantVersion::V1,
             nr_frames: 0,
             nr_status_frames: 0,
+            nr_entries: 0,
         };
         table.grow(1)?;
         Ok(table)
@@ -142,10 +147,16 @@ impl<'a> GrantTable<'a> {
     /// The number of entries (limited by the active-entry storage).
     #[must_use]
     pub fn nr_entries(&self) -> u32 {
+        self.nr_entries
+    }
+
+    /// Recomputes [`nr_entries`](Self::nr_entries) after the frames or the
+    /// version changed.
+    fn count_entries(&mut self) {
         let entries = self
             .nr_frames
             .saturating_mul(self.version.entries_per_frame());
-        entries.min(u32::try_from(self.active.len()).unwrap_or(u32::MAX))
+        self.nr_entries = entries.min(u32::try_from(self.active.len()).unwrap_or(u32::MAX));
     }
 
     /// The pin word of entry `gref` (four 8-bit counters, reference b.11),
@@ -209,6 +220,7 @@ impl<'a> GrantTable<'a> {
             clear_status(self.mem.status_frame(i));
         }
         self.nr_frames = nr_frames;
+        self.count_entries();
         self.nr_status_frames = status_frames.max(self.nr_status_frames);
         Ok(())
     }
@@ -312,6 +324,7 @@ impl<'a> GrantTable<'a> {
             }
         }
         self.version = target;
+        self.count_entries();
         let pinned = (GtfFlags::READING | GtfFlags::WRITING).bits();
         for (gref, &(flags, domid, frame)) in (0..reserved).zip(saved.iter()) {
             let gref = GrantRef(gref);
@@ -460,6 +473,7 @@ impl<'a> GrantTable<'a> {
 
     /// The shared words of `gref` (and its v2 status word), found once so
     /// that one operation does not look them up again for every access.
+    #[inline]
     pub(crate) fn slot(&self, gref: GrantRef) -> Option<EntrySlot<'a>> {
         if gref.0 >= self.nr_entries() {
             return None;
@@ -493,12 +507,29 @@ impl<'a> GrantTable<'a> {
         &self,
         gref: GrantRef,
     ) -> Result<(Active<'a>, EntrySlot<'a>), GrantError> {
+        let (entry, slot) = self.entry_slot(gref)?;
+        Ok((entry.lock(), slot))
+    }
+
+    /// The active entry of `gref` (not locked) and its shared words, for an
+    /// operation that locks the entry more than once: both stay valid, and
+    /// need no second lookup, for as long as `&self` is held (the table
+    /// cannot shrink or change version meanwhile).
+    ///
+    /// # Errors
+    ///
+    /// [`GrantError::RefOutOfRange`].
+    #[inline]
+    pub(crate) fn entry_slot(
+        &self,
+        gref: GrantRef,
+    ) -> Result<(&'a ActiveEntry, EntrySlot<'a>), GrantError> {
         let slot = self.slot(gref).ok_or(GrantError::RefOutOfRange)?;
-        let active = self
+        let entry = self
             .active
             .get(gref.0 as usize)
             .ok_or(GrantError::RefOutOfRange)?;
-        Ok((active.lock(), slot))
+        Ok((entry, slot))
     }
 
     pub(crate) fn word(&self, gref: GrantRef, word: u32) -> Option<&'a AtomicU32> {
@@ -557,6 +588,7 @@ impl<'a> GrantTable<'a> {
     /// to `grantee`; on the first writable pin, it must not be read-only.
     /// `map` refuses sub-page and transitive entries. Called with the active
     /// entry locked.
+    #[inline(always)]
     pub(crate) fn set_status(
         &self,
         slot: &EntrySlot<'_>,
@@ -566,108 +598,103 @@ impl<'a> GrantTable<'a> {
         grantee: DomId,
     ) -> Result<(), GrantError> {
         let header = slot.word(0).ok_or(GrantError::RefOutOfRange)?;
+        if self.version == GrantVersion::V2 {
+            return self.set_status_v2(slot, header, already_pinned, readonly, map, grantee);
+        }
+        let mut seen = header.load(Ordering::Acquire);
+        for _ in 0..STATUS_RETRIES {
+            if !already_pinned && !self.grants(seen, map, grantee) {
+                return Err(GrantError::NotGranted);
+            }
+            let mut set = GtfFlags::READING;
+            if !readonly {
+                if read_only(seen) {
+                    return Err(GrantError::ReadOnlyGrant);
+                }
+                set |= GtfFlags::WRITING;
+            }
+            let new = hdr_word(hdr_flags(seen) | set.bits(), hdr_domid(seen));
+            // Acquire: the frame the granter wrote before its flags is
+            // visible to the reads that follow.
+            match header.compare_exchange(seen, new, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Ok(()),
+                Err(now) => seen = now,
+            }
+        }
+        Err(GrantError::UnstableEntry)
+    }
+
+    /// [`set_status`](Self::set_status) of a v2 entry, whose status bits
+    /// live in the status word.
+    #[inline(never)]
+    fn set_status_v2(
+        &self,
+        slot: &EntrySlot<'_>,
+        header: &AtomicU32,
+        already_pinned: bool,
+        readonly: bool,
+        map: bool,
+        grantee: DomId,
+    ) -> Result<(), GrantError> {
+        let status = slot.status.ok_or(GrantError::RefOutOfRange)?;
+        let seen = header.load(Ordering::Acquire);
+        if !already_pinned && !self.grants(seen, map, grantee) {
+            return Err(GrantError::NotGranted);
+        }
+        if !readonly && read_only(seen) {
+            return Err(GrantError::ReadOnlyGrant);
+        }
+        let set = if readonly {
+            GtfFlags::READING
+        } else {
+            GtfFlags::READING | GtfFlags::WRITING
+        };
+        status.fetch_or(set.bits(), Ordering::SeqCst);
+        // Dekker with the granter's end_access: our status write before our
+        // re-read of the header (module guest).
+        fence(Ordering::SeqCst);
+        let now = header.load(Ordering::SeqCst);
+        if !already_pinned {
+            if !self.grants(now, map, grantee) || (!readonly && read_only(now)) {
+                status.fetch_and(
+                    !(GtfFlags::READING | GtfFlags::WRITING).bits(),
+                    Ordering::Release,
+                );
+                return Err(GrantError::UnstableEntry);
+            }
+        } else if !readonly && read_only(now) {
+            status.fetch_and(!GtfFlags::WRITING.bits(), Ordering::Release);
+            return Err(GrantError::UnstableEntry);
+        }
+        Ok(())
+    }
+
+    /// Whether the header word `word` grants access to `grantee` (a map
+    /// also refuses sub-page entries; a copy also accepts a v2 transitive
+    /// one).
+    #[inline]
+    fn grants(&self, word: u32, map: bool, grantee: DomId) -> bool {
         let mask = if map {
             GTF_TYPE_MASK | GtfFlags::SUB_PAGE.bits()
         } else {
             GTF_TYPE_MASK
         };
-        let grants = |word: u32| {
-            let kind = hdr_flags(word) & mask;
-            let kind_ok = kind == GrantType::PermitAccess as u16
-                || (!map
-                    && self.version == GrantVersion::V2
-                    && kind == GrantType::Transitive as u16);
-            kind_ok && hdr_domid(word) == grantee.get()
-        };
-        let read_only = |word: u32| hdr_flags(word) & GtfFlags::READONLY.bits() != 0;
-        match self.version {
-            GrantVersion::V1 => {
-                let mut seen = header.load(Ordering::Acquire);
-                for _ in 0..STATUS_RETRIES {
-                    if !already_pinned && !grants(seen) {
-                        return Err(GrantError::NotGranted);
-                    }
-                    let mut set = GtfFlags::READING;
-                    if !readonly {
-                        if read_only(seen) {
-                            return Err(GrantError::ReadOnlyGrant);
-                        }
-                        set |= GtfFlags::WRITING;
-                    }
-                    let new = hdr_word(hdr_flags(seen) | set.bits(), hdr_domid(seen));
-                    // Acquire: the frame the granter wrote before its flags
-                    // is visible to the reads that follow.
-                    match header.compare_exchange(seen, new, Ordering::AcqRel, Ordering::Acquire) {
-                        Ok(_) => return Ok(()),
-                        Err(now) => seen = now,
-                    }
-                }
-                Err(GrantError::UnstableEntry)
-            }
-            GrantVersion::V2 => {
-                let status = slot.status.ok_or(GrantError::RefOutOfRange)?;
-                let seen = header.load(Ordering::Acquire);
-                if !already_pinned && !grants(seen) {
-                    return Err(GrantError::NotGranted);
-                }
-                if !readonly && read_only(seen) {
-                    return Err(GrantError::ReadOnlyGrant);
-                }
-                let set = if readonly {
-                    GtfFlags::READING
-                } else {
-                    GtfFlags::READING | GtfFlags::WRITING
-                };
-                status.fetch_or(set.bits(), Ordering::SeqCst);
-                // Dekker with the granter's end_access: our status write
-                // before our re-read of the header (module guest).
-                fence(Ordering::SeqCst);
-                let now = header.load(Ordering::SeqCst);
-                if !already_pinned {
-                    if !grants(now) || (!readonly && read_only(now)) {
-                        status.fetch_and(
-                            !(GtfFlags::READING | GtfFlags::WRITING).bits(),
-                            Ordering::Release,
-                        );
-                        return Err(GrantError::UnstableEntry);
-                    }
-                } else if !readonly && read_only(now) {
-                    status.fetch_and(!GtfFlags::WRITING.bits(), Ordering::Release);
-                    return Err(GrantError::UnstableEntry);
-                }
-                Ok(())
-            }
-        }
+        let kind = hdr_flags(word) & mask;
+        let kind_ok = kind == GrantType::PermitAccess as u16
+            || (!map && self.version == GrantVersion::V2 && kind == GrantType::Transitive as u16);
+        kind_ok && hdr_domid(word) == grantee.get()
     }
 
-    /// Clears the status bits that the pin word `pin` no longer justifies
-    /// (Xen `reduce_status_for_pin`): `GTF_writing` once no writable pin
-    /// remains, `GTF_reading` once no pin remains. Release: our accesses to
-    /// the frame happen before the granter sees the bits clear.
+    /// [`EntrySlot::reduce_status`] of `slot`.
     pub(crate) fn reduce_status(&self, slot: &EntrySlot<'_>, pin: u32) {
-        let mut clear = GtfFlags::empty();
-        if pin & PIN_WRITE_MASK == 0 {
-            clear |= GtfFlags::WRITING;
-        }
-        if pin == 0 {
-            clear |= GtfFlags::READING;
-        }
-        if clear.is_empty() {
-            return;
-        }
-        match slot.version {
-            GrantVersion::V1 => {
-                if let Some(header) = slot.word(0) {
-                    header.fetch_and(!hdr_word(clear.bits(), 0), Ordering::Release);
-                }
-            }
-            GrantVersion::V2 => {
-                if let Some(status) = slot.status {
-                    status.fetch_and(!clear.bits(), Ordering::Release);
-                }
-            }
-        }
+        slot.reduce_status(pin);
     }
+}
+
+/// Whether the header word `word` grants read-only access.
+#[inline]
+fn read_only(word: u32) -> bool {
+    hdr_flags(word) & GtfFlags::READONLY.bits() != 0
 }
 
 /// One entry's shared words (the header first, then as many of the entry's
@@ -683,31 +710,92 @@ pub(crate) struct EntrySlot<'a> {
 
 impl<'a> EntrySlot<'a> {
     /// Word `word` of the entry (0 = header).
+    #[inline]
     pub(crate) fn word(&self, word: u32) -> Option<&'a AtomicU32> {
         self.words.get(word as usize)
     }
 
+    #[inline]
     fn load(&self, word: u32) -> u32 {
         self.word(word)
             .map_or(0, |word| word.load(Ordering::Acquire))
     }
 
     /// The header word, as it is now.
+    #[inline]
     pub(crate) fn header(&self) -> u32 {
         self.load(0)
     }
 
     /// The second word of a v2 entry: the sub-page window (page_off,
     /// length) or the transitive domid.
+    #[inline]
     pub(crate) fn word1(&self) -> u32 {
         self.load(1)
     }
 
     /// The frame field of a permit-access entry.
+    #[inline]
     pub(crate) fn frame(&self) -> u64 {
         match self.version {
             GrantVersion::V1 => u64::from(self.load(1)),
             GrantVersion::V2 => join_u64(self.load(2), self.load(3)),
+        }
+    }
+
+    /// [`StatusWord::reduce`] of the entry's status bits.
+    #[inline]
+    pub(crate) fn reduce_status(&self, pin: u32) {
+        if let Some(status) = self.status_word() {
+            status.reduce(pin);
+        }
+    }
+
+    /// The word holding the entry's `GTF_reading`/`GTF_writing`: the v1
+    /// header or the v2 status word (`None` if the memory has no such
+    /// word).
+    #[inline]
+    pub(crate) fn status_word(&self) -> Option<StatusWord<'a>> {
+        match self.version {
+            GrantVersion::V1 => self.word(0).map(StatusWord::V1),
+            GrantVersion::V2 => self.status.map(StatusWord::V2),
+        }
+    }
+}
+
+/// Where an entry's `GTF_reading`/`GTF_writing` live: in the v1 header
+/// word, or in the v2 status word.
+#[derive(Clone, Copy)]
+pub(crate) enum StatusWord<'a> {
+    V1(&'a AtomicU32),
+    V2(&'a AtomicU16),
+}
+
+impl StatusWord<'_> {
+    /// Clears the status bits that the pin word `pin` no longer justifies
+    /// (Xen `reduce_status_for_pin`): `GTF_writing` once no writable pin
+    /// remains, `GTF_reading` once no pin remains. Release: our accesses to
+    /// the frame happen before the granter sees the bits clear. Called with
+    /// the entry's active entry locked.
+    #[inline]
+    pub(crate) fn reduce(self, pin: u32) {
+        let mut clear = GtfFlags::empty();
+        if pin & PIN_WRITE_MASK == 0 {
+            clear |= GtfFlags::WRITING;
+        }
+        if pin == 0 {
+            clear |= GtfFlags::READING;
+        }
+        if clear.is_empty() {
+            return;
+        }
+        match self {
+            Self::V1(header) => {
+                header.fetch_and(!hdr_word(clear.bits(), 0), Ordering::Release);
+            }
+            Self::V2(status) => {
+                status.fetch_and(!clear.bits(), Ordering::Release);
+            }
         }
     }
 }
