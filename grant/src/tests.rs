@@ -1062,6 +1062,67 @@ fn copy_through_a_transitive_grant_reads_the_underlying_frame() {
     assert_eq!(map_op.status, GntSt::GeneralError.raw());
 }
 
+#[test]
+fn copy_through_a_transitive_grant_to_a_transitive_or_missing_grant_fails_leaving_neither_busy() {
+    // d2's grant 9 passes d1's grant 8 on to d3, transitively. The copy is
+    // refused (GNTST_general_error) when grant 8 is itself transitive (one
+    // level only) or grants nothing, and then neither entry stays pinned
+    // nor keeps GTF_reading, and no frame keeps a reference.
+    for inner_transitive in [true, false] {
+        let store = Store::new(4);
+        let env = Env::new(&store);
+        let mut table1 = env.table(0);
+        let mut table2 = env.table(1);
+        for table in [&mut table1, &mut table2] {
+            table
+                .set_version(&mut GnttabSetVersion { version: 2 })
+                .unwrap();
+        }
+        let guest1 = GuestGrantTable::new(&env.mems[0], GrantVersion::V2, 1);
+        if inner_transitive {
+            guest1
+                .grant_transitive(GrantRef(8), BACK, BACK, GrantRef(7), true)
+                .unwrap();
+            GuestGrantTable::new(&env.mems[1], GrantVersion::V2, 1)
+                .grant_access(GrantRef(7), FRONT, Gfn::new(1), true)
+                .unwrap();
+        }
+        GuestGrantTable::new(&env.mems[1], GrantVersion::V2, 1)
+            .grant_transitive(GrantRef(9), DomId::new(3), FRONT, GrantRef(8), true)
+            .unwrap();
+        env.frames().give(DomId::new(3), 0, 0x300);
+        let d = ModelDomains::new([&table1, &table2]);
+        let mut op = copy_op(
+            GnttabCopyPtr::grant(BACK.get(), GrantRef(9), 0),
+            GnttabCopyPtr::frame(DomId::SELF.get(), 0, 0),
+            1,
+            GntCopyFlags::SOURCE_GREF,
+        );
+        copy(
+            DomId::new(3),
+            &d,
+            env.frames(),
+            core::slice::from_mut(&mut op),
+        );
+        let case = if inner_transitive {
+            "inner transitive"
+        } else {
+            "inner missing"
+        };
+        assert_eq!(op.status, GntSt::GeneralError.raw(), "{case}");
+        for (table, gref) in [(&table1, 8), (&table2, 9), (&table2, 7)] {
+            assert_eq!(table.pin_count(GrantRef(gref)), Some(0), "{case} {gref}");
+        }
+        for (dom, gref) in [(0, 8), (1, 9), (1, 7)] {
+            let status = store.status[dom][gref].load(core::sync::atomic::Ordering::Relaxed);
+            assert_eq!(status, 0, "{case}: status of d{} {gref}", dom + 1);
+        }
+        for mfn in [0x101, 0x201, 0x300] {
+            assert_eq!(env.frames().refs(mfn), (0, 0), "{case} {mfn:#x}");
+        }
+    }
+}
+
 /// [`ModelFrames`] that counts translations and records, at each frame
 /// copy, the pin count of the frontend's grant 8.
 struct CountingFrames<'t> {
