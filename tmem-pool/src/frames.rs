@@ -247,40 +247,46 @@ impl<S: PageStore> Tmem<'_, S> {
     }
 
     /// Drops one page's use of `frame`; frees the frame when its last user
-    /// goes.
+    /// goes. The whole-frame path is inlined into the page operations.
+    #[inline(always)]
     pub(crate) fn release(&mut self, frame: u32, place: Place) -> Result<(), TmemError> {
-        let record = *self.frame_record(frame)?;
         match place {
-            Place::Unused => Ok(()),
+            Place::Unused => self.frame_record(frame).map(|_| ()),
             Place::Whole => {
+                let record = self.frame_record(frame)?;
                 if record.refs > 1 {
-                    self.frame_record(frame)?.refs -= 1;
+                    record.refs -= 1;
                     return Ok(());
                 }
-                if record.indexed {
-                    self.content_index.remove(record.hash, frame);
+                let (indexed, hash) = (record.indexed, record.hash);
+                *record = FrameRecord::EMPTY;
+                if indexed {
+                    self.content_index.remove(hash, frame);
                 }
-                *self.frame_record(frame)? = FrameRecord::EMPTY;
                 self.store.free_frame(FrameId(frame));
                 self.frames_held -= 1;
                 Ok(())
             }
-            Place::Half(half) => {
-                let was_full = record.halves == 0b11;
-                let r = self.frame_record(frame)?;
-                r.halves &= !(1 << half);
-                r.refs = r.refs.saturating_sub(1);
-                if r.halves == 0 {
-                    self.half_list_unlink(frame)?;
-                    *self.frame_record(frame)? = FrameRecord::EMPTY;
-                    self.store.free_frame(FrameId(frame));
-                    self.frames_held -= 1;
-                } else if was_full {
-                    self.half_list_push(frame)?;
-                }
-                Ok(())
-            }
+            Place::Half(half) => self.release_half(frame, half),
         }
+    }
+
+    /// [`release`](Self::release) of a compressed page's half frame.
+    #[inline(never)]
+    fn release_half(&mut self, frame: u32, half: u8) -> Result<(), TmemError> {
+        let r = self.frame_record(frame)?;
+        let was_full = r.halves == 0b11;
+        r.halves &= !(1 << half);
+        r.refs = r.refs.saturating_sub(1);
+        if r.halves == 0 {
+            self.half_list_unlink(frame)?;
+            *self.frame_record(frame)? = FrameRecord::EMPTY;
+            self.store.free_frame(FrameId(frame));
+            self.frames_held -= 1;
+        } else if was_full {
+            self.half_list_push(frame)?;
+        }
+        Ok(())
     }
 
     /// Copies a stored page out.

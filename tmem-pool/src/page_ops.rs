@@ -8,7 +8,7 @@
 
 use crate::error::TmemError;
 use crate::handle::{ClientId, GetOutcome, Oid, PoolId};
-use crate::hash_index::{K0, K1, fold_mul};
+use crate::hash_index::{Found, K0, K1, fold_mul};
 use crate::memory::{NIL, ObjectRecord, PageRecord, Place};
 use crate::stats::Event;
 use crate::store::{Page, PageStore};
@@ -40,6 +40,7 @@ fn object_hash(seed: u64, pool: u16, oid: &[u64; 3]) -> u32 {
 
 impl<S: PageStore> Tmem<'_, S> {
     /// Moves the counters of the client charged, the pool and the host.
+    #[inline(always)]
     pub(crate) fn count(&mut self, client: u16, pool: u16, event: Event) {
         if let Some(c) = self.clients.get_mut(usize::from(client)) {
             c.stats.record(event);
@@ -60,16 +61,15 @@ impl<S: PageStore> Tmem<'_, S> {
         self.totals.compressed(len, add);
     }
 
+    /// The page's record and its bucket in the page index.
     #[inline]
-    fn find_page(&self, pool: u16, oid: &[u64; 3], index: u32, hash: u32) -> Option<u32> {
+    fn find_page(&self, pool: u16, oid: &[u64; 3], index: u32, hash: u32) -> Option<Found> {
         let pages = &*self.pages;
-        self.page_index
-            .find(hash, |rec| {
-                pages
-                    .get(rec as usize)
-                    .is_some_and(|r| r.index == index && r.pool == pool && r.oid == *oid)
-            })
-            .map(|f| f.record)
+        self.page_index.find(hash, |rec| {
+            pages
+                .get(rec as usize)
+                .is_some_and(|r| r.index == index && r.pool == pool && r.oid == *oid)
+        })
     }
 
     fn find_object(&self, pool: u16, oid: &[u64; 3], hash: u32) -> Option<u32> {
@@ -129,7 +129,8 @@ impl<S: PageStore> Tmem<'_, S> {
         let hash = page_hash(self.config.hash_seed, slot, &oid.0, index);
         let dedup = self.config.dedup && !p.persistent;
         let mut replaced = false;
-        if let Some(rec) = self.find_page(slot, &oid.0, index, hash) {
+        if let Some(found) = self.find_page(slot, &oid.0, index, hash) {
+            let rec = found.record;
             let r = *self.pages.get(rec as usize).ok_or(TmemError::StoreFault)?;
             if r.client == client.0
                 && !p.compress
@@ -148,8 +149,9 @@ impl<S: PageStore> Tmem<'_, S> {
             // Over another client's page (shared pool) the old page is that
             // client's flush and the new one this client's put.
             replaced = r.client == client.0;
-            self.remove_page(
-                rec,
+            // Nothing above moved the page index: the bucket still holds it.
+            self.remove_found(
+                found,
                 if replaced {
                     Event::Replaced
                 } else {
@@ -346,11 +348,29 @@ impl<S: PageStore> Tmem<'_, S> {
     /// Removes a page: from the index, its object (freed when empty), its
     /// LRU, its frame; counts `event`.
     pub(crate) fn remove_page(&mut self, rec: u32, event: Event) -> Result<(), TmemError> {
+        let hash = self
+            .pages
+            .get(rec as usize)
+            .ok_or(TmemError::StoreFault)?
+            .hash;
+        match self.page_index.find(hash, |r| r == rec) {
+            Some(found) => self.remove_found(found, event),
+            // Every used record is in the index; a free one is not.
+            None => Err(TmemError::StoreFault),
+        }
+    }
+
+    /// [`remove_page`](Self::remove_page) for a page the page index has just
+    /// found in `found.bucket` (the index has not changed since). Inlined
+    /// into each page operation, so that its event is a constant there.
+    #[inline(always)]
+    fn remove_found(&mut self, found: Found, event: Event) -> Result<(), TmemError> {
+        let rec = found.record;
         let r = *self.pages.get(rec as usize).ok_or(TmemError::StoreFault)?;
         if r.place == Place::Unused {
             return Err(TmemError::StoreFault);
         }
-        self.page_index.remove(r.hash, rec);
+        self.page_index.remove_at(found.bucket);
         // Object list.
         if let Some(prev) = self.pages.get_mut(r.obj_prev as usize) {
             prev.obj_next = r.obj_next;
@@ -415,7 +435,7 @@ impl<S: PageStore> Tmem<'_, S> {
             .map_err(|_| TmemError::BadBufferLength { len })?;
         let (slot, p) = self.live_pool(client, pool)?;
         let hash = page_hash(self.config.hash_seed, slot, &oid.0, index);
-        let Some(rec) = self.find_page(slot, &oid.0, index, hash) else {
+        let Some(found) = self.find_page(slot, &oid.0, index, hash) else {
             self.count(client.0, slot, Event::Miss);
             return Ok(if p.empty {
                 GetOutcome::PoolEmpty
@@ -423,10 +443,11 @@ impl<S: PageStore> Tmem<'_, S> {
                 GetOutcome::Miss
             });
         };
+        let rec = found.record;
         let r = *self.pages.get(rec as usize).ok_or(TmemError::StoreFault)?;
         self.read_page(r.frame, r.place, r.len, out)?;
         if r.ephemeral && !p.shared {
-            self.remove_page(rec, Event::Hit { exclusive: true })?;
+            self.remove_found(found, Event::Hit { exclusive: true })?;
         } else {
             self.count(client.0, slot, Event::Hit { exclusive: false });
             if r.ephemeral {
@@ -453,7 +474,7 @@ impl<S: PageStore> Tmem<'_, S> {
         let (slot, _) = self.live_pool(client, pool)?;
         let hash = page_hash(self.config.hash_seed, slot, &oid.0, index);
         match self.find_page(slot, &oid.0, index, hash) {
-            Some(rec) => self.remove_page(rec, Event::Flush).map(|()| true),
+            Some(found) => self.remove_found(found, Event::Flush).map(|()| true),
             None => Ok(false),
         }
     }
