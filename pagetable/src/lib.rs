@@ -95,7 +95,7 @@ pub use flush::TlbFlush;
 pub use format::{Descriptor, EntryKind, Format, InputAddress, WithoutBreakBeforeMake};
 pub use mem::{PhysMem, SliceMem};
 pub use table::{LeafSizes, MapOptions, PageTable};
-pub use walk::{Translation, Visit};
+pub use walk::{OutputAddr, Translation, Visit};
 pub use x86::{Ept, X86Paging};
 
 /// The README's examples, compiled and run as doc tests.

@@ -489,6 +489,17 @@ pub(crate) fn run_model<F: Config>(f: F, window_pages: u64, ops: &[Op]) {
                 continue;
             }
             let got = pt.translate(&mem, at(page as u64));
+            // The address-only walk agrees with the full one, errors too.
+            let addr = got.map(|t| crate::OutputAddr {
+                output: t.output,
+                level: t.level,
+                size: t.size,
+            });
+            assert_eq!(
+                pt.translate_addr(&mem, at(page as u64)),
+                addr,
+                "page {page}"
+            );
             match want {
                 None => assert!(
                     matches!(got, Err(TranslateError::NotMapped { .. })),

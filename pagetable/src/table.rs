@@ -14,7 +14,7 @@ use crate::flush::TlbFlush;
 use crate::format::{Format, InputAddress, WithoutBreakBeforeMake};
 use crate::mem::PhysMem;
 use crate::single::{Single, SingleError};
-use crate::walk::{self, Translation, Visit};
+use crate::walk::{self, OutputAddr, Translation, Visit};
 
 /// Which levels a mapping may place leaves at (bit `n` = level `n`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -622,6 +622,27 @@ impl<F: Format> PageTable<F> {
             .input_to_index(input.raw())
             .ok_or(TranslateError::OutOfRange)?;
         walk::translate(&self.format, mem, self.root, index)
+    }
+
+    /// Translates `input` to its output address only, as an MMU's walk
+    /// would, without building the leaf's attributes or combining the
+    /// tables' rights: the cheaper walk for callers that need the address
+    /// (e.g. to copy from it). It accepts and refuses exactly the entries
+    /// [`translate`](Self::translate) does.
+    ///
+    /// # Errors
+    ///
+    /// As [`translate`](Self::translate).
+    pub fn translate_addr(
+        &self,
+        mem: &impl PhysMem,
+        input: F::Input,
+    ) -> Result<OutputAddr, TranslateError> {
+        let index = self
+            .format
+            .input_to_index(input.raw())
+            .ok_or(TranslateError::OutOfRange)?;
+        walk::translate_addr(&self.format, mem, self.root, index)
     }
 
     /// Calls `visit` for each table, leaf, hole and malformed entry that

@@ -11,7 +11,7 @@ use hvmem_types::PhysAddr;
 
 use crate::attrs::{Access, Attributes};
 use crate::error::{TableError, TranslateError};
-use crate::format::{Descriptor, Format};
+use crate::format::{Descriptor, EntryKind, Format};
 use crate::mem::PhysMem;
 
 /// Where an address translates to.
@@ -26,6 +26,18 @@ pub struct Translation {
     /// The leaf's attributes, with the access rights cut down by every table
     /// entry on the way (x86 R/W, U/S and XD combine over the walk).
     pub attributes: Attributes,
+}
+
+/// Where an address translates to, without the attributes: what
+/// [`PageTable::translate_addr`](crate::PageTable::translate_addr) returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutputAddr {
+    /// The physical address (leaf base plus offset).
+    pub output: PhysAddr,
+    /// The level of the leaf.
+    pub level: u8,
+    /// The size the leaf maps, in bytes.
+    pub size: u64,
 }
 
 /// What [`PageTable::visit`](crate::PageTable::visit) reports.
@@ -164,6 +176,54 @@ pub(crate) fn translate<F: Format>(
             }
             Descriptor::Invalid => return Err(TranslateError::NotMapped { level }),
             Descriptor::Malformed => return Err(malformed()),
+        }
+    }
+}
+
+/// The walk of [`translate`] without the attributes: `Format::kind` at
+/// every level, leaves included, so no leaf's attributes are built. The
+/// entries it accepts and refuses are exactly those `translate` does
+/// (`kind` agrees with `decode`).
+pub(crate) fn translate_addr<F: Format>(
+    format: &F,
+    mem: &impl PhysMem,
+    root: u64,
+    index: u64,
+) -> Result<OutputAddr, TranslateError> {
+    let mut table = root;
+    let mut level = format.levels().saturating_sub(1);
+    let mut entries_per_table = format.root_entries();
+    loop {
+        let entries =
+            mem.table(PhysAddr::new(table), entries_per_table)
+                .ok_or(TranslateError::Table(TableError::NotAccessible {
+                    table: PhysAddr::new(table),
+                }))?;
+        let shift = format.level_shift(level);
+        let slot = ((index >> shift) & (entries.len() as u64).wrapping_sub(1)) as usize;
+        let raw = entries.get(slot).map_or(0, |e| e.load(Ordering::Acquire));
+        let malformed = || {
+            TranslateError::Table(TableError::Malformed {
+                at: format.index_to_input(index & !((1u64 << shift) - 1)),
+                level,
+            })
+        };
+        match format.kind(raw, level) {
+            EntryKind::Table(next) => {
+                level = level.checked_sub(1).ok_or_else(malformed)?;
+                table = next;
+                entries_per_table = format.entries();
+            }
+            EntryKind::Leaf(pa) => {
+                let size = 1u64 << shift;
+                return Ok(OutputAddr {
+                    output: PhysAddr::new(pa | (index & (size - 1))),
+                    level,
+                    size,
+                });
+            }
+            EntryKind::Invalid => return Err(TranslateError::NotMapped { level }),
+            EntryKind::Malformed => return Err(malformed()),
         }
     }
 }

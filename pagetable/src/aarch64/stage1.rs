@@ -5,7 +5,7 @@ use hvmem_types::VirtAddr;
 use super::geometry::{AF, CONTIGUOUS, DBM, Geometry, Kind, SOFTWARE};
 use super::{ConfigError, Granule, LargeAddresses, Mair};
 use crate::attrs::{Access, AttrError, Attributes, Tracking};
-use crate::format::{Descriptor, Format};
+use crate::format::{Descriptor, EntryKind, Format};
 
 const ATTR_INDEX_SHIFT: u32 = 2;
 /// AP\[1\]: EL0 access (RES1 in the single-range EL2 regime).
@@ -169,6 +169,15 @@ impl Stage1 {
         (1u64 << self.geometry.input_bits) - 1
     }
 
+    /// Whether a leaf's attribute fields decode (what makes
+    /// [`leaf_attributes`](Self::leaf_attributes) `Some`), without building
+    /// them: an AttrIndx naming a MAIR slot in use and a valid SH.
+    #[inline]
+    fn leaf_fields_valid(&self, raw: u64) -> bool {
+        let index = ((raw >> ATTR_INDEX_SHIFT) & 0b111) as u8;
+        self.mair.memory_type(index).is_some() && self.geometry.decode_shareability(raw).is_some()
+    }
+
     #[inline]
     fn leaf_attributes(&self, raw: u64) -> Option<Attributes> {
         let index = ((raw >> ATTR_INDEX_SHIFT) & 0b111) as u8;
@@ -244,6 +253,17 @@ impl Format for Stage1 {
     #[inline]
     fn leaf_allowed(&self, level: u8) -> bool {
         self.geometry.block_allowed(level)
+    }
+
+    #[inline]
+    fn kind(&self, raw: u64, level: u8) -> EntryKind {
+        match self.geometry.kind(raw, level) {
+            Kind::Invalid => EntryKind::Invalid,
+            Kind::Malformed => EntryKind::Malformed,
+            Kind::Table(t) => EntryKind::Table(t),
+            Kind::Leaf(pa) if self.leaf_fields_valid(raw) => EntryKind::Leaf(pa),
+            Kind::Leaf(_) => EntryKind::Malformed,
+        }
     }
 
     #[inline]

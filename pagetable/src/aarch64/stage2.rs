@@ -5,7 +5,7 @@ use hvmem_types::GuestPhysAddr;
 use super::geometry::{AF, CONTIGUOUS, DBM, Geometry, Kind, SOFTWARE};
 use super::{ConfigError, Granule, LargeAddresses};
 use crate::attrs::{Access, AttrError, Attributes, MemoryType, Tracking};
-use crate::format::{Descriptor, Format};
+use crate::format::{Descriptor, EntryKind, Format};
 
 const MEMATTR_SHIFT: u32 = 2;
 const S2AP_READ: u64 = 1 << 6;
@@ -152,6 +152,17 @@ impl Stage2 {
         }
     }
 
+    /// Whether a leaf's attribute fields decode (what makes
+    /// [`leaf_attributes`](Self::leaf_attributes) `Some`), without building
+    /// them: a MemAttr this configuration defines, a valid SH, and XN\[0\]
+    /// clear unless FEAT_XNX is in use.
+    #[inline]
+    fn leaf_fields_valid(&self, raw: u64) -> bool {
+        self.memory_type((raw >> MEMATTR_SHIFT) & 0xf).is_some()
+            && self.geometry.decode_shareability(raw).is_some()
+            && (self.xnx || ((raw & XN) >> XN_SHIFT) & 0b01 == 0)
+    }
+
     #[inline]
     fn leaf_attributes(&self, raw: u64) -> Option<Attributes> {
         let mut attrs = Attributes::new(Access::empty());
@@ -221,6 +232,17 @@ impl Format for Stage2 {
     #[inline]
     fn leaf_allowed(&self, level: u8) -> bool {
         self.geometry.block_allowed(level)
+    }
+
+    #[inline]
+    fn kind(&self, raw: u64, level: u8) -> EntryKind {
+        match self.geometry.kind(raw, level) {
+            Kind::Invalid => EntryKind::Invalid,
+            Kind::Malformed => EntryKind::Malformed,
+            Kind::Table(t) => EntryKind::Table(t),
+            Kind::Leaf(pa) if self.leaf_fields_valid(raw) => EntryKind::Leaf(pa),
+            Kind::Leaf(_) => EntryKind::Malformed,
+        }
     }
 
     #[inline]
