@@ -248,14 +248,12 @@ impl<'m> FrameMeta<'m> {
     /// Marks the frames `[i, i + n)` dirty; returns how many were clean.
     #[inline]
     pub(crate) fn mark_dirty(&mut self, i: u32, n: u32) -> u32 {
-        if n == 1 {
-            // The single-frame case, which dominates: one bit.
-            let Some(w) = self.dirty.get_mut(i as usize / 64) else {
-                return 0;
-            };
-            let bit = 1u64 << (i % 64);
-            let newly = u32::from(*w & bit == 0);
-            *w |= bit;
+        if let Some((w, mask)) = self.word_of_span(i, n) {
+            // Within one word (every block below 64 frames, being aligned):
+            // one masked update, the all-clean case counted without a
+            // popcount.
+            let newly = count_bits(!*w & mask, mask, n);
+            *w |= mask;
             return newly;
         }
         if let Some(words) = self.whole_words(i, n) {
@@ -263,7 +261,7 @@ impl<'m> FrameMeta<'m> {
             // common all-clean word counted without a popcount.
             let mut newly = 0;
             for w in words {
-                newly += if *w == 0 { 64 } else { w.count_zeros() };
+                newly += count_bits(!*w, u64::MAX, 64);
                 *w = u64::MAX;
             }
             return newly;
@@ -281,14 +279,12 @@ impl<'m> FrameMeta<'m> {
     /// block's always are).
     #[inline]
     pub(crate) fn set_dirty(&mut self, i: u32, n: u32) {
-        if n == 1 {
-            if let Some(w) = self.dirty.get_mut(i as usize / 64) {
-                *w |= 1 << (i % 64);
-            }
+        if let Some((w, mask)) = self.word_of_span(i, n) {
+            *w |= mask;
             return;
         }
         if let Some(words) = self.whole_words(i, n) {
-            words.fill(u64::MAX);
+            fill_words(words, u64::MAX);
             return;
         }
         self.for_each_word(i, n, |w, mask| *w |= mask);
@@ -312,21 +308,17 @@ impl<'m> FrameMeta<'m> {
     /// Marks the frames `[i, i + n)` clean; returns how many were dirty.
     #[inline]
     pub(crate) fn mark_clean(&mut self, i: u32, n: u32) -> u32 {
-        if n == 1 {
-            let Some(w) = self.dirty.get_mut(i as usize / 64) else {
-                return 0;
-            };
-            let bit = 1u64 << (i % 64);
-            let cleared = u32::from(*w & bit != 0);
-            *w &= !bit;
+        if let Some((w, mask)) = self.word_of_span(i, n) {
+            let cleared = count_bits(*w & mask, mask, n);
+            *w &= !mask;
             return cleared;
         }
         if let Some(words) = self.whole_words(i, n) {
             let mut cleared = 0;
-            for w in words {
-                cleared += if *w == u64::MAX { 64 } else { w.count_ones() };
-                *w = 0;
+            for w in words.iter() {
+                cleared += count_bits(*w, u64::MAX, 64);
             }
+            fill_words(words, 0);
             return cleared;
         }
         let mut cleared = 0;
@@ -404,6 +396,18 @@ impl<'m> FrameMeta<'m> {
         (cleared, None)
     }
 
+    /// The bitmap word holding `[i, i + n)` and the span's mask in it, when
+    /// the span (of 1 to 64 frames) lies within one word.
+    #[inline]
+    fn word_of_span(&mut self, i: u32, n: u32) -> Option<(&mut u64, u64)> {
+        let bit = i % 64;
+        if n == 0 || n > 64 - bit {
+            return None;
+        }
+        let w = self.dirty.get_mut(i as usize / 64)?;
+        Some((w, span_mask(bit, n)))
+    }
+
     /// The bitmap words of `[i, i + n)` when the span covers whole words.
     #[inline]
     fn whole_words(&mut self, i: u32, n: u32) -> Option<&mut [u64]> {
@@ -425,6 +429,37 @@ impl<'m> FrameMeta<'m> {
             }
             at += span;
         }
+    }
+}
+
+/// The set bits of `bits`, a subset of `mask` (which has `n` bits set):
+/// the empty and full cases without a popcount, which is a dozen
+/// instructions on targets without one.
+#[inline]
+const fn count_bits(bits: u64, mask: u64, n: u32) -> u32 {
+    if bits == 0 {
+        0
+    } else if bits == mask {
+        n
+    } else {
+        bits.count_ones()
+    }
+}
+
+/// Sets every word of `words` to `value`; the block sizes of orders 6 to 9
+/// (1 to 8 words) as fixed-size stores rather than a `memset` call.
+#[inline]
+fn fill_words(words: &mut [u64], value: u64) {
+    if let Ok(w) = <&mut [u64; 1]>::try_from(&mut *words) {
+        *w = [value; 1];
+    } else if let Ok(w) = <&mut [u64; 2]>::try_from(&mut *words) {
+        *w = [value; 2];
+    } else if let Ok(w) = <&mut [u64; 4]>::try_from(&mut *words) {
+        *w = [value; 4];
+    } else if let Ok(w) = <&mut [u64; 8]>::try_from(&mut *words) {
+        *w = [value; 8];
+    } else {
+        words.fill(value);
     }
 }
 
@@ -475,6 +510,32 @@ mod tests {
         assert_eq!(m.find_dirty(0, 150, 0), Err(0));
         assert_eq!(m.mark_clean(0, 150), 15);
         assert!(!m.is_dirty(64));
+    }
+
+    #[test]
+    fn dirty_bitmap_counts_are_exact_for_empty_full_and_mixed_spans() {
+        let mut words = [0u64; 1200];
+        let mut m = FrameMeta::new(&mut words, 1024).unwrap();
+        // Within one word: all clean, partly dirty, all dirty.
+        assert_eq!(m.mark_dirty(8, 8), 8);
+        assert_eq!(m.mark_dirty(0, 16), 8);
+        assert_eq!(m.mark_dirty(0, 16), 0);
+        assert_eq!(m.mark_clean(4, 8), 8);
+        assert_eq!(m.mark_clean(0, 16), 8);
+        assert_eq!(m.count_dirty(0, 64), 0);
+        // Whole words, in the fixed-size (1, 2, 4, 8 words) and general cases.
+        for words in [1u32, 2, 4, 8, 16] {
+            let n = 64 * words;
+            m.set_dirty(0, n);
+            assert_eq!(m.count_dirty(0, 1024), n, "{words} words set");
+            assert_eq!(m.mark_clean(0, n), n, "{words} words all dirty");
+            m.set_dirty(3, 1);
+            m.set_dirty(n - 1, 1);
+            assert_eq!(m.mark_dirty(0, n), n - 2, "{words} words, two dirty");
+            assert_eq!(m.mark_clean(0, n), n);
+            assert_eq!(m.mark_clean(0, n), 0, "{words} words all clean");
+        }
+        assert_eq!(m.count_dirty(0, 1024), 0);
     }
 
     #[test]
