@@ -279,6 +279,12 @@ impl<'m> FrameMeta<'m> {
     /// block's always are).
     #[inline]
     pub(crate) fn set_dirty(&mut self, i: u32, n: u32) {
+        if n == 1 {
+            if let Some(w) = self.dirty.get_mut(i as usize / 64) {
+                *w |= 1 << (i % 64);
+            }
+            return;
+        }
         if let Some((w, mask)) = self.word_of_span(i, n) {
             *w |= mask;
             return;
@@ -308,6 +314,16 @@ impl<'m> FrameMeta<'m> {
     /// Marks the frames `[i, i + n)` clean; returns how many were dirty.
     #[inline]
     pub(crate) fn mark_clean(&mut self, i: u32, n: u32) -> u32 {
+        if n == 1 {
+            // The single-frame case, which dominates: one bit.
+            let Some(w) = self.dirty.get_mut(i as usize / 64) else {
+                return 0;
+            };
+            let bit = 1u64 << (i % 64);
+            let cleared = u32::from(*w & bit != 0);
+            *w &= !bit;
+            return cleared;
+        }
         if let Some((w, mask)) = self.word_of_span(i, n) {
             let cleared = count_bits(*w & mask, mask, n);
             *w &= !mask;

@@ -236,6 +236,13 @@ impl<'m> Zone<'m> {
     /// `clean_only`, dirty blocks are not considered.
     #[inline]
     pub(crate) fn take_block(&mut self, order: u8, clean_only: bool) -> Option<(u32, bool)> {
+        self.take_block_inline(order, clean_only)
+    }
+
+    /// [`take_block`](Self::take_block), always inlined: for the allocation
+    /// path, where a call and its register saves are a tenth of the work.
+    #[inline(always)]
+    fn take_block_inline(&mut self, order: u8, clean_only: bool) -> Option<(u32, bool)> {
         let above = u32::MAX << order;
         let clean = self.nonempty[CLEAN] & above;
         let candidates = if clean_only {
@@ -294,7 +301,7 @@ impl<'m> Zone<'m> {
     /// [`alloc`](Self::alloc) past the hot lists: split a free block.
     #[inline(never)]
     fn alloc_from_lists(&mut self, order: u8) -> Option<Mfn> {
-        let (i, dirty) = match self.take_block(order, false) {
+        let (i, dirty) = match self.take_block_inline(order, false) {
             Some(taken) => taken,
             None if self.any_hot => {
                 self.flush_hot();
