@@ -37,7 +37,9 @@ use crate::table::{GrantTable, StatusWord, status_of};
 #[derive(Clone, Copy)]
 struct Pinned<'d> {
     entry: &'d ActiveEntry,
-    status: StatusWord<'d>,
+    /// `None` only if the memory lacks the word, in which case no pin
+    /// could set a bit there (`set_status` refuses first).
+    status: Option<StatusWord<'d>>,
 }
 
 /// What a side's claim holds, and so what letting it go drops.
@@ -307,8 +309,7 @@ where
         PIN_HOST_WRITE
     };
     let (entry, slot) = table.entry_slot(gref)?;
-    // Present whenever the entry is (what set_status checks first).
-    let status = slot.status_word().ok_or(GrantError::RefOutOfRange)?;
+    let status = slot.status_word();
     let active = entry.lock();
     let pin = active.pin();
     if pin != 0 {
@@ -330,7 +331,7 @@ where
         let flags = if v2 { hdr_flags(slot.header()) } else { 0 };
         if v2 && GrantType::of(flags) == GrantType::Transitive {
             if !TRANSITIVE {
-                status.reduce(0);
+                reduce_status(status, 0);
                 return Err(GrantError::NotGranted);
             }
             let trans_dom = DomId::new(hdr_flags(slot.word1()));
@@ -346,7 +347,7 @@ where
             let word1 = slot.word1();
             let (start, length) = (hdr_flags(word1), hdr_domid(word1));
             if usize::from(start) + usize::from(length) > FRAME_SIZE {
-                status.reduce(0);
+                reduce_status(status, 0);
                 return Err(GrantError::NotGranted);
             }
             (PinnedKind::SubPage, (start, length))
@@ -359,7 +360,7 @@ where
                 (mfn, window)
             }
             Err(error) => {
-                status.reduce(0);
+                reduce_status(status, 0);
                 return Err(gfn_error(error));
             }
         }
@@ -379,7 +380,7 @@ where
             frames.put_page(mfn);
             active.clear_target();
         }
-        status.reduce(pin);
+        reduce_status(status, pin);
         return Err(GrantError::FrameInUse);
     }
     active.set_pin(pin + incr);
@@ -426,7 +427,7 @@ where
         .then(|| lookup(domains, trans_dom).ok())
         .flatten();
     let Some(inner_table) = inner_table else {
-        outer.status.reduce(0);
+        reduce_status(outer.status, 0);
         return Err(GrantError::NotGranted);
     };
     // Pinned exclusively while the inner grant is acquired without holding
@@ -472,9 +473,18 @@ fn unpin<F: GrantFrames + ?Sized>(
             frames.put_page_and_type(mfn);
         }
     }
-    pinned.status.reduce(left);
+    reduce_status(pinned.status, left);
     if left == 0 {
         active.clear_target();
+    }
+}
+
+/// [`StatusWord::reduce`] if the entry has a status word (as
+/// `EntrySlot::reduce_status`).
+#[inline(always)]
+fn reduce_status(status: Option<StatusWord<'_>>, pin: u32) {
+    if let Some(status) = status {
+        status.reduce(pin);
     }
 }
 
