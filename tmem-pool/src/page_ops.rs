@@ -390,17 +390,22 @@ impl<S: PageStore> Tmem<'_, S> {
         if r.ephemeral {
             self.lru_unlink(rec);
         }
+        if let Place::Half(_) = r.place {
+            self.count_compressed(r.client, r.pool, r.len, false);
+        }
+        // `count`, sharing the client lookup with the page totals.
         if let Some(c) = self.clients.get_mut(usize::from(r.client)) {
             if r.ephemeral {
                 c.ephemeral_pages = c.ephemeral_pages.saturating_sub(1);
             } else {
                 c.persistent_pages = c.persistent_pages.saturating_sub(1);
             }
+            c.stats.record(event);
         }
-        if let Place::Half(_) = r.place {
-            self.count_compressed(r.client, r.pool, r.len, false);
+        if let Some(p) = self.pools.get_mut(usize::from(r.pool)) {
+            p.stats.record(event);
         }
-        self.count(r.client, r.pool, event);
+        self.totals.record(event);
         let free = self.free_page;
         if let Some(record) = self.pages.get_mut(rec as usize) {
             *record = PageRecord::EMPTY;
