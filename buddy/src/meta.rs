@@ -296,6 +296,60 @@ impl<'m> FrameMeta<'m> {
         self.for_each_word(i, n, |w, mask| *w |= mask);
     }
 
+    /// Marks the `2^k` frames at `i` dirty without reading their bits (as
+    /// [`set_dirty`](Self::set_dirty)). When `i` is aligned to the block's
+    /// size in the zone's bitmap (always, for a zone starting on a 64-frame
+    /// boundary), a block below 64 frames is one masked word and a larger one
+    /// whole words, with none of the general span's checks.
+    #[inline]
+    pub(crate) fn set_block_dirty(&mut self, i: u32, k: u8) {
+        if k == 0 || !bitmap_aligned(i, k) {
+            self.set_dirty(i, 1 << k);
+        } else if k < 6 {
+            if let Some(w) = self.dirty.get_mut(i as usize / 64) {
+                *w |= block_mask(i, k);
+            }
+        } else if let Some(words) = self.block_words(i, k) {
+            fill_words(words, u64::MAX);
+        }
+    }
+
+    /// Marks the `2^k` frames at `i` clean; returns how many were dirty (as
+    /// [`mark_clean`](Self::mark_clean), on the fast path of
+    /// [`set_block_dirty`](Self::set_block_dirty) when `i` is aligned).
+    #[inline]
+    pub(crate) fn clean_block(&mut self, i: u32, k: u8) -> u32 {
+        if k == 0 || !bitmap_aligned(i, k) {
+            return self.mark_clean(i, 1 << k);
+        }
+        if k < 6 {
+            let Some(w) = self.dirty.get_mut(i as usize / 64) else {
+                return 0;
+            };
+            let mask = block_mask(i, k);
+            let cleared = count_bits(*w & mask, mask, 1 << k);
+            *w &= !mask;
+            return cleared;
+        }
+        let Some(words) = self.block_words(i, k) else {
+            return 0;
+        };
+        let mut cleared = 0;
+        for w in words.iter() {
+            cleared += count_bits(*w, u64::MAX, 64);
+        }
+        fill_words(words, 0);
+        cleared
+    }
+
+    /// The bitmap words of the aligned block of order `k >= 6` at `i`.
+    #[inline]
+    fn block_words(&mut self, i: u32, k: u8) -> Option<&mut [u64]> {
+        let first = i as usize / 64;
+        let count = 1usize.checked_shl(u32::from(k).checked_sub(6)?)?;
+        self.dirty.get_mut(first..first.checked_add(count)?)
+    }
+
     /// How many of the frames `[i, i + n)` are dirty (for debug checks).
     pub(crate) fn count_dirty(&self, i: u32, n: u32) -> u32 {
         let end = i.saturating_add(n);
@@ -479,6 +533,20 @@ fn fill_words(words: &mut [u64], value: u64) {
     }
 }
 
+/// Whether `2^k` frames at `i` start on a multiple of their size, or of a
+/// whole bitmap word for 64 frames or more.
+#[inline]
+const fn bitmap_aligned(i: u32, k: u8) -> bool {
+    let size = if k < 6 { 1u32 << k } else { 64 };
+    i % size == 0
+}
+
+/// The bits of the aligned block of order `k < 6` at `i` in its word.
+#[inline]
+const fn block_mask(i: u32, k: u8) -> u64 {
+    ((1u64 << (1u32 << k)) - 1) << (i % 64)
+}
+
 /// Bits `[bit, bit + span)` of a word; `1 <= span <= 64 - bit`.
 #[inline]
 const fn span_mask(bit: u32, span: u32) -> u64 {
@@ -552,6 +620,38 @@ mod tests {
             assert_eq!(m.mark_clean(0, n), 0, "{words} words all clean");
         }
         assert_eq!(m.count_dirty(0, 1024), 0);
+    }
+
+    #[test]
+    fn block_bitmap_updates_match_the_general_span_updates() {
+        let mut a_words = [0u64; 1200];
+        let mut b_words = [0u64; 1200];
+        let mut a = FrameMeta::new(&mut a_words, 1024).unwrap();
+        let mut b = FrameMeta::new(&mut b_words, 1024).unwrap();
+        // A few scattered dirty frames, then every aligned block of orders
+        // 0 to 10 set and cleaned both ways.
+        for f in [0, 5, 63, 64, 130, 511, 700] {
+            a.set_dirty(f, 1);
+            b.set_dirty(f, 1);
+        }
+        for k in 0..=8u8 {
+            let n = 1u32 << k;
+            // Aligned blocks, and blocks as a zone starting off a 64-frame
+            // boundary sees them (shifted by 3 frames).
+            let aligned = (0..768).step_by(n as usize).take(5);
+            for i in aligned.clone().chain(aligned.map(|i| i + 3)) {
+                assert_eq!(
+                    a.clean_block(i, k),
+                    b.mark_clean(i, n),
+                    "clean {i} order {k}"
+                );
+                a.set_block_dirty(i, k);
+                b.set_dirty(i, n);
+                assert_eq!(a.count_dirty(0, 1024), b.count_dirty(0, 1024));
+                assert_eq!(a.clean_block(i, k), n, "order {k} all dirty");
+                assert_eq!(b.mark_clean(i, n), n);
+            }
+        }
     }
 
     #[test]

@@ -310,7 +310,7 @@ impl<'m> Zone<'m> {
             None => return None,
         };
         if dirty {
-            self.dirty_frames -= u64::from(self.meta.mark_clean(i, 1 << order));
+            self.dirty_frames -= u64::from(self.meta.clean_block(i, order));
         }
         Some(self.mfn(i))
     }
@@ -476,7 +476,7 @@ impl<'m> Zone<'m> {
             0,
             "an allocated block had dirty bits"
         );
-        self.meta.set_dirty(i, 1 << k);
+        self.meta.set_block_dirty(i, k);
         self.merge_and_insert(i, k, true, 0);
     }
 
