@@ -457,19 +457,27 @@ fn a_writable_grant_mapping_and_a_page_table_type_exclude_each_other() {
     host.audit().unwrap();
 }
 
+/// Two guests and a third domain; D1 grants its frame 20 writable to D2 as
+/// ref 8. Returns the host, the third domain and the frame.
+fn d1_grants_a_page_to_d2(storage: &mut HostStorage) -> (Host<'_>, DomId, Mfn) {
+    let mut host = two_guests(storage);
+    let d3 = DomId::new(3);
+    host.create_domain(d3, 512, 64).unwrap();
+    let page = mfn_of(&host, D1, 20);
+    host.guest_grant_table(D1)
+        .unwrap()
+        .grant_access(GrantRef(8), D2, Gfn::new(page.get()), true)
+        .unwrap();
+    (host, d3, page)
+}
+
 /// Grants are checked against the grantee and the granter's frames: a ref
 /// granted to another domain, a ref never granted, a grant of a frame the
 /// granter does not own, an unknown domain; and the table ops' returns.
 #[test]
 fn grant_table_op_returns_what_xen_returns() {
     let mut storage = storage();
-    let mut host = two_guests(&mut storage);
-    let d3 = DomId::new(3);
-    host.create_domain(d3, 512, 64).unwrap();
-    let page = mfn_of(&host, D1, 20);
-    let t = host.guest_grant_table(D1).unwrap();
-    t.grant_access(GrantRef(8), D2, Gfn::new(page.get()), true)
-        .unwrap();
+    let (mut host, d3, page) = d1_grants_a_page_to_d2(&mut storage);
     // Granted to D2, mapped by D3 (Xen's `_set_status`: bad domid is
     // GNTST_general_error).
     assert_eq!(
@@ -480,6 +488,7 @@ fn grant_table_op_returns_what_xen_returns() {
     assert_ne!(map(&mut host, D2, D1, 10, HOST_MAP).0, GntSt::Okay.raw());
     // A frame of D2 granted by D1.
     let other = mfn_of(&host, D2, 20);
+    let t = host.guest_grant_table(D1).unwrap();
     t.grant_access(GrantRef(11), D2, Gfn::new(other.get()), true)
         .unwrap();
     assert_eq!(
@@ -580,13 +589,7 @@ fn grant_table_op_returns_what_xen_returns() {
 #[test]
 fn grant_swap_version_status_frames_replace_flush_and_transfer_return_what_xen_returns() {
     let mut storage = storage();
-    let mut host = two_guests(&mut storage);
-    let d3 = DomId::new(3);
-    host.create_domain(d3, 512, 64).unwrap();
-    let page = mfn_of(&host, D1, 20);
-    let t = host.guest_grant_table(D1).unwrap();
-    t.grant_access(GrantRef(8), D2, Gfn::new(page.get()), true)
-        .unwrap();
+    let (mut host, d3, page) = d1_grants_a_page_to_d2(&mut storage);
     let (st, handle) = map(&mut host, D2, D1, 8, HOST_MAP | READONLY);
     assert_eq!(st, GntSt::Okay.raw());
 
