@@ -477,7 +477,7 @@ fn d1_grants_a_page_to_d2(storage: &mut HostStorage) -> (Host<'_>, DomId, Mfn) {
 #[test]
 fn grant_table_op_returns_what_xen_returns() {
     let mut storage = storage();
-    let (mut host, d3, page) = d1_grants_a_page_to_d2(&mut storage);
+    let (mut host, d3, _) = d1_grants_a_page_to_d2(&mut storage);
     // Granted to D2, mapped by D3 (Xen's `_set_status`: bad domid is
     // GNTST_general_error).
     assert_eq!(
