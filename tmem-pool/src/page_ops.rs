@@ -415,6 +415,13 @@ impl<S: PageStore> Tmem<'_, S> {
         self.release(r.frame, r.place)
     }
 
+    /// An exclusive get's removal, kept out of line so that the other gets
+    /// carry none of its code.
+    #[inline(never)]
+    fn take_found(&mut self, found: Found) -> Result<(), TmemError> {
+        self.remove_found(found, Event::Hit { exclusive: true })
+    }
+
     /// Copies the page under (`oid`, `index`) into `out` (`TMEM_GET_PAGE`).
     /// From a private ephemeral pool the page leaves the pool (an exclusive
     /// get, as cleancache expects); from a shared ephemeral pool it stays and
@@ -452,7 +459,7 @@ impl<S: PageStore> Tmem<'_, S> {
         let r = *self.pages.get(rec as usize).ok_or(TmemError::StoreFault)?;
         self.read_page(r.frame, r.place, r.len, out)?;
         if r.ephemeral && !p.shared {
-            self.remove_found(found, Event::Hit { exclusive: true })?;
+            self.take_found(found)?;
         } else {
             self.count(client.0, slot, Event::Hit { exclusive: false });
             if r.ephemeral {
