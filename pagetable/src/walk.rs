@@ -126,7 +126,72 @@ pub(crate) fn entry_at<'m, F: Format>(
     }
 }
 
-/// Walks to the leaf covering `index`.
+/// The leaf entry a walk stopped at.
+struct Leaf {
+    raw: u64,
+    pa: u64,
+    level: u8,
+    size: u64,
+}
+
+/// Walks to the leaf covering `index`, classifying each entry with
+/// `Format::kind` (no attributes built) and passing every table entry on
+/// the way to `on_table`. At most one entry per level is read, so any table
+/// contents terminate.
+#[inline]
+fn walk_to_leaf<F: Format>(
+    format: &F,
+    mem: &impl PhysMem,
+    root: u64,
+    index: u64,
+    mut on_table: impl FnMut(u64, u8),
+) -> Result<Leaf, TranslateError> {
+    let mut table = root;
+    let mut level = format.levels().saturating_sub(1);
+    let mut entries_per_table = format.root_entries();
+    loop {
+        let entries =
+            mem.table(PhysAddr::new(table), entries_per_table)
+                .ok_or(TranslateError::Table(TableError::NotAccessible {
+                    table: PhysAddr::new(table),
+                }))?;
+        let shift = format.level_shift(level);
+        let slot = ((index >> shift) & (entries.len() as u64).wrapping_sub(1)) as usize;
+        let raw = entries.get(slot).map_or(0, |e| e.load(Ordering::Acquire));
+        match format.kind(raw, level) {
+            EntryKind::Table(next) => {
+                on_table(raw, level);
+                level = level
+                    .checked_sub(1)
+                    .ok_or_else(|| malformed_at(format, index, shift, level))?;
+                table = next;
+                entries_per_table = format.entries();
+            }
+            EntryKind::Leaf(pa) => {
+                return Ok(Leaf {
+                    raw,
+                    pa,
+                    level,
+                    size: 1u64 << shift,
+                });
+            }
+            EntryKind::Invalid => return Err(TranslateError::NotMapped { level }),
+            EntryKind::Malformed => return Err(malformed_at(format, index, shift, level)),
+        }
+    }
+}
+
+/// A malformed entry at `level` in the walk to `index`.
+#[cold]
+fn malformed_at<F: Format>(format: &F, index: u64, shift: u32, level: u8) -> TranslateError {
+    TranslateError::Table(TableError::Malformed {
+        at: format.index_to_input(index & !((1u64 << shift) - 1)),
+        level,
+    })
+}
+
+/// Walks to the leaf covering `index`: its output address, and its
+/// attributes with the access rights the tables on the way leave.
 #[inline]
 pub(crate) fn translate<F: Format>(
     format: &F,
@@ -134,98 +199,43 @@ pub(crate) fn translate<F: Format>(
     root: u64,
     index: u64,
 ) -> Result<Translation, TranslateError> {
-    let mut table = root;
     let mut limits = Access::all();
-    let mut level = format.levels().saturating_sub(1);
-    let mut entries_per_table = format.root_entries();
-    loop {
-        let entries =
-            mem.table(PhysAddr::new(table), entries_per_table)
-                .ok_or(TranslateError::Table(TableError::NotAccessible {
-                    table: PhysAddr::new(table),
-                }))?;
-        let shift = format.level_shift(level);
-        let slot = ((index >> shift) & (entries.len() as u64).wrapping_sub(1)) as usize;
-        let raw = entries.get(slot).map_or(0, |e| e.load(Ordering::Acquire));
-        let malformed = || {
-            TranslateError::Table(TableError::Malformed {
-                at: format.index_to_input(index & !((1u64 << shift) - 1)),
-                level,
-            })
-        };
-        // `decode`, not `kind`: the attributes of the leaf are wanted, and
-        // formats whose `kind` is cheaper build them only for leaves (x86);
-        // calling both would decode the leaf twice where `kind` is the
-        // default (AArch64).
-        match format.decode(raw, level) {
-            Descriptor::Table(next) => {
-                limits &= format.table_limits(raw, level);
-                level = level.checked_sub(1).ok_or_else(malformed)?;
-                table = next;
-                entries_per_table = format.entries();
-            }
-            Descriptor::Leaf(pa, mut attributes) => {
-                let size = 1u64 << shift;
-                attributes.access &= limits;
-                return Ok(Translation {
-                    output: PhysAddr::new(pa | (index & (size - 1))),
-                    level,
-                    size,
-                    attributes,
-                });
-            }
-            Descriptor::Invalid => return Err(TranslateError::NotMapped { level }),
-            Descriptor::Malformed => return Err(malformed()),
-        }
-    }
+    let leaf = walk_to_leaf(format, mem, root, index, |raw, level| {
+        limits &= format.table_limits(raw, level);
+    })?;
+    // `kind` agrees with `decode`, so the leaf decodes as a leaf.
+    let Descriptor::Leaf(_, mut attributes) = format.decode(leaf.raw, leaf.level) else {
+        return Err(malformed_at(
+            format,
+            index,
+            leaf.size.trailing_zeros(),
+            leaf.level,
+        ));
+    };
+    attributes.access &= limits;
+    Ok(Translation {
+        output: PhysAddr::new(leaf.pa | (index & (leaf.size - 1))),
+        level: leaf.level,
+        size: leaf.size,
+        attributes,
+    })
 }
 
-/// The walk of [`translate`] without the attributes: `Format::kind` at
-/// every level, leaves included, so no leaf's attributes are built. The
-/// entries it accepts and refuses are exactly those `translate` does
-/// (`kind` agrees with `decode`).
+/// [`translate`] without the attributes: no leaf's attributes are built,
+/// no rights combined. It accepts and refuses exactly the entries
+/// `translate` does.
 pub(crate) fn translate_addr<F: Format>(
     format: &F,
     mem: &impl PhysMem,
     root: u64,
     index: u64,
 ) -> Result<OutputAddr, TranslateError> {
-    let mut table = root;
-    let mut level = format.levels().saturating_sub(1);
-    let mut entries_per_table = format.root_entries();
-    loop {
-        let entries =
-            mem.table(PhysAddr::new(table), entries_per_table)
-                .ok_or(TranslateError::Table(TableError::NotAccessible {
-                    table: PhysAddr::new(table),
-                }))?;
-        let shift = format.level_shift(level);
-        let slot = ((index >> shift) & (entries.len() as u64).wrapping_sub(1)) as usize;
-        let raw = entries.get(slot).map_or(0, |e| e.load(Ordering::Acquire));
-        let malformed = || {
-            TranslateError::Table(TableError::Malformed {
-                at: format.index_to_input(index & !((1u64 << shift) - 1)),
-                level,
-            })
-        };
-        match format.kind(raw, level) {
-            EntryKind::Table(next) => {
-                level = level.checked_sub(1).ok_or_else(malformed)?;
-                table = next;
-                entries_per_table = format.entries();
-            }
-            EntryKind::Leaf(pa) => {
-                let size = 1u64 << shift;
-                return Ok(OutputAddr {
-                    output: PhysAddr::new(pa | (index & (size - 1))),
-                    level,
-                    size,
-                });
-            }
-            EntryKind::Invalid => return Err(TranslateError::NotMapped { level }),
-            EntryKind::Malformed => return Err(malformed()),
-        }
-    }
+    let leaf = walk_to_leaf(format, mem, root, index, |_, _| {})?;
+    Ok(OutputAddr {
+        output: PhysAddr::new(leaf.pa | (index & (leaf.size - 1))),
+        level: leaf.level,
+        size: leaf.size,
+    })
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -3,7 +3,8 @@
 
 use core::fmt;
 
-use crate::attrs::Shareability;
+use crate::attrs::{Attributes, Shareability};
+use crate::format::{Descriptor, EntryKind};
 
 /// The translation granule: the table size and smallest page.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -329,6 +330,44 @@ impl Geometry {
             return Kind::Malformed;
         }
         Kind::Leaf(pa)
+    }
+
+    /// `Format::kind` for both stages: the structural decode, and a leaf
+    /// only if `leaf_ok` accepts its attribute fields.
+    #[inline]
+    pub(crate) fn entry_kind(
+        &self,
+        raw: u64,
+        level: u8,
+        leaf_ok: impl FnOnce(u64) -> bool,
+    ) -> EntryKind {
+        match self.kind(raw, level) {
+            Kind::Invalid => EntryKind::Invalid,
+            Kind::Malformed => EntryKind::Malformed,
+            Kind::Table(t) => EntryKind::Table(t),
+            Kind::Leaf(pa) if leaf_ok(raw) => EntryKind::Leaf(pa),
+            Kind::Leaf(_) => EntryKind::Malformed,
+        }
+    }
+
+    /// `Format::decode` for both stages: the structural decode, and a leaf
+    /// with the attributes `attributes` reads (`None`: malformed).
+    #[inline]
+    pub(crate) fn descriptor(
+        &self,
+        raw: u64,
+        level: u8,
+        attributes: impl FnOnce(u64) -> Option<Attributes>,
+    ) -> Descriptor {
+        match self.kind(raw, level) {
+            Kind::Invalid => Descriptor::Invalid,
+            Kind::Malformed => Descriptor::Malformed,
+            Kind::Table(t) => Descriptor::Table(t),
+            Kind::Leaf(pa) => match attributes(raw) {
+                Some(attrs) => Descriptor::Leaf(pa, attrs),
+                None => Descriptor::Malformed,
+            },
+        }
     }
 
     /// A table descriptor pointing at `table`.

@@ -2,7 +2,7 @@
 
 use hvmem_types::VirtAddr;
 
-use super::geometry::{AF, CONTIGUOUS, DBM, Geometry, Kind, SOFTWARE};
+use super::geometry::{AF, CONTIGUOUS, DBM, Geometry, SOFTWARE};
 use super::{ConfigError, Granule, LargeAddresses, Mair};
 use crate::attrs::{Access, AttrError, Attributes, Tracking};
 use crate::format::{Descriptor, EntryKind, Format};
@@ -257,26 +257,14 @@ impl Format for Stage1 {
 
     #[inline]
     fn kind(&self, raw: u64, level: u8) -> EntryKind {
-        match self.geometry.kind(raw, level) {
-            Kind::Invalid => EntryKind::Invalid,
-            Kind::Malformed => EntryKind::Malformed,
-            Kind::Table(t) => EntryKind::Table(t),
-            Kind::Leaf(pa) if self.leaf_fields_valid(raw) => EntryKind::Leaf(pa),
-            Kind::Leaf(_) => EntryKind::Malformed,
-        }
+        self.geometry
+            .entry_kind(raw, level, |raw| self.leaf_fields_valid(raw))
     }
 
     #[inline]
     fn decode(&self, raw: u64, level: u8) -> Descriptor {
-        match self.geometry.kind(raw, level) {
-            Kind::Invalid => Descriptor::Invalid,
-            Kind::Malformed => Descriptor::Malformed,
-            Kind::Table(t) => Descriptor::Table(t),
-            Kind::Leaf(pa) => match self.leaf_attributes(raw) {
-                Some(attrs) => Descriptor::Leaf(pa, attrs),
-                None => Descriptor::Malformed,
-            },
-        }
+        self.geometry
+            .descriptor(raw, level, |raw| self.leaf_attributes(raw))
     }
 
     #[inline]
