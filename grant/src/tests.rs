@@ -891,6 +891,24 @@ fn unmap_with_a_wrong_host_address_is_general_error_and_keeps_the_mapping() {
     });
 }
 
+/// Domain 3 copies the byte at `offset` of BACK's grant 9 into its own
+/// frame 0; returns the element's status.
+fn copy_byte_through_grant_9(env: &Env<'_>, d: &ModelDomains<'_>, offset: u16) -> i16 {
+    let mut op = copy_op(
+        GnttabCopyPtr::grant(BACK.get(), GrantRef(9), offset),
+        GnttabCopyPtr::frame(DomId::SELF.get(), 0, 0),
+        1,
+        GntCopyFlags::SOURCE_GREF,
+    );
+    copy(
+        DomId::new(3),
+        d,
+        env.frames(),
+        core::slice::from_mut(&mut op),
+    );
+    op.status
+}
+
 fn copy_op(
     source: GnttabCopyPtr,
     dest: GnttabCopyPtr,
@@ -1037,19 +1055,7 @@ fn copy_through_a_transitive_grant_reads_the_underlying_frame() {
     env.frames().give(DomId::new(3), 0, 0x300);
     env.frames().set_byte(0x101, 5, 0x5a);
     let d = ModelDomains::new([&table1, &table2]);
-    let mut op = copy_op(
-        GnttabCopyPtr::grant(BACK.get(), GrantRef(9), 5),
-        GnttabCopyPtr::frame(DomId::SELF.get(), 0, 0),
-        1,
-        GntCopyFlags::SOURCE_GREF,
-    );
-    copy(
-        DomId::new(3),
-        &d,
-        env.frames(),
-        core::slice::from_mut(&mut op),
-    );
-    assert_eq!(op.status, OK);
+    assert_eq!(copy_byte_through_grant_9(&env, &d, 5), OK);
     assert_eq!(env.frames().byte(0x300, 0), 0x5a);
     assert_eq!(env.frames().refs(0x101), (0, 0));
     assert_eq!(table1.pin_count(GrantRef(8)), Some(0));
@@ -1092,24 +1098,13 @@ fn copy_through_a_transitive_grant_to_a_transitive_or_missing_grant_fails_leavin
             .unwrap();
         env.frames().give(DomId::new(3), 0, 0x300);
         let d = ModelDomains::new([&table1, &table2]);
-        let mut op = copy_op(
-            GnttabCopyPtr::grant(BACK.get(), GrantRef(9), 0),
-            GnttabCopyPtr::frame(DomId::SELF.get(), 0, 0),
-            1,
-            GntCopyFlags::SOURCE_GREF,
-        );
-        copy(
-            DomId::new(3),
-            &d,
-            env.frames(),
-            core::slice::from_mut(&mut op),
-        );
+        let status = copy_byte_through_grant_9(&env, &d, 0);
         let case = if inner_transitive {
             "inner transitive"
         } else {
             "inner missing"
         };
-        assert_eq!(op.status, GntSt::GeneralError.raw(), "{case}");
+        assert_eq!(status, GntSt::GeneralError.raw(), "{case}");
         for (table, gref) in [(&table1, 8), (&table2, 9), (&table2, 7)] {
             assert_eq!(table.pin_count(GrantRef(gref)), Some(0), "{case} {gref}");
         }
