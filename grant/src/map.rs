@@ -296,12 +296,7 @@ impl Maptrack<'_> {
                     Err(error) => op.status = error.status().raw(),
                 }
             }
-            if pending.iter().any(Option::is_some) {
-                flush_tlb();
-            }
-            for done in pending.into_iter().flatten() {
-                self.unmap_complete(frames, done);
-            }
+            self.unmap_finish_batch(frames, pending, flush_tlb);
         }
     }
 
@@ -427,12 +422,7 @@ impl Maptrack<'_> {
                     Err(error) => op.status = error.status().raw(),
                 }
             }
-            if pending.iter().any(Option::is_some) {
-                flush_tlb();
-            }
-            for done in pending.into_iter().flatten() {
-                self.unmap_complete(frames, done);
-            }
+            self.unmap_finish_batch(frames, pending, flush_tlb);
         }
     }
 
@@ -568,6 +558,22 @@ impl Maptrack<'_> {
 
     /// Phase two, after the TLB flush: drops the pins and references of the
     /// kinds phase one removed, and frees the handle if it maps nothing.
+    /// The second phase of a batch of unmaps: one TLB flush if any mapping
+    /// was removed, then each removed mapping's references dropped.
+    fn unmap_finish_batch<F: GrantFrames + ?Sized>(
+        &self,
+        frames: &F,
+        pending: [Option<PendingUnmap<'_>>; UNMAP_BATCH],
+        flush_tlb: &mut dyn FnMut(),
+    ) {
+        if pending.iter().any(Option::is_some) {
+            flush_tlb();
+        }
+        for done in pending.into_iter().flatten() {
+            self.unmap_complete(frames, done);
+        }
+    }
+
     fn unmap_complete<F: GrantFrames + ?Sized>(&self, frames: &F, done: PendingUnmap<'_>) {
         let PendingUnmap {
             table,
