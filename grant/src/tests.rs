@@ -1468,6 +1468,28 @@ fn entry_words(store: &Store, table: &GrantTable<'_>, gref: u32) -> Vec<u32> {
         .collect()
 }
 
+/// Switches `table` to `version` and grants BACK gfn 1 read-only as ref 8
+/// and gfn 2 as ref 9 (writable if `nine_writable`); returns the guest's
+/// view of the table.
+fn grant_refs_8_and_9<'e>(
+    env: &'e Env<'_>,
+    table: &mut GrantTable<'_>,
+    version: u32,
+    nine_writable: bool,
+) -> GuestGrantTable<'e> {
+    table
+        .set_version(&mut GnttabSetVersion { version })
+        .unwrap();
+    let guest = env.guest(table);
+    guest
+        .grant_access(GrantRef(8), BACK, Gfn::new(1), false)
+        .unwrap();
+    guest
+        .grant_access(GrantRef(9), BACK, Gfn::new(2), nine_writable)
+        .unwrap();
+    guest
+}
+
 fn swap(table: &mut GrantTable<'_>, a: u32, b: u32) -> i16 {
     let mut op = GnttabSwapGrantRef {
         ref_a: a,
@@ -1484,16 +1506,7 @@ fn swap_grant_ref_exchanges_two_entries_with_their_status_v1_and_v2() {
     let env = Env::new(&store);
     let mut table = env.table(0);
     for version in [1, 2] {
-        table
-            .set_version(&mut GnttabSetVersion { version })
-            .unwrap();
-        let guest = env.guest(&table);
-        guest
-            .grant_access(GrantRef(8), BACK, Gfn::new(1), false)
-            .unwrap();
-        guest
-            .grant_access(GrantRef(9), BACK, Gfn::new(2), true)
-            .unwrap();
+        let guest = grant_refs_8_and_9(&env, &mut table, version, true);
         if version == 2 {
             // Status words left by earlier use, which move with the entry.
             store.status[0][8].store(0, core::sync::atomic::Ordering::Relaxed);
@@ -1541,16 +1554,7 @@ fn swap_grant_ref_is_refused_while_either_entry_is_pinned_and_changes_nothing() 
     let env = Env::new(&store);
     let mut table = env.table(0);
     for version in [1, 2] {
-        table
-            .set_version(&mut GnttabSetVersion { version })
-            .unwrap();
-        let guest = env.guest(&table);
-        guest
-            .grant_access(GrantRef(8), BACK, Gfn::new(1), false)
-            .unwrap();
-        guest
-            .grant_access(GrantRef(9), BACK, Gfn::new(2), false)
-            .unwrap();
+        let guest = grant_refs_8_and_9(&env, &mut table, version, false);
         let mt = env.maptrack();
         let op = {
             let d = ModelDomains::new([&table]);
