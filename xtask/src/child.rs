@@ -2,8 +2,9 @@
 
 use std::ffi::OsStr;
 use std::fmt;
+use std::fs::File;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 
 /// Environment variable capping cargo's parallelism in every child.
 const JOBS_VAR: &str = "CARGO_BUILD_JOBS";
@@ -91,6 +92,40 @@ impl Step {
         }
     }
 
+    /// Runs the command with its standard output and error written
+    /// together, in the order written, to the file `log` (created or
+    /// truncated), then reads them back: for a stage that runs several
+    /// commands at once and prints each one's output as a block.
+    pub fn run_captured(mut self, log: &Path) -> Captured {
+        let line = self.to_string();
+        let (output, result) = match self.capture_into(&line, log) {
+            Ok((output, status)) if status.success() => (output, Ok(())),
+            Ok((output, status)) => (output, Err(format!("`{line}` failed ({status})"))),
+            Err(message) => (String::new(), Err(message)),
+        };
+        Captured {
+            line,
+            output,
+            result,
+        }
+    }
+
+    /// Runs the command with both output streams into `log` and returns
+    /// what it wrote with its exit status.
+    fn capture_into(&mut self, line: &str, log: &Path) -> Result<(String, ExitStatus), String> {
+        let cannot = |error: std::io::Error| format!("`{line}` (log {}): {error}", log.display());
+        let file = File::create(log).map_err(cannot)?;
+        let errors = file.try_clone().map_err(cannot)?;
+        let status = self
+            .command
+            .stdout(file)
+            .stderr(errors)
+            .status()
+            .map_err(cannot)?;
+        let output = std::fs::read(log).map_err(cannot)?;
+        Ok((String::from_utf8_lossy(&output).into_owned(), status))
+    }
+
     /// Runs the command quietly and returns its standard output.
     pub fn capture(mut self) -> Result<String, String> {
         let line = self.to_string();
@@ -105,6 +140,18 @@ impl Step {
             Err(format!("`{line}` failed ({})", output.status))
         }
     }
+}
+
+/// What [`Step::run_captured`] saw: the echoed command line, everything the
+/// command wrote, and whether it succeeded.
+#[derive(Debug)]
+pub struct Captured {
+    /// The command as a shell line.
+    pub line: String,
+    /// Standard output and error, interleaved as written.
+    pub output: String,
+    /// `Err` with a message when the command could not run or failed.
+    pub result: Result<(), String>,
 }
 
 impl fmt::Display for Step {

@@ -1,6 +1,7 @@
 //! The stages of `cargo xtask test`, in the order they run, and what each runs.
 
 use std::path::Path;
+use std::sync::Mutex;
 
 use crate::child::Step;
 use crate::toolchain::{self, NIGHTLY};
@@ -188,7 +189,26 @@ const MIRI_TEST_ENV: [(&str, &str); 3] = [
     ("PROPTEST_DISABLE_FAILURE_PERSISTENCE", "1"),
 ];
 
-/// Runs each library crate's unit tests under miri, isolation on.
+/// How many crates miri runs at once: it interprets each test binary on one
+/// thread, and CI has two cores.
+const MIRI_LANES: usize = 2;
+
+/// The crates miri takes longest on, longest first (measured on the CI
+/// machine), so that the two lanes finish together; crates not named here
+/// run after these.
+const MIRI_LONGEST_FIRST: [&str; 6] = [
+    "hvmem-balloon-proto",
+    "hvmem-pagetable",
+    "hvmem-grant",
+    "hvmem-buddy",
+    "hvmem-tmem-pool",
+    "hvmem-frametable",
+];
+
+/// Runs each library crate's unit tests under miri, isolation on, two crates
+/// at a time. Each lane has its own target directory (so the two cargo
+/// processes never wait on each other's build lock) and prints a crate's
+/// whole output when it finishes; after a failure no new crate starts.
 fn miri(workspace: &Workspace) -> Result<(), String> {
     require_libraries(workspace)?;
     let root = workspace.root.as_path();
@@ -197,26 +217,69 @@ fn miri(workspace: &Workspace) -> Result<(), String> {
     Step::cargo(root)
         .args([plus_nightly.as_str(), "miri", "setup"])
         .run()?;
+    let mut order: Vec<&str> = workspace
+        .libraries
+        .iter()
+        .map(|library| library.package.as_str())
+        .collect();
+    order.sort_by_key(|package| {
+        MIRI_LONGEST_FIRST
+            .iter()
+            .position(|known| known == package)
+            .unwrap_or(MIRI_LONGEST_FIRST.len())
+    });
+    std::fs::create_dir_all(root.join("target"))
+        .map_err(|error| format!("cannot create target/ for the miri logs: {error}"))?;
+    let queue = Mutex::new(order.into_iter());
+    let failures = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for lane in 0..MIRI_LANES {
+            let (queue, failures, plus_nightly) = (&queue, &failures, plus_nightly.as_str());
+            scope.spawn(move || {
+                loop {
+                    let next = {
+                        let stop = failures.lock().map_or(true, |f| !f.is_empty());
+                        let mut queue = queue.lock().ok();
+                        match queue.as_mut() {
+                            Some(queue) if !stop => queue.next(),
+                            _ => None,
+                        }
+                    };
+                    let Some(package) = next else { break };
+                    let log = root.join(format!("target/miri-{lane}.log"));
+                    let done = miri_step(root, plus_nightly, package, lane).run_captured(&log);
+                    println!("$ {}\n{}", done.line, done.output);
+                    if let Err(message) = done.result {
+                        if let Ok(mut failures) = failures.lock() {
+                            failures.push(message);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let failures = failures
+        .into_inner()
+        .map_err(|_| "a miri lane panicked".to_owned())?;
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(failures.join("; "))
+    }
+}
+
+/// The miri run of one crate's unit tests in `lane`'s target directory.
+fn miri_step(root: &Path, plus_nightly: &str, package: &str, lane: usize) -> Step {
     let forward: Vec<String> = MIRI_TEST_ENV
         .iter()
         .map(|(key, _)| format!("-Zmiri-env-forward={key}"))
         .collect();
-    for library in &workspace.libraries {
-        let mut step = Step::cargo(root)
-            .args([
-                plus_nightly.as_str(),
-                "miri",
-                "test",
-                "-p",
-                &library.package,
-                "--lib",
-            ])
-            .env("CARGO_TARGET_DIR", "target/miri")
-            .env_append("MIRIFLAGS", &forward.join(" "));
-        for (key, value) in MIRI_TEST_ENV {
-            step = step.env(key, value);
-        }
-        step.run()?;
+    let mut step = Step::cargo(root)
+        .args([plus_nightly, "miri", "test", "-p", package, "--lib"])
+        .env("CARGO_TARGET_DIR", &format!("target/miri-{lane}"))
+        .env_append("MIRIFLAGS", &forward.join(" "));
+    for (key, value) in MIRI_TEST_ENV {
+        step = step.env(key, value);
     }
-    Ok(())
+    step
 }
