@@ -69,6 +69,17 @@ enum Refill<'e> {
     Protect(&'e Attributes),
 }
 
+/// What a protect does to a contiguous run before changing its entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RunStep {
+    /// Nothing: not hinted, or a change the entries take in place.
+    Keep,
+    /// Break it and write it back without the hint (cut by the range).
+    Unfold,
+    /// Break it and write it back whole with the new attributes.
+    Rewrite,
+}
+
 /// A table as the plan sees it.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Node {
@@ -111,6 +122,46 @@ impl Slot {
     fn is_full(&self) -> bool {
         self.piece_start == self.start && self.piece_end - self.piece_start == self.size
     }
+}
+
+/// How many last-level entries a protect tests (and rewrites) together.
+const GROUP: usize = 8;
+
+/// The values of `group` if every one holds `known` outside `mask`.
+#[inline]
+fn all_hold(group: &[AtomicU64; GROUP], known: u64, mask: u64) -> Option<[u64; GROUP]> {
+    let raws = group.each_ref().map(|e| e.load(Ordering::Acquire));
+    let differ = raws.iter().fold(0, |acc, raw| acc | (raw ^ known));
+    (differ & !mask == 0).then_some(raws)
+}
+
+/// What a protect does to the leaves with one pattern of bits outside the
+/// leaf address mask.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    /// They already hold the new value.
+    Keep,
+    /// Written in place, flushed afterwards.
+    Store,
+    /// Replaced with break-before-make.
+    Break,
+}
+
+/// The state of a protect's pass over a last-level table.
+struct Rewrite {
+    mask: u64,
+    /// The new leaf's bits outside the mask, without and with the hint.
+    template: u64,
+    hinted: u64,
+    /// The bits outside the mask of the last leaf classified (`mask`: none
+    /// yet), what its rewrite sets there, and the verdict.
+    known: u64,
+    bits: u64,
+    verdict: Verdict,
+    /// The changed slots not yet added to the flush, `[run_start, run_end)`
+    /// in index space (empty when equal).
+    run_start: u64,
+    run_end: u64,
 }
 
 /// The slots of the table at `base` (level `level`) that `[start, end)` covers.
@@ -284,6 +335,11 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
             Node::Real(t) => Some(self.table(t, level)?),
             Node::Empty | Node::Split { .. } => None,
         };
+        if let (0, Some(entries), Edit::Protect { .. }) = (level, table, edit) {
+            if let Some(result) = self.plan_protect_last_level(entries, base, start, end) {
+                return result;
+            }
+        }
         if let (0, Some(entries), Edit::Unmap | Edit::Protect { .. }) = (level, table, edit) {
             if let Some(result) = self.plan_last_level(entries, base, start, end, edit) {
                 return result;
@@ -427,6 +483,196 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
         Some(Ok(0))
     }
 
+    /// The plan of a protect in a last-level table, for formats with a
+    /// [`leaf_address_mask`](Format::leaf_address_mask): every entry must be
+    /// invalid or a leaf. An entry whose bits outside the mask are those of
+    /// a leaf already checked is a leaf too (the mask's rule), so `kind`
+    /// runs once per distinct attribute pattern, and a group of entries that
+    /// all share the pattern is checked with one test. `None` as
+    /// [`plan_last_level`](Self::plan_last_level), or without a mask.
+    fn plan_protect_last_level(
+        &self,
+        entries: &[AtomicU64],
+        base: u64,
+        start: u64,
+        end: u64,
+    ) -> Option<Result<usize, PlanError>> {
+        let mask = self.format.leaf_address_mask(0).filter(|&m| m != 0)?;
+        let shift = self.format.level_shift(0);
+        let first = usize::try_from((start - base) >> shift).ok()?;
+        let last = usize::try_from((end - 1 - base) >> shift).ok()?;
+        let run = entries.get(first..=last)?;
+        // The bits outside the mask of the last leaf checked; `mask` itself
+        // (non-zero) is never an entry's bits outside it.
+        let mut known = mask;
+        for (g, group) in run.chunks(GROUP).enumerate() {
+            if let Ok(whole) = <&[AtomicU64; GROUP]>::try_from(group) {
+                if all_hold(whole, known, mask).is_some() {
+                    continue;
+                }
+            }
+            for (k, e) in group.iter().enumerate() {
+                let raw = e.load(Ordering::Acquire);
+                if raw & !mask == known {
+                    continue;
+                }
+                match self.format.kind(raw, 0) {
+                    EntryKind::Leaf(_) => known = raw & !mask,
+                    EntryKind::Invalid => {}
+                    EntryKind::Table(_) | EntryKind::Malformed => {
+                        let at = base + (((first + g * GROUP + k) as u64) << shift);
+                        return Some(Err(TableError::Malformed {
+                            at: self.format.index_to_input(at),
+                            level: 0,
+                        }
+                        .into()));
+                    }
+                }
+            }
+        }
+        Some(Ok(0))
+    }
+
+    /// [`protect_last_level`](Self::protect_last_level) for formats with a
+    /// [`leaf_address_mask`](Format::leaf_address_mask): each leaf keeps its
+    /// address bits and takes the template's (and its own contiguous hint)
+    /// for the rest, `(raw & mask) | template`, with no decode or encode of
+    /// its address. By the mask's rule, leaves with the same bits outside
+    /// the mask get the same verdict: left alone (already the new value),
+    /// written in place, or broken; so `kind` and `needs_break` run once per
+    /// distinct attribute pattern, and a group of entries that share the
+    /// last pattern seen is tested and rewritten together. `false` if the
+    /// format has no mask or its templates hold address bits (the caller
+    /// then takes the general path).
+    fn protect_last_level_masked(
+        &mut self,
+        run: &[AtomicU64],
+        first: usize,
+        run_base: u64,
+        template: u64,
+    ) -> bool {
+        let format = self.format;
+        let Some(mask) = format.leaf_address_mask(0).filter(|&m| m != 0) else {
+            return false;
+        };
+        let hinted = format.with_contiguous(template, true);
+        if (template | hinted) & mask != 0 {
+            return false;
+        }
+        let shift = format.level_shift(0);
+        let size = 1u64 << shift;
+        let mut state = Rewrite {
+            mask,
+            template,
+            hinted,
+            known: mask,
+            bits: template,
+            verdict: Verdict::Keep,
+            run_start: 0,
+            run_end: 0,
+        };
+        for (g, group) in run.chunks(GROUP).enumerate() {
+            let at = run_base + (((g * GROUP) as u64) << shift);
+            if let (Ok(whole), Verdict::Keep | Verdict::Store) =
+                (<&[AtomicU64; GROUP]>::try_from(group), state.verdict)
+            {
+                if let Some(raws) = all_hold(whole, state.known, mask) {
+                    if state.verdict == Verdict::Store {
+                        // Outside the mask each entry holds `known` and gets
+                        // `bits`, inside it keeps its own: one XOR.
+                        let delta = state.known ^ state.bits;
+                        let mut here = at;
+                        for (entry, raw) in whole.iter().zip(raws) {
+                            self.store(entry, raw, raw ^ delta, 0, here, size);
+                            here += size;
+                        }
+                        self.changed(&mut state, at, here);
+                    }
+                    continue;
+                }
+            }
+            let mut here = at;
+            for (k, entry) in group.iter().enumerate() {
+                self.protect_leaf(entry, first + g * GROUP + k, here, size, &mut state);
+                here += size;
+            }
+        }
+        if state.run_start != state.run_end {
+            self.flush_index(state.run_start, state.run_end);
+        }
+        true
+    }
+
+    /// One entry of [`protect_last_level_masked`](Self::protect_last_level_masked):
+    /// classifies it if its bits outside the mask are new, then applies the
+    /// verdict.
+    fn protect_leaf(
+        &mut self,
+        entry: &AtomicU64,
+        index: usize,
+        at: u64,
+        size: u64,
+        state: &mut Rewrite,
+    ) {
+        let format = self.format;
+        let mask = state.mask;
+        let raw = entry.load(Ordering::Acquire);
+        if raw & !mask != state.known {
+            if !matches!(format.kind(raw, 0), EntryKind::Leaf(_)) {
+                return;
+            }
+            state.known = raw & !mask;
+            // A run still hinted here is one that keeps the hint.
+            state.bits = if format.is_contiguous(raw) {
+                state.hinted
+            } else {
+                state.template
+            };
+            let new = (raw & mask) | state.bits;
+            state.verdict = if new == raw {
+                Verdict::Keep
+            } else if format.needs_break(raw, new, 0) {
+                Verdict::Break
+            } else {
+                Verdict::Store
+            };
+        }
+        let new = (raw & mask) | state.bits;
+        match state.verdict {
+            // Already the new value: no store, nothing to flush.
+            Verdict::Keep => {}
+            Verdict::Break => {
+                let slot = Slot {
+                    index,
+                    start: at,
+                    size,
+                    piece_start: at,
+                    piece_end: at + size,
+                };
+                // Broken: already invalidated, nothing to flush.
+                let _ = self.replace(entry, raw, new, 0, &slot);
+            }
+            Verdict::Store => {
+                // A plain store, as in `protect_last_level`.
+                self.store(entry, raw, new, 0, at, size);
+                self.changed(state, at, at + size);
+            }
+        }
+    }
+
+    /// Notes `[start, end)` (index space) as changed in place: it extends
+    /// the pending flush run or, after a gap, starts a new one.
+    #[inline]
+    fn changed(&mut self, state: &mut Rewrite, start: u64, end: u64) {
+        if state.run_end != start {
+            if state.run_start != state.run_end {
+                self.flush_index(state.run_start, state.run_end);
+            }
+            state.run_start = start;
+        }
+        state.run_end = end;
+    }
+
     /// A protect in a last-level table: each leaf gets the template with its
     /// own output address (and contiguous hint), with break-before-make where
     /// the format needs it; the changed entries are flushed as runs rather
@@ -451,6 +697,10 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
         let Some(run) = entries.get(first..=last) else {
             return false;
         };
+        let run_base = base + ((first as u64) << shift);
+        if self.protect_last_level_masked(run, first, run_base, template) {
+            return true;
+        }
         let format = self.format;
         // The changed slots not yet added to the flush, `[run_start,
         // run_end)` in index space (empty when equal).
@@ -656,6 +906,21 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
                 }
                 continue;
             }
+            if let Edit::Protect { attrs, templates } = edit {
+                let template = templates.get(usize::from(level)).copied().unwrap_or(0);
+                match self.protect_run_step(run_entries, level, group.is_full(), template) {
+                    Some(RunStep::Keep) => continue,
+                    Some(RunStep::Unfold) => {
+                        self.break_run(run_entries, level, &group, Refill::Unhinted, alloc);
+                        continue;
+                    }
+                    Some(RunStep::Rewrite) => {
+                        self.break_run(run_entries, level, &group, Refill::Protect(attrs), alloc);
+                        continue;
+                    }
+                    None => {}
+                }
+            }
             let hinted = run_entries.iter().any(|e| {
                 let raw = e.load(Ordering::Acquire);
                 self.format.is_contiguous(raw)
@@ -701,6 +966,49 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
                 }
             }
         }
+    }
+
+    /// What [`prepare_runs`](Self::prepare_runs) does to a run a protect
+    /// touches, decided from its first entry when every entry shares its
+    /// bits outside the format's [`leaf_address_mask`](Format::leaf_address_mask)
+    /// (the mask's rule makes their kinds, hints and break verdicts the
+    /// same); `None` otherwise (no mask, or the entries differ), for the
+    /// entry-by-entry decision.
+    fn protect_run_step(
+        &self,
+        run_entries: &[AtomicU64],
+        level: u8,
+        full: bool,
+        template: u64,
+    ) -> Option<RunStep> {
+        let mask = self.format.leaf_address_mask(level)?;
+        let first = run_entries.first()?.load(Ordering::Acquire);
+        let differ = run_entries
+            .iter()
+            .fold(0, |acc, e| acc | (e.load(Ordering::Acquire) ^ first));
+        if differ & !mask != 0 {
+            return None;
+        }
+        // Only a run of hinted leaves needs anything.
+        let EntryKind::Leaf(pa) = self.format.kind(first, level) else {
+            return Some(RunStep::Keep);
+        };
+        if !self.format.is_contiguous(first) {
+            return Some(RunStep::Keep);
+        }
+        if !full {
+            return Some(RunStep::Unfold);
+        }
+        let new = self
+            .format
+            .with_contiguous(self.format.with_output_address(template, pa, level), true);
+        // A permission change stays in place, hint kept; anything else
+        // rewrites the run whole.
+        Some(if self.format.needs_break(first, new, level) {
+            RunStep::Rewrite
+        } else {
+            RunStep::Keep
+        })
     }
 
     /// Break-before-make over a whole run: invalidates every valid entry of
