@@ -1490,8 +1490,10 @@ fn protect_case() -> impl Strategy<Value = ProtectCase> {
 }
 
 /// What one run of a case left: the result, every table word, the
-/// break-before-make requests and the recorded writes (entries as offsets
-/// into the arena).
+/// break-before-make requests (in address order) and the recorded writes
+/// (entries as offsets into the arena; in order for each entry, entries in
+/// address order: the fast path prepares and rewrites one contiguous run
+/// after the other, the general path prepares every run of a table first).
 type ProtectOutcome = (
     Result<(Vec<(u64, u64)>, bool, bool), crate::ProtectError>,
     Vec<u64>,
@@ -1568,7 +1570,7 @@ fn run_protect_case<F: crate::Format>(f: F, case: &ProtectCase) -> ProtectOutcom
             )
         });
     let origin = m.words.as_ptr() as usize;
-    let writes = trace::take()
+    let mut writes: Vec<_> = trace::take()
         .into_iter()
         .filter_map(|e| match e {
             Event::Write {
@@ -1582,11 +1584,14 @@ fn run_protect_case<F: crate::Format>(f: F, case: &ProtectCase) -> ProtectOutcom
             Event::Invalidate(_) | Event::Fresh { .. } => None,
         })
         .collect();
+    writes.sort_by_key(|w| w.0);
+    let mut breaks = bbm.0;
+    breaks.sort_by_key(|b| (b.start, b.end, b.level, b.table));
     let after: Vec<u64> = m.words.iter().map(|w| w.load(Ordering::Relaxed)).collect();
     if result.is_err() {
         assert_eq!(before, after, "a failed protect changed the tables");
     }
-    (result, after, bbm.0, writes)
+    (result, after, breaks, writes)
 }
 
 proptest! {
@@ -1595,8 +1600,8 @@ proptest! {
     /// The protect fast path (keep the leaf address mask's bits, one
     /// verdict per attribute pattern) does exactly what the general path
     /// (decode and encode each leaf) does: same result and flush, same
-    /// table words, same break-before-make requests, same writes in the same
-    /// order, on tables of mixed attributes, contiguous runs, blocks, holes
+    /// table words, same break-before-make requests, same writes to each
+    /// entry in the same order, on tables of mixed attributes, contiguous runs, blocks, holes
     /// and flipped bits; and a failed protect writes nothing.
     #[test]
     #[cfg_attr(miri, ignore = "whole tables per case: natively only")]
