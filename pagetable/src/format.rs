@@ -200,6 +200,30 @@ pub trait Format {
     fn table_limits(&self, _raw: u64, _level: u8) -> crate::Access {
         crate::Access::all()
     }
+
+    // The attribute-change fast path.
+
+    /// The bits of a leaf at `level` that hold its output address, as far
+    /// as a well-formed leaf there can set them (aligned to the level's
+    /// size, below [`output_bits`](Self::output_bits)), or `None` if the
+    /// format does not say (the default: protect then decodes and encodes
+    /// every leaf).
+    ///
+    /// A protect keeps these bits of each leaf and replaces the rest, and
+    /// checks each run of leaves with the same other bits once. A format
+    /// returning a mask `m` promises, at that level:
+    /// - `kind(raw)`'s variant (invalid, table, leaf, malformed) depends
+    ///   only on `raw & !m`;
+    /// - for a leaf `raw` at `pa` and every `t` that
+    ///   `encode_leaf(0, attrs, level)` returns: `t & m == 0` and
+    ///   `with_output_address(t, pa, level) == t | (raw & m)`;
+    /// - `is_contiguous(raw)` depends only on `raw & !m`, and so does
+    ///   `needs_break(old, new)` when `old` and `new` hold the same address
+    ///   bits.
+    #[inline]
+    fn leaf_address_mask(&self, _level: u8) -> Option<u64> {
+        None
+    }
 }
 
 /// Formats whose live entries may be replaced in a single store, with the

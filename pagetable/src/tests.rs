@@ -1205,3 +1205,433 @@ proptest! {
         }
     }
 }
+
+// The leaf address mask (`Format::leaf_address_mask`) and the protect fast
+// path built on it.
+
+/// Attributes from a seed, every field varying, so that each format sees
+/// sets it can encode and many it cannot.
+fn attributes_from(seed: u64) -> Attributes {
+    use crate::Shareability;
+    use crate::attrs::Tracking;
+    const TYPES: [MemoryType; 8] = [
+        MemoryType::WriteBack,
+        MemoryType::WriteThrough,
+        MemoryType::WriteCombining,
+        MemoryType::WriteProtect,
+        MemoryType::Uncacheable,
+        MemoryType::UncacheableMinus,
+        MemoryType::Device,
+        MemoryType::Inherited,
+    ];
+    const SHARE: [Shareability; 3] = [
+        Shareability::Inner,
+        Shareability::Outer,
+        Shareability::NonShareable,
+    ];
+    // Readable, accessed, inner shareable, no key and no ignore-PAT most of
+    // the time: what every format can encode.
+    let rare = |shift: u32| (seed >> shift) & 3 == 0;
+    let mut access = Access::from_bits_truncate((seed >> 8) as u8);
+    if !rare(16) {
+        access |= Access::READ;
+    }
+    let mut tracking = Tracking::from_bits_truncate((seed >> 18) as u8);
+    if !rare(20) {
+        tracking |= Tracking::ACCESSED;
+    }
+    Attributes {
+        access,
+        memory_type: TYPES[(seed % 8) as usize],
+        global: (seed >> 3) & 1 != 0,
+        protection_key: if rare(22) {
+            ((seed >> 24) & 0xf) as u8
+        } else {
+            0
+        },
+        ignore_guest_pat: rare(28),
+        shareability: if rare(30) {
+            SHARE[((seed >> 32) % 3) as usize]
+        } else {
+            Shareability::Inner
+        },
+        tracking,
+    }
+}
+
+/// Checks the rules of `Format::leaf_address_mask` at `level` for `raw`,
+/// the same entry with its address bits taken from `address`, and the
+/// template of `attrs`.
+fn check_leaf_address_mask<F: crate::Format>(
+    f: &F,
+    level: u8,
+    raw: u64,
+    address: u64,
+    attrs: &Attributes,
+) {
+    let name = core::any::type_name::<F>();
+    let Some(mask) = f.leaf_address_mask(level) else {
+        return;
+    };
+    let other = (raw & !mask) | (address & mask);
+    // What kind an entry is does not depend on its address bits.
+    assert_eq!(
+        core::mem::discriminant(&f.kind(raw, level)),
+        core::mem::discriminant(&f.kind(other, level)),
+        "{raw:#x} and {other:#x} at level {level} in {name}: {f:?}",
+        f = (f.kind(raw, level), f.kind(other, level))
+    );
+    assert_eq!(f.is_contiguous(raw), f.is_contiguous(other));
+    let Ok(template) = f.encode_leaf(0, attrs, level) else {
+        return;
+    };
+    let hinted = f.with_contiguous(template, true);
+    assert_eq!(template & mask, 0, "{attrs:?} at level {level} in {name}");
+    assert_eq!(hinted & mask, 0, "{attrs:?} at level {level} in {name}");
+    for entry in [raw, other] {
+        if let crate::EntryKind::Leaf(pa) = f.kind(entry, level) {
+            // Keeping the masked bits is decoding the address and encoding
+            // it again.
+            let rebuilt = f.with_output_address(template, pa, level);
+            assert_eq!(
+                rebuilt,
+                template | (entry & mask),
+                "{entry:#x} at level {level} in {name}"
+            );
+            assert_eq!(f.with_contiguous(rebuilt, true), hinted | (entry & mask));
+        }
+    }
+    // Whether the rewrite needs a break does not depend on the address.
+    for bits in [template, hinted] {
+        assert_eq!(
+            f.needs_break(raw, (raw & mask) | bits, level),
+            f.needs_break(other, (other & mask) | bits, level),
+            "{raw:#x} and {other:#x} to {bits:#x} at level {level} in {name}"
+        );
+    }
+}
+
+/// Entries to check the mask's rules on at `level`: a random value, a leaf
+/// at a random address with random attributes, that leaf with one bit
+/// flipped, and with the contiguous hint.
+fn mask_candidates<F: crate::Format>(
+    f: &F,
+    level: u8,
+    raw: u64,
+    pa: u64,
+    seed: u64,
+    flip: u32,
+) -> Vec<u64> {
+    let mut v = vec![raw, raw | 1];
+    let size = 1u64 << f.level_shift(level).min(63);
+    let pa = pa & ((1u64 << f.output_bits()) - 1) & !(size - 1);
+    if let Ok(leaf) = f.encode_leaf(pa, &attributes_from(seed), level) {
+        v.extend([
+            leaf,
+            leaf ^ (1u64 << (flip % 64)),
+            f.with_contiguous(leaf, true),
+        ]);
+    }
+    v
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// `Format::leaf_address_mask`'s rules, at every level of every x86,
+    /// EPT, stage-1 and stage-2 configuration the `kind` tests use: an
+    /// entry's kind, contiguous hint and break verdict do not depend on its
+    /// address bits; templates hold no address bits; and the protect's
+    /// rebuild `template | (raw & mask)` (with the hint kept) equals
+    /// decoding the leaf's address and encoding it into the template.
+    #[test]
+    fn leaf_address_mask_rebuild_equals_decode_and_encode(
+        raw in any::<u64>(),
+        address in any::<u64>(),
+        pa in any::<u64>(),
+        seeds in [any::<u64>(); 2],
+        flip in any::<u32>(),
+    ) {
+        let attrs = attributes_from(seeds[0]);
+        fn all<F: crate::Format>(f: &F, raw: u64, address: u64, pa: u64, seed: u64, flip: u32, attrs: &Attributes) {
+            assert!(f.leaf_address_mask(0).is_some_and(|m| m != 0));
+            for level in 0..f.levels() {
+                for entry in mask_candidates(f, level, raw, pa, seed, flip) {
+                    check_leaf_address_mask(f, level, entry, address, attrs);
+                    check_leaf_address_mask(f, level, entry, !address, attrs);
+                }
+            }
+        }
+        // A few configurations of each kind under miri.
+        let few = if cfg!(miri) { 2 } else { usize::MAX };
+        for f in x86_configurations().into_iter().take(few) {
+            all(&f, raw, address, pa, seeds[1], flip, &attrs);
+        }
+        for f in ept_configurations().into_iter().take(few) {
+            all(&f, raw, address, pa, seeds[1], flip, &attrs);
+        }
+        for f in stage1_configurations().into_iter().take(few) {
+            all(&f, raw, address, pa, seeds[1], flip, &attrs);
+        }
+        for f in stage2_configurations().into_iter().take(few) {
+            all(&f, raw, address, pa, seeds[1], flip, &attrs);
+        }
+    }
+}
+
+/// A format without its leaf address mask: protect then decodes and encodes
+/// every leaf (the general path), which the fast path must match.
+#[derive(Clone, Copy, Debug)]
+struct Unmasked<F>(F);
+
+impl<F: crate::Format> crate::Format for Unmasked<F> {
+    type Input = F::Input;
+    fn levels(&self) -> u8 {
+        self.0.levels()
+    }
+    fn granule_shift(&self) -> u32 {
+        self.0.granule_shift()
+    }
+    fn entries(&self) -> usize {
+        self.0.entries()
+    }
+    fn root_entries(&self) -> usize {
+        self.0.root_entries()
+    }
+    fn root_tables(&self) -> usize {
+        self.0.root_tables()
+    }
+    fn level_shift(&self, level: u8) -> u32 {
+        self.0.level_shift(level)
+    }
+    fn level_name(&self, level: u8) -> &'static str {
+        self.0.level_name(level)
+    }
+    fn input_to_index(&self, input: u64) -> Option<u64> {
+        self.0.input_to_index(input)
+    }
+    fn index_to_input(&self, index: u64) -> u64 {
+        self.0.index_to_input(index)
+    }
+    fn output_bits(&self) -> u32 {
+        self.0.output_bits()
+    }
+    fn leaf_allowed(&self, level: u8) -> bool {
+        self.0.leaf_allowed(level)
+    }
+    fn decode(&self, raw: u64, level: u8) -> crate::Descriptor {
+        self.0.decode(raw, level)
+    }
+    fn kind(&self, raw: u64, level: u8) -> crate::EntryKind {
+        self.0.kind(raw, level)
+    }
+    fn encode_table(&self, table: u64, level: u8) -> u64 {
+        self.0.encode_table(table, level)
+    }
+    fn encode_leaf(&self, pa: u64, attrs: &Attributes, level: u8) -> Result<u64, AttrError> {
+        self.0.encode_leaf(pa, attrs, level)
+    }
+    fn with_output_address(&self, template: u64, pa: u64, level: u8) -> u64 {
+        self.0.with_output_address(template, pa, level)
+    }
+    fn needs_break(&self, old: u64, new: u64, level: u8) -> bool {
+        self.0.needs_break(old, new, level)
+    }
+    fn contiguous_run(&self, level: u8) -> u32 {
+        self.0.contiguous_run(level)
+    }
+    fn is_contiguous(&self, raw: u64) -> bool {
+        self.0.is_contiguous(raw)
+    }
+    fn with_contiguous(&self, raw: u64, on: bool) -> u64 {
+        self.0.with_contiguous(raw, on)
+    }
+    fn table_limits(&self, raw: u64, level: u8) -> Access {
+        self.0.table_limits(raw, level)
+    }
+}
+
+/// A random table and protect for the comparison of the two protect paths.
+#[derive(Clone, Debug)]
+struct ProtectCase {
+    /// Attribute sets (besides `DATA` and `READ_ONLY`).
+    seeds: Vec<u64>,
+    /// Maps: first page, pages, attribute set, contiguous hint, blocks.
+    maps: Vec<(u64, u64, usize, bool, bool)>,
+    /// Unmaps: first page, pages.
+    unmaps: Vec<(u64, u64)>,
+    /// Bit flips in table words (hardware A/D updates, guest corruption):
+    /// which word, which bit.
+    pokes: Vec<(u64, u32)>,
+    /// The protect: first page, pages, attribute set.
+    protect: (u64, u64, usize),
+}
+
+fn protect_case() -> impl Strategy<Value = ProtectCase> {
+    // Two last-level tables of 4 KiB pages.
+    let pages = 1024u64;
+    (
+        proptest::collection::vec(any::<u64>(), 2),
+        proptest::collection::vec(
+            (0..pages, 1..pages, 0usize..4, any::<bool>(), any::<bool>()),
+            1..5,
+        ),
+        proptest::collection::vec((0..pages, 1u64..64), 0..3),
+        proptest::collection::vec((any::<u64>(), 0u32..96), 0..6),
+        (0..pages, 1..pages + 64, 0usize..4),
+    )
+        .prop_map(|(seeds, maps, unmaps, pokes, protect)| ProtectCase {
+            seeds,
+            maps,
+            unmaps,
+            pokes,
+            protect,
+        })
+}
+
+/// What one run of a case left: the result, every table word, the
+/// break-before-make requests (in address order) and the recorded writes
+/// (entries as offsets into the arena; in order for each entry, entries in
+/// address order: the fast path prepares and rewrites one contiguous run
+/// after the other, the general path prepares every run of a table first).
+type ProtectOutcome = (
+    Result<(Vec<(u64, u64)>, bool, bool), crate::ProtectError>,
+    Vec<u64>,
+    Vec<crate::Break>,
+    Vec<(usize, u8, u64, u64, u64, u64)>,
+);
+
+fn run_protect_case<F: crate::Format>(f: F, case: &ProtectCase) -> ProtectOutcome {
+    use crate::bbm::trace::{self, Event};
+    use crate::model_tests::Recorder;
+    const BASE: u64 = 0x4000_0000;
+    let mut m = Machine::new(16);
+    let mem = SliceMem::new(PhysAddr::new(ARENA_BASE), &m.words);
+    let mut pt = PageTable::new(f, &mem, &mut m.frames).unwrap();
+    let mut sets = vec![Attributes::DATA, Attributes::READ_ONLY];
+    sets.extend(case.seeds.iter().map(|&s| attributes_from(s)));
+    let at = |page: u64| F::Input::from_raw(BASE + page * KIB4);
+    let mut bbm = Recorder::default();
+    for &(page, pages, set, hint, blocks) in &case.maps {
+        let mut options = MapOptions::new();
+        if !hint {
+            options = options.without_contiguous_hint();
+        }
+        if !blocks {
+            options = options.sizes(LeafSizes::only_level(0));
+        }
+        let frame = 0x8000_0000 + page * KIB4;
+        let _ = pt.map_live(
+            &mem,
+            &mut m.frames,
+            &mut bbm,
+            at(page),
+            pa(frame),
+            pages * KIB4,
+            &sets[set % sets.len()],
+            options,
+        );
+    }
+    for &(page, pages) in &case.unmaps {
+        let _ = pt.unmap_live(&mem, &mut m.frames, &mut bbm, at(page), pages * KIB4);
+    }
+    let live: Vec<u64> = m.frames.live.iter().copied().collect();
+    for &(which, bit) in &case.pokes {
+        // Bits 64..96 pick among the ones hardware or a guest touch most:
+        // valid, write, A, D, PAT/PS, SH, AF, DBM, contiguous.
+        const HOT: [u32; 16] = [0, 1, 2, 5, 6, 7, 8, 9, 10, 11, 51, 52, 53, 54, 63, 12];
+        let bit = if bit < 64 {
+            bit
+        } else {
+            HOT[(bit % 16) as usize]
+        };
+        let frame = live[(which % live.len() as u64) as usize];
+        let word = ((frame - ARENA_BASE) / 8 + (which >> 32) % 512) as usize;
+        m.words[word].fetch_xor(1 << bit, Ordering::Relaxed);
+    }
+    let before: Vec<u64> = m.words.iter().map(|w| w.load(Ordering::Relaxed)).collect();
+    let (page, pages, set) = case.protect;
+    let mut bbm = Recorder::default();
+    trace::start();
+    let result = pt
+        .protect_live(
+            &mem,
+            &mut m.frames,
+            &mut bbm,
+            at(page),
+            pages * KIB4,
+            &sets[set % sets.len()],
+        )
+        .map(|flush| {
+            (
+                flush.ranges().collect(),
+                flush.is_flush_all(),
+                flush.tables_changed(),
+            )
+        });
+    let origin = m.words.as_ptr() as usize;
+    let mut writes: Vec<_> = trace::take()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Write {
+                entry,
+                level,
+                at,
+                size,
+                old,
+                new,
+            } => Some((entry - origin, level, at, size, old, new)),
+            Event::Invalidate(_) | Event::Fresh { .. } => None,
+        })
+        .collect();
+    writes.sort_by_key(|w| w.0);
+    let mut breaks = bbm.0;
+    breaks.sort_by_key(|b| (b.start, b.end, b.level, b.table));
+    let after: Vec<u64> = m.words.iter().map(|w| w.load(Ordering::Relaxed)).collect();
+    if result.is_err() {
+        assert_eq!(before, after, "a failed protect changed the tables");
+    }
+    (result, after, breaks, writes)
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// The protect fast path (keep the leaf address mask's bits, one
+    /// verdict per attribute pattern) does exactly what the general path
+    /// (decode and encode each leaf) does: same result and flush, same
+    /// table words, same break-before-make requests, same writes to each
+    /// entry in the same order, on tables of mixed attributes, contiguous runs, blocks, holes
+    /// and flipped bits; and a failed protect writes nothing.
+    #[test]
+    #[cfg_attr(miri, ignore = "whole tables per case: natively only")]
+    fn protect_through_the_leaf_address_mask_matches_decode_and_encode(case in protect_case()) {
+        use crate::aarch64::{Granule, LargeAddresses, Regime, Stage1, Stage2};
+        fn compare<F: crate::Format + Copy>(f: F, case: &ProtectCase) {
+            let fast = run_protect_case(f, case);
+            let general = run_protect_case(Unmasked(f), case);
+            assert_eq!(fast, general, "{}", core::any::type_name::<F>());
+        }
+        compare(X86Paging::four_level(), &case);
+        compare(X86Paging::four_level().with_max_phys_bits(36).unwrap(), &case);
+        compare(Ept::four_level(), &case);
+        compare(
+            Stage1::new(Regime::El1And0, Granule::Size4KiB, 48, LargeAddresses::None).unwrap(),
+            &case,
+        );
+        compare(
+            Stage1::new(Regime::El2, Granule::Size4KiB, 48, LargeAddresses::None).unwrap(),
+            &case,
+        );
+        let lpa2 = LargeAddresses::Lpa2 { shareability: crate::Shareability::Inner };
+        compare(Stage1::new(Regime::El1And0, Granule::Size4KiB, 52, lpa2).unwrap(), &case);
+        compare(
+            Stage2::new(Granule::Size4KiB, 39, LargeAddresses::None)
+                .unwrap()
+                .with_xnx()
+                .with_output_bits(40)
+                .unwrap(),
+            &case,
+        );
+    }
+}

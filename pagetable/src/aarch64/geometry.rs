@@ -417,6 +417,17 @@ impl Geometry {
         }
     }
 
+    /// `Format::leaf_address_mask` for both stages: the descriptor bits of
+    /// the output addresses a leaf at `level` may hold (aligned to its size,
+    /// below the output size), wherever the encoding puts them.
+    #[inline]
+    pub(crate) fn leaf_address_mask(&self, level: u8) -> u64 {
+        let shift = self.shift() + (self.shift() - 3) * u32::from(level);
+        let below_size = 1u64.checked_shl(shift).map_or(u64::MAX, |size| size - 1);
+        let addresses = ((1u64 << self.output_bits) - 1) & !below_size;
+        self.encode_oa(addresses)
+    }
+
     /// Break-before-make rule shared by both stages: `safe` are the bits that
     /// may change in place.
     pub(crate) fn needs_break(old: u64, new: u64, safe: u64) -> bool {

@@ -389,4 +389,9 @@ impl Format for Stage1 {
             raw & !CONTIGUOUS
         }
     }
+
+    #[inline]
+    fn leaf_address_mask(&self, level: u8) -> Option<u64> {
+        Some(self.geometry.leaf_address_mask(level))
+    }
 }

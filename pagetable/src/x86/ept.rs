@@ -2,7 +2,7 @@
 
 use hvmem_types::GuestPhysAddr;
 
-use super::{address_mask, high_reserved, level_name, valid_phys_bits};
+use super::{address_mask, high_reserved, leaf_address_mask, level_name, valid_phys_bits};
 use crate::Access;
 use crate::attrs::{AttrError, Attributes, MemoryType};
 use crate::format::{Descriptor, EntryKind, Format};
@@ -245,6 +245,14 @@ impl Format for Ept {
             raw |= LARGE;
         }
         Ok(raw)
+    }
+
+    #[inline]
+    fn leaf_address_mask(&self, level: u8) -> Option<u64> {
+        Some(leaf_address_mask(
+            self.max_phys_bits,
+            self.level_shift(level),
+        ))
     }
 }
 

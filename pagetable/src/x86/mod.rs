@@ -31,3 +31,12 @@ const fn high_reserved(max_phys_bits: u8) -> u64 {
 const fn valid_phys_bits(bits: u8) -> bool {
     bits >= 32 && bits <= 52
 }
+
+/// The address bits of a leaf at `level` (`shift`: log2 of its size): the
+/// address field above the leaf's size; below it are PAT (bit 12 of a large
+/// leaf) and reserved bits.
+#[inline]
+fn leaf_address_mask(max_phys_bits: u8, shift: u32) -> u64 {
+    let below_size = 1u64.checked_shl(shift).map_or(u64::MAX, |size| size - 1);
+    address_mask(max_phys_bits) & !below_size
+}

@@ -2,7 +2,7 @@
 
 use hvmem_types::VirtAddr;
 
-use super::{address_mask, high_reserved, level_name, valid_phys_bits};
+use super::{address_mask, high_reserved, leaf_address_mask, level_name, valid_phys_bits};
 use crate::Access;
 use crate::attrs::{AttrError, Attributes, MemoryType};
 use crate::format::{Descriptor, EntryKind, Format};
@@ -355,6 +355,14 @@ impl Format for X86Paging {
         limit.set(Access::USER, raw & US != 0);
         limit.set(Access::EXECUTE, !(self.no_execute && raw & XD != 0));
         limit
+    }
+
+    #[inline]
+    fn leaf_address_mask(&self, level: u8) -> Option<u64> {
+        Some(leaf_address_mask(
+            self.max_phys_bits,
+            self.level_shift(level),
+        ))
     }
 }
 
