@@ -1205,3 +1205,81 @@ proptest! {
         }
     }
 }
+
+/// The table pattern's contract for every level above the last: an entry
+/// matching it is exactly the table `kind` says, at the address the pattern
+/// gives. Entries forced to match (random bits outside the pattern's check)
+/// and random entries that happen to.
+fn check_table_pattern<F: crate::Format + core::fmt::Debug>(format: &F, raw: u64) {
+    let pattern = format.table_pattern();
+    for candidate in [raw, (raw & !pattern.check) | pattern.value] {
+        if !pattern.matches(candidate) {
+            continue;
+        }
+        for level in 1..format.levels() {
+            assert_eq!(
+                format.kind(candidate, level),
+                crate::EntryKind::Table(pattern.address(candidate)),
+                "raw {candidate:#x} level {level} in {format:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn table_pattern_matches_only_tables_kind_accepts_on_every_branch() {
+    let raws = interesting_raws();
+    let raws = if cfg!(miri) { &raws[..64] } else { &raws[..] };
+    for &raw in raws {
+        for f in x86_configurations() {
+            check_table_pattern(&f, raw);
+        }
+        for f in ept_configurations() {
+            check_table_pattern(&f, raw);
+        }
+        for f in stage1_configurations() {
+            check_table_pattern(&f, raw);
+        }
+        for f in stage2_configurations() {
+            check_table_pattern(&f, raw);
+        }
+    }
+}
+
+#[test]
+fn table_pattern_matches_the_tables_the_editor_writes() {
+    fn check<F: crate::Format + core::fmt::Debug>(f: &F) {
+        let table = 0x1234_5000 & !((1u64 << f.granule_shift()) - 1);
+        for level in 1..f.levels() {
+            let raw = f.encode_table(table, level);
+            assert!(f.table_pattern().matches(raw), "{raw:#x} in {f:?}");
+            assert_eq!(f.table_pattern().address(raw), table);
+        }
+    }
+    x86_configurations().iter().for_each(check);
+    ept_configurations().iter().for_each(check);
+    stage1_configurations().iter().for_each(check);
+    stage2_configurations().iter().for_each(check);
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Random raw values: an entry the table pattern matches is the table
+    /// `kind` says at every level above the last, in every configuration.
+    #[test]
+    fn table_pattern_matches_only_tables_kind_accepts(raw in any::<u64>()) {
+        for f in x86_configurations() {
+            check_table_pattern(&f, raw);
+        }
+        for f in ept_configurations() {
+            check_table_pattern(&f, raw);
+        }
+        for f in stage1_configurations() {
+            check_table_pattern(&f, raw);
+        }
+        for f in stage2_configurations() {
+            check_table_pattern(&f, raw);
+        }
+    }
+}
