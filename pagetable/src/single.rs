@@ -94,28 +94,41 @@ impl<F: Format> PageTable<F> {
         replace: bool,
         flush: &mut TlbFlush,
     ) -> Result<Single, SingleError> {
+        let pattern = self.format.table_pattern();
+        let below_root = self.format.entries();
+        let mut entries_per_table = self.format.root_entries();
         let mut table = self.root;
         let mut l = self.format.levels() - 1;
+        let bits = self.format.granule_shift() - 3;
+        let mut shift = self.format.level_shift(l);
         // Walk down to the table that holds the leaf, or to an invalid entry.
         let mut missing_at = None;
         while l > level {
-            let entries = self.entries_of(mem, table, l)?;
-            let Some(entry) = self.slot_of(entries, index, l) else {
+            let entries = table_at(mem, table, entries_per_table)?;
+            let Some(entry) = slot_at(entries, index, shift) else {
                 return Ok(Single::General);
             };
-            match self.format.kind(entry.load(Ordering::Acquire), l) {
-                EntryKind::Table(next) => table = next,
-                EntryKind::Invalid => {
-                    missing_at = Some((entry, l));
-                    break;
+            let raw = entry.load(Ordering::Acquire);
+            if pattern.matches(raw) {
+                table = pattern.address(raw);
+            } else {
+                match self.format.kind(raw, l) {
+                    EntryKind::Table(next) => table = next,
+                    EntryKind::Invalid => {
+                        missing_at = Some((entry, l));
+                        break;
+                    }
+                    EntryKind::Leaf(_) | EntryKind::Malformed => return Ok(Single::General),
                 }
-                EntryKind::Leaf(_) | EntryKind::Malformed => return Ok(Single::General),
             }
             l -= 1;
+            shift -= bits;
+            debug_assert_eq!(shift, self.format.level_shift(l));
+            entries_per_table = below_root;
         }
         let Some((top_entry, top_level)) = missing_at else {
-            let entries = self.entries_of(mem, table, level)?;
-            let Some(entry) = self.slot_of(entries, index, level) else {
+            let entries = table_at(mem, table, entries_per_table)?;
+            let Some(entry) = slot_at(entries, index, shift) else {
                 return Ok(Single::General);
             };
             let raw = entry.load(Ordering::Acquire);
@@ -212,13 +225,18 @@ impl<F: Format> PageTable<F> {
         flush: &mut TlbFlush,
     ) -> Result<Single, SingleError> {
         let top = self.format.levels() - 1;
+        let pattern = self.format.table_pattern();
+        let below_root = self.format.entries();
+        let mut entries_per_table = self.format.root_entries();
         // The table read at each level, for freeing the ones left empty.
         let mut tables = [0u64; MAX_LEVELS];
         let mut table = self.root;
         let mut l = top;
-        let leaf = loop {
-            let entries = self.entries_of(mem, table, l)?;
-            let Some(entry) = self.slot_of(entries, index, l) else {
+        let bits = self.format.granule_shift() - 3;
+        let mut shift = self.format.level_shift(l);
+        let (leaf, leaf_table) = loop {
+            let entries = table_at(mem, table, entries_per_table)?;
+            let Some(entry) = slot_at(entries, index, shift) else {
                 return Ok(Single::General);
             };
             let Some(t) = tables.get_mut(usize::from(l)) else {
@@ -226,15 +244,22 @@ impl<F: Format> PageTable<F> {
             };
             *t = table;
             let raw = entry.load(Ordering::Acquire);
-            match self.format.kind(raw, l) {
-                EntryKind::Invalid => return Ok(Single::Done),
-                EntryKind::Table(next) if l > level => table = next,
-                EntryKind::Leaf(_) if l == level && !self.format.is_contiguous(raw) => {
-                    break entry;
+            if l > level && pattern.matches(raw) {
+                table = pattern.address(raw);
+            } else {
+                match self.format.kind(raw, l) {
+                    EntryKind::Invalid => return Ok(Single::Done),
+                    EntryKind::Table(next) if l > level => table = next,
+                    EntryKind::Leaf(_) if l == level && !self.format.is_contiguous(raw) => {
+                        break (entry, entries);
+                    }
+                    _ => return Ok(Single::General),
                 }
-                _ => return Ok(Single::General),
             }
             l -= 1;
+            shift -= bits;
+            debug_assert_eq!(shift, self.format.level_shift(l));
+            entries_per_table = below_root;
         };
         // From here on nothing may fail: the leaf goes, and each table on
         // the path that is left empty is unlinked and freed, bottom up.
@@ -249,9 +274,15 @@ impl<F: Format> PageTable<F> {
             else {
                 break;
             };
-            // Both tables were readable during the walk.
-            let Ok(entries) = self.entries_of(mem, t, lv) else {
-                break;
+            // Both tables were readable during the walk; the leaf's is at
+            // hand.
+            let entries = if lv == level {
+                leaf_table
+            } else {
+                match self.entries_of(mem, t, lv) {
+                    Ok(entries) => entries,
+                    Err(_) => break,
+                }
             };
             if entries
                 .iter()
@@ -275,6 +306,22 @@ impl<F: Format> PageTable<F> {
         }
         Ok(Single::Done)
     }
+}
+
+/// The entry of `entries` covering `index` in a table whose entries map
+/// `1 << shift` bytes each.
+#[inline(always)]
+fn slot_at(entries: &[AtomicU64], index: u64, shift: u32) -> Option<&AtomicU64> {
+    entries.get(((index >> shift) & (entries.len() as u64).wrapping_sub(1)) as usize)
+}
+
+/// The `entries` entries of the table at `table`.
+#[inline(always)]
+fn table_at(mem: &impl PhysMem, table: u64, entries: usize) -> Result<&[AtomicU64], TableError> {
+    mem.table(PhysAddr::new(table), entries)
+        .ok_or(TableError::NotAccessible {
+            table: PhysAddr::new(table),
+        })
 }
 
 /// Why the fast path refused.

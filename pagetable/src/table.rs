@@ -345,7 +345,7 @@ impl<F: Format> PageTable<F> {
     /// (`[start, end)` in index space, checked).
     #[allow(clippy::too_many_arguments)]
     #[inline(never)]
-    fn map_general(
+    pub(crate) fn map_general(
         &mut self,
         mem: &impl PhysMem,
         alloc: &mut impl TableAllocator,
@@ -435,7 +435,7 @@ impl<F: Format> PageTable<F> {
 
     /// [`unmap_with`](Self::unmap_with) past its checks.
     #[inline(never)]
-    fn unmap_general(
+    pub(crate) fn unmap_general(
         &mut self,
         mem: &impl PhysMem,
         alloc: &mut impl TableAllocator,

@@ -158,6 +158,8 @@ fn walk_to_leaf<F: Format>(
     let mut level = format.levels().saturating_sub(1);
     let mut entries_per_table = format.root_entries();
     let mut shift = format.level_shift(level);
+    // Every table below the root resolves the same number of bits.
+    let bits = format.granule_shift() - 3;
     loop {
         let entries =
             mem.table(PhysAddr::new(table), entries_per_table)
@@ -200,7 +202,8 @@ fn walk_to_leaf<F: Format>(
         };
         on_table(raw, level);
         level -= 1;
-        shift = format.level_shift(level);
+        shift -= bits;
+        debug_assert_eq!(shift, format.level_shift(level));
         table = next;
         entries_per_table = entries_below_root;
     }
