@@ -143,6 +143,10 @@ pub trait Format {
     /// Translates an input address to the index space the tables cover
     /// (`0 .. 2^input_bits`), or `None` if the address is not translatable
     /// by this format (non-canonical, beyond the input size).
+    ///
+    /// Uniform over each smallest page (`1 << granule_shift()` bytes,
+    /// aligned): either every address of the page translates, to
+    /// consecutive indexes, or none does.
     fn input_to_index(&self, input: u64) -> Option<u64>;
 
     /// The input address of an index (the inverse of `input_to_index`).

@@ -228,8 +228,9 @@ impl<F: Format> PageTable<F> {
         let pattern = self.format.table_pattern();
         let below_root = self.format.entries();
         let mut entries_per_table = self.format.root_entries();
-        // The table read at each level, for freeing the ones left empty.
-        let mut tables = [0u64; MAX_LEVELS];
+        if usize::from(top) >= MAX_LEVELS {
+            return Ok(Single::General);
+        }
         let mut table = self.root;
         let mut l = top;
         let bits = self.format.granule_shift() - 3;
@@ -239,10 +240,6 @@ impl<F: Format> PageTable<F> {
             let Some(entry) = slot_at(entries, index, shift) else {
                 return Ok(Single::General);
             };
-            let Some(t) = tables.get_mut(usize::from(l)) else {
-                return Ok(Single::General);
-            };
-            *t = table;
             let raw = entry.load(Ordering::Acquire);
             if l > level && pattern.matches(raw) {
                 table = pattern.address(raw);
@@ -268,26 +265,68 @@ impl<F: Format> PageTable<F> {
         let old = leaf.load(Ordering::Relaxed);
         self.traced_store(leaf, old, 0, level, index);
         flush.add(at, at.saturating_add(size), false);
+        if level < top && self.is_empty_table(leaf_table, level) {
+            self.free_emptied_path(mem, alloc, index, level, flush);
+        }
+        Ok(Single::Done)
+    }
+
+    /// Whether every entry of `entries` (a table at `level`) is invalid.
+    #[inline]
+    fn is_empty_table(&self, entries: &[AtomicU64], level: u8) -> bool {
+        entries
+            .iter()
+            .all(|e| self.format.kind(e.load(Ordering::Acquire), level) == EntryKind::Invalid)
+    }
+
+    /// After the leaf at `level` for `index` was removed and left its table
+    /// empty: unlinks and frees that table and every table above it that is
+    /// left empty in turn, bottom up (never the root), adding the flushes.
+    /// The walk down found tables all the way, and nothing changed them
+    /// since but the leaf's removal.
+    #[cold]
+    #[inline(never)]
+    fn free_emptied_path(
+        &mut self,
+        mem: &impl PhysMem,
+        alloc: &mut impl TableAllocator,
+        index: u64,
+        level: u8,
+        flush: &mut TlbFlush,
+    ) {
+        let top = self.format.levels() - 1;
+        // The table at each level of the path.
+        let mut tables = [0u64; MAX_LEVELS];
+        let mut table = self.root;
+        for l in (level..=top).rev() {
+            let Some(t) = tables.get_mut(usize::from(l)) else {
+                return;
+            };
+            *t = table;
+            if l == level {
+                break;
+            }
+            let next = self
+                .entries_of(mem, table, l)
+                .ok()
+                .and_then(|e| self.slot_of(e, index, l))
+                .map(|e| self.format.kind(e.load(Ordering::Acquire), l));
+            let Some(EntryKind::Table(next)) = next else {
+                return;
+            };
+            table = next;
+        }
         for lv in level..top {
             let (Some(&t), Some(&above)) =
                 (tables.get(usize::from(lv)), tables.get(usize::from(lv) + 1))
             else {
                 break;
             };
-            // Both tables were readable during the walk; the leaf's is at
-            // hand.
-            let entries = if lv == level {
-                leaf_table
-            } else {
-                match self.entries_of(mem, t, lv) {
-                    Ok(entries) => entries,
-                    Err(_) => break,
-                }
+            // Both tables were readable during the walk.
+            let Ok(entries) = self.entries_of(mem, t, lv) else {
+                break;
             };
-            if entries
-                .iter()
-                .any(|e| self.format.kind(e.load(Ordering::Acquire), lv) != EntryKind::Invalid)
-            {
+            if !self.is_empty_table(entries, lv) {
                 break;
             }
             let Some(parent) = self
@@ -304,7 +343,6 @@ impl<F: Format> PageTable<F> {
             let start = self.format.index_to_input(index & !(span - 1));
             flush.add(start, start.saturating_add(span), true);
         }
-        Ok(Single::Done)
     }
 }
 

@@ -1553,3 +1553,67 @@ proptest! {
         one_leaf_formats_run(&steps);
     }
 }
+
+/// A one-page range is checked by its first address (the shortcut of the
+/// one-page update): the pages on both sides of the x86 canonical hole and
+/// of the AArch64 input size are accepted or refused as a whole, like a
+/// longer range.
+#[test]
+fn one_page_ranges_are_translatable_as_a_whole() {
+    let mut m = Machine::new(16);
+    let mut pt = x86(&mut m);
+    let mem = SliceMem::new(PhysAddr::new(ARENA_BASE), &m.words);
+    let map = |pt: &mut PageTable<X86Paging>, frames: &mut Frames, at: u64| {
+        pt.map(
+            &mem,
+            frames,
+            va(at),
+            pa(0x1000),
+            KIB4,
+            &Attributes::DATA,
+            MapOptions::new(),
+        )
+        .map(|_| ())
+    };
+    for at in [0x0000_7fff_ffff_f000, 0xffff_8000_0000_0000] {
+        assert_eq!(map(&mut pt, &mut m.frames, at), Ok(()), "{at:#x}");
+        assert!(pt.unmap(&mem, &mut m.frames, va(at), KIB4).is_ok());
+    }
+    for at in [
+        0x0000_8000_0000_0000,
+        0xffff_7fff_ffff_f000,
+        0x7fff_ffff_ffff_f000,
+    ] {
+        assert_eq!(
+            map(&mut pt, &mut m.frames, at),
+            Err(MapError::Range(RangeError::OutOfRange)),
+            "{at:#x}"
+        );
+        assert_eq!(
+            pt.unmap(&mem, &mut m.frames, va(at), KIB4),
+            Err(UnmapError::Range(RangeError::OutOfRange)),
+            "{at:#x}"
+        );
+    }
+
+    use crate::aarch64::{Granule, LargeAddresses, Regime, Stage1};
+    let f = Stage1::new(Regime::El1And0, Granule::Size4KiB, 39, LargeAddresses::None).unwrap();
+    let mut a = Machine::new(16);
+    let amem = SliceMem::new(PhysAddr::new(ARENA_BASE), &a.words);
+    let mut apt = PageTable::new(f, &amem, &mut a.frames).unwrap();
+    let mut amap = |at: u64| {
+        apt.map_live(
+            &amem,
+            &mut a.frames,
+            &mut Breaks::default(),
+            va(at),
+            pa(0x1000),
+            KIB4,
+            &Attributes::DATA,
+            MapOptions::new(),
+        )
+        .map(|_| ())
+    };
+    assert_eq!(amap((1 << 39) - KIB4), Ok(()));
+    assert_eq!(amap(1 << 39), Err(MapError::Range(RangeError::OutOfRange)));
+}
