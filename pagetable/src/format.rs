@@ -137,6 +137,18 @@ pub trait Format {
         TablePattern::NEVER
     }
 
+    /// A shortcut for the last level (level 0): `Some(pa)` if `raw` is
+    /// certainly a well-formed page there mapping `pa`, `None` if the walk
+    /// must ask [`kind`](Self::kind). The default always says `None`.
+    ///
+    /// Contract (checked for the crate's formats by the tests):
+    /// `last_level_leaf(raw) == Some(pa)` implies
+    /// `kind(raw, 0) == EntryKind::Leaf(pa)`.
+    #[inline]
+    fn last_level_leaf(&self, _raw: u64) -> Option<u64> {
+        None
+    }
+
     /// The architecture's name of a level, e.g. `"PD"` or `"L2"`.
     fn level_name(&self, level: u8) -> &'static str;
 

@@ -243,6 +243,11 @@ impl<F: Format> PageTable<F> {
             let raw = entry.load(Ordering::Acquire);
             if l > level && pattern.matches(raw) {
                 table = pattern.address(raw);
+            } else if l == 0
+                && self.format.last_level_leaf(raw).is_some()
+                && !self.format.is_contiguous(raw)
+            {
+                break (entry, entries);
             } else {
                 match self.format.kind(raw, l) {
                     EntryKind::Invalid => return Ok(Single::Done),
@@ -274,9 +279,12 @@ impl<F: Format> PageTable<F> {
     /// Whether every entry of `entries` (a table at `level`) is invalid.
     #[inline]
     fn is_empty_table(&self, entries: &[AtomicU64], level: u8) -> bool {
-        entries
-            .iter()
-            .all(|e| self.format.kind(e.load(Ordering::Acquire), level) == EntryKind::Invalid)
+        entries.iter().all(|e| {
+            let raw = e.load(Ordering::Acquire);
+            // A page the shortcut recognises is not invalid.
+            !(level == 0 && self.format.last_level_leaf(raw).is_some())
+                && self.format.kind(raw, level) == EntryKind::Invalid
+        })
     }
 
     /// After the leaf at `level` for `index` was removed and left its table

@@ -1617,3 +1617,90 @@ fn one_page_ranges_are_translatable_as_a_whole() {
     assert_eq!(amap((1 << 39) - KIB4), Ok(()));
     assert_eq!(amap(1 << 39), Err(MapError::Range(RangeError::OutOfRange)));
 }
+
+/// The last-level shortcut's contract: a page it recognises is exactly the
+/// leaf `kind` says at level 0. Entries forced into the table pattern's
+/// shape (where the shortcut looks first) and random ones.
+fn check_last_level_leaf<F: crate::Format + core::fmt::Debug>(format: &F, raw: u64) {
+    let pattern = format.table_pattern();
+    for candidate in [raw, (raw & !pattern.check) | pattern.value] {
+        if let Some(pa) = format.last_level_leaf(candidate) {
+            assert_eq!(
+                format.kind(candidate, 0),
+                crate::EntryKind::Leaf(pa),
+                "raw {candidate:#x} in {format:?}"
+            );
+        }
+    }
+}
+
+fn stage1_configurations_with_mairs() -> Vec<crate::aarch64::Stage1> {
+    let sparse = crate::aarch64::Mair::new([
+        None,
+        Some(MemoryType::WriteBack),
+        None,
+        None,
+        None,
+        None,
+        None,
+        Some(MemoryType::Device),
+    ])
+    .unwrap();
+    let mut v = stage1_configurations();
+    let with_sparse: Vec<_> = v.iter().map(|f| f.with_mair(sparse)).collect();
+    v.extend(with_sparse);
+    v
+}
+
+#[test]
+fn last_level_leaf_shortcut_agrees_with_kind_on_every_branch() {
+    let raws = interesting_raws();
+    let raws = if cfg!(miri) { &raws[..64] } else { &raws[..] };
+    let formats = stage1_configurations_with_mairs();
+    let mut recognised = 0;
+    for &raw in raws {
+        for f in &formats {
+            check_last_level_leaf(f, raw);
+            recognised += usize::from(crate::Format::last_level_leaf(f, raw | 0b11).is_some());
+        }
+        for f in x86_configurations() {
+            check_last_level_leaf(&f, raw);
+        }
+        for f in ept_configurations() {
+            check_last_level_leaf(&f, raw);
+        }
+        for f in stage2_configurations() {
+            check_last_level_leaf(&f, raw);
+        }
+    }
+    assert!(recognised > 0, "the shortcut never fired");
+}
+
+#[test]
+fn last_level_leaf_shortcut_recognises_the_pages_the_editor_writes() {
+    for f in stage1_configurations_with_mairs() {
+        for attrs in ATTRS {
+            let Ok(raw) = crate::Format::encode_leaf(&f, 0x1234_0000, &attrs, 0) else {
+                continue;
+            };
+            assert_eq!(
+                crate::Format::last_level_leaf(&f, raw),
+                Some(0x1234_0000),
+                "{raw:#x} in {f:?}"
+            );
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Random raw values: a page the last-level shortcut recognises is the
+    /// leaf `kind` says, in every stage-1 configuration and MAIR layout.
+    #[test]
+    fn last_level_leaf_shortcut_agrees_with_kind(raw in any::<u64>()) {
+        for f in stage1_configurations_with_mairs() {
+            check_last_level_leaf(&f, raw);
+        }
+    }
+}

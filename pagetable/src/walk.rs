@@ -169,6 +169,14 @@ fn walk_to_leaf<F: Format>(
         let slot = ((index >> shift) & (entries.len() as u64).wrapping_sub(1)) as usize;
         let raw = entries.get(slot).map_or(0, |e| e.load(Ordering::Acquire));
         let next = if level == 0 {
+            if let Some(pa) = format.last_level_leaf(raw) {
+                return Ok(Leaf {
+                    raw,
+                    pa,
+                    level,
+                    size: 1u64 << shift,
+                });
+            }
             match format.kind(raw, 0) {
                 EntryKind::Leaf(pa) => {
                     return Ok(Leaf {
