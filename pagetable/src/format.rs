@@ -120,12 +120,45 @@ pub trait Format {
         self.granule_shift() + (self.granule_shift() - 3) * u32::from(level)
     }
 
+    // -- Hooks of the fast walk (translation and the one-page update) --
+
+    /// A mask test that recognises the common well-formed table entry at
+    /// every level above the last, so that a walk need not classify it with
+    /// [`kind`](Self::kind). The test is only a shortcut: an entry it does
+    /// not match is classified by `kind` as before. The default,
+    /// [`TablePattern::NEVER`], matches nothing.
+    ///
+    /// Contract (checked for the crate's formats by the tests): for every
+    /// level `l` from 1 up to the root and every `raw`,
+    /// `pattern.matches(raw)` implies
+    /// `kind(raw, l) == EntryKind::Table(pattern.address(raw))`.
+    #[inline]
+    fn table_pattern(&self) -> TablePattern {
+        TablePattern::NEVER
+    }
+
+    /// A shortcut for the last level (level 0): `Some(pa)` if `raw` is
+    /// certainly a well-formed page there mapping `pa`, `None` if the walk
+    /// must ask [`kind`](Self::kind). The default always says `None`.
+    ///
+    /// Contract (checked for the crate's formats by the tests):
+    /// `last_level_leaf(raw) == Some(pa)` implies
+    /// `kind(raw, 0) == EntryKind::Leaf(pa)`.
+    #[inline]
+    fn last_level_leaf(&self, _raw: u64) -> Option<u64> {
+        None
+    }
+
     /// The architecture's name of a level, e.g. `"PD"` or `"L2"`.
     fn level_name(&self, level: u8) -> &'static str;
 
     /// Translates an input address to the index space the tables cover
     /// (`0 .. 2^input_bits`), or `None` if the address is not translatable
     /// by this format (non-canonical, beyond the input size).
+    ///
+    /// Uniform over each smallest page (`1 << granule_shift()` bytes,
+    /// aligned): either every address of the page translates, to
+    /// consecutive indexes, or none does.
     fn input_to_index(&self, input: u64) -> Option<u64>;
 
     /// The input address of an index (the inverse of `input_to_index`).
@@ -232,3 +265,44 @@ pub trait Format {
 /// Formats that need break-before-make are edited only through the `*_live`
 /// methods, which take a [`BreakBeforeMake`](crate::BreakBeforeMake).
 pub trait WithoutBreakBeforeMake: Format {}
+
+/// A table entry recognised by one mask test (see
+/// [`Format::table_pattern`]): `raw` is a well-formed table entry if
+/// `raw & check == value`, and it points to the table at `raw & address`.
+///
+/// `check` holds the type bits and every bit that must be zero in a table
+/// entry (reserved bits, address bits beyond the output size); `value` the
+/// type bits' required values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TablePattern {
+    /// The bits the test looks at.
+    pub check: u64,
+    /// What they must hold.
+    pub value: u64,
+    /// The bits of the next table's physical address.
+    pub address: u64,
+}
+
+impl TablePattern {
+    /// A pattern no entry matches: every entry goes through
+    /// [`Format::kind`].
+    pub const NEVER: Self = Self {
+        check: 0,
+        value: 1,
+        address: 0,
+    };
+
+    /// Whether `raw` is a table entry by this pattern.
+    #[inline]
+    #[must_use]
+    pub const fn matches(&self, raw: u64) -> bool {
+        raw & self.check == self.value
+    }
+
+    /// The next table's address in a matching entry.
+    #[inline]
+    #[must_use]
+    pub const fn address(&self, raw: u64) -> u64 {
+        raw & self.address
+    }
+}

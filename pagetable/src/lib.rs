@@ -92,7 +92,9 @@ pub use attrs::{Access, AttrError, Attributes, MemoryType, Shareability, Trackin
 pub use bbm::{Break, BreakBeforeMake};
 pub use error::{MapError, ProtectError, RangeError, TableError, TranslateError, UnmapError};
 pub use flush::TlbFlush;
-pub use format::{Descriptor, EntryKind, Format, InputAddress, WithoutBreakBeforeMake};
+pub use format::{
+    Descriptor, EntryKind, Format, InputAddress, TablePattern, WithoutBreakBeforeMake,
+};
 pub use mem::{PhysMem, SliceMem};
 pub use table::{LeafSizes, MapOptions, PageTable};
 pub use walk::{OutputAddr, Translation, Visit};

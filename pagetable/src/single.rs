@@ -94,28 +94,41 @@ impl<F: Format> PageTable<F> {
         replace: bool,
         flush: &mut TlbFlush,
     ) -> Result<Single, SingleError> {
+        let pattern = self.format.table_pattern();
+        let below_root = self.format.entries();
+        let mut entries_per_table = self.format.root_entries();
         let mut table = self.root;
         let mut l = self.format.levels() - 1;
+        let bits = self.format.granule_shift() - 3;
+        let mut shift = self.format.level_shift(l);
         // Walk down to the table that holds the leaf, or to an invalid entry.
         let mut missing_at = None;
         while l > level {
-            let entries = self.entries_of(mem, table, l)?;
-            let Some(entry) = self.slot_of(entries, index, l) else {
+            let entries = table_at(mem, table, entries_per_table)?;
+            let Some(entry) = slot_at(entries, index, shift) else {
                 return Ok(Single::General);
             };
-            match self.format.kind(entry.load(Ordering::Acquire), l) {
-                EntryKind::Table(next) => table = next,
-                EntryKind::Invalid => {
-                    missing_at = Some((entry, l));
-                    break;
+            let raw = entry.load(Ordering::Acquire);
+            if pattern.matches(raw) {
+                table = pattern.address(raw);
+            } else {
+                match self.format.kind(raw, l) {
+                    EntryKind::Table(next) => table = next,
+                    EntryKind::Invalid => {
+                        missing_at = Some((entry, l));
+                        break;
+                    }
+                    EntryKind::Leaf(_) | EntryKind::Malformed => return Ok(Single::General),
                 }
-                EntryKind::Leaf(_) | EntryKind::Malformed => return Ok(Single::General),
             }
             l -= 1;
+            shift -= bits;
+            debug_assert_eq!(shift, self.format.level_shift(l));
+            entries_per_table = below_root;
         }
         let Some((top_entry, top_level)) = missing_at else {
-            let entries = self.entries_of(mem, table, level)?;
-            let Some(entry) = self.slot_of(entries, index, level) else {
+            let entries = table_at(mem, table, entries_per_table)?;
+            let Some(entry) = slot_at(entries, index, shift) else {
                 return Ok(Single::General);
             };
             let raw = entry.load(Ordering::Acquire);
@@ -212,29 +225,43 @@ impl<F: Format> PageTable<F> {
         flush: &mut TlbFlush,
     ) -> Result<Single, SingleError> {
         let top = self.format.levels() - 1;
-        // The table read at each level, for freeing the ones left empty.
-        let mut tables = [0u64; MAX_LEVELS];
+        let pattern = self.format.table_pattern();
+        let below_root = self.format.entries();
+        let mut entries_per_table = self.format.root_entries();
+        if usize::from(top) >= MAX_LEVELS {
+            return Ok(Single::General);
+        }
         let mut table = self.root;
         let mut l = top;
-        let leaf = loop {
-            let entries = self.entries_of(mem, table, l)?;
-            let Some(entry) = self.slot_of(entries, index, l) else {
+        let bits = self.format.granule_shift() - 3;
+        let mut shift = self.format.level_shift(l);
+        let (leaf, leaf_table) = loop {
+            let entries = table_at(mem, table, entries_per_table)?;
+            let Some(entry) = slot_at(entries, index, shift) else {
                 return Ok(Single::General);
             };
-            let Some(t) = tables.get_mut(usize::from(l)) else {
-                return Ok(Single::General);
-            };
-            *t = table;
             let raw = entry.load(Ordering::Acquire);
-            match self.format.kind(raw, l) {
-                EntryKind::Invalid => return Ok(Single::Done),
-                EntryKind::Table(next) if l > level => table = next,
-                EntryKind::Leaf(_) if l == level && !self.format.is_contiguous(raw) => {
-                    break entry;
+            if l > level && pattern.matches(raw) {
+                table = pattern.address(raw);
+            } else if l == 0
+                && self.format.last_level_leaf(raw).is_some()
+                && !self.format.is_contiguous(raw)
+            {
+                break (entry, entries);
+            } else {
+                match self.format.kind(raw, l) {
+                    EntryKind::Invalid => return Ok(Single::Done),
+                    EntryKind::Table(next) if l > level => table = next,
+                    EntryKind::Leaf(_) if l == level && !self.format.is_contiguous(raw) => {
+                        break (entry, entries);
+                    }
+                    _ => return Ok(Single::General),
                 }
-                _ => return Ok(Single::General),
             }
             l -= 1;
+            shift -= bits;
+            debug_assert_eq!(shift, self.format.level_shift(l));
+            entries_per_table = below_root;
         };
         // From here on nothing may fail: the leaf goes, and each table on
         // the path that is left empty is unlinked and freed, bottom up.
@@ -243,6 +270,60 @@ impl<F: Format> PageTable<F> {
         let old = leaf.load(Ordering::Relaxed);
         self.traced_store(leaf, old, 0, level, index);
         flush.add(at, at.saturating_add(size), false);
+        if level < top && self.is_empty_table(leaf_table, level) {
+            self.free_emptied_path(mem, alloc, index, level, flush);
+        }
+        Ok(Single::Done)
+    }
+
+    /// Whether every entry of `entries` (a table at `level`) is invalid.
+    #[inline]
+    fn is_empty_table(&self, entries: &[AtomicU64], level: u8) -> bool {
+        entries.iter().all(|e| {
+            let raw = e.load(Ordering::Acquire);
+            // A page the shortcut recognises is not invalid.
+            !(level == 0 && self.format.last_level_leaf(raw).is_some())
+                && self.format.kind(raw, level) == EntryKind::Invalid
+        })
+    }
+
+    /// After the leaf at `level` for `index` was removed and left its table
+    /// empty: unlinks and frees that table and every table above it that is
+    /// left empty in turn, bottom up (never the root), adding the flushes.
+    /// The walk down found tables all the way, and nothing changed them
+    /// since but the leaf's removal.
+    #[cold]
+    #[inline(never)]
+    fn free_emptied_path(
+        &mut self,
+        mem: &impl PhysMem,
+        alloc: &mut impl TableAllocator,
+        index: u64,
+        level: u8,
+        flush: &mut TlbFlush,
+    ) {
+        let top = self.format.levels() - 1;
+        // The table at each level of the path.
+        let mut tables = [0u64; MAX_LEVELS];
+        let mut table = self.root;
+        for l in (level..=top).rev() {
+            let Some(t) = tables.get_mut(usize::from(l)) else {
+                return;
+            };
+            *t = table;
+            if l == level {
+                break;
+            }
+            let next = self
+                .entries_of(mem, table, l)
+                .ok()
+                .and_then(|e| self.slot_of(e, index, l))
+                .map(|e| self.format.kind(e.load(Ordering::Acquire), l));
+            let Some(EntryKind::Table(next)) = next else {
+                return;
+            };
+            table = next;
+        }
         for lv in level..top {
             let (Some(&t), Some(&above)) =
                 (tables.get(usize::from(lv)), tables.get(usize::from(lv) + 1))
@@ -253,10 +334,7 @@ impl<F: Format> PageTable<F> {
             let Ok(entries) = self.entries_of(mem, t, lv) else {
                 break;
             };
-            if entries
-                .iter()
-                .any(|e| self.format.kind(e.load(Ordering::Acquire), lv) != EntryKind::Invalid)
-            {
+            if !self.is_empty_table(entries, lv) {
                 break;
             }
             let Some(parent) = self
@@ -273,8 +351,23 @@ impl<F: Format> PageTable<F> {
             let start = self.format.index_to_input(index & !(span - 1));
             flush.add(start, start.saturating_add(span), true);
         }
-        Ok(Single::Done)
     }
+}
+
+/// The entry of `entries` covering `index` in a table whose entries map
+/// `1 << shift` bytes each.
+#[inline(always)]
+fn slot_at(entries: &[AtomicU64], index: u64, shift: u32) -> Option<&AtomicU64> {
+    entries.get(((index >> shift) & (entries.len() as u64).wrapping_sub(1)) as usize)
+}
+
+/// The `entries` entries of the table at `table`.
+#[inline(always)]
+fn table_at(mem: &impl PhysMem, table: u64, entries: usize) -> Result<&[AtomicU64], TableError> {
+    mem.table(PhysAddr::new(table), entries)
+        .ok_or(TableError::NotAccessible {
+            table: PhysAddr::new(table),
+        })
 }
 
 /// Why the fast path refused.

@@ -216,6 +216,17 @@ impl<F: Format> PageTable<F> {
                 .ok_or(RangeError::OutOfRange)?;
             return Ok((start, start));
         }
+        // One aligned block no larger than a smallest page (the one-page
+        // update): a page is translatable as a whole and maps to contiguous
+        // indexes (`Format::input_to_index`), so its first address decides.
+        if len == align && align <= 1u64 << self.format.granule_shift() {
+            let start = self
+                .format
+                .input_to_index(start_raw)
+                .ok_or(RangeError::OutOfRange)?;
+            let end = start.checked_add(len).ok_or(RangeError::OutOfRange)?;
+            return Ok((start, end));
+        }
         let last_raw = start_raw
             .checked_add(len - 1)
             .ok_or(RangeError::OutOfRange)?;
@@ -345,7 +356,7 @@ impl<F: Format> PageTable<F> {
     /// (`[start, end)` in index space, checked).
     #[allow(clippy::too_many_arguments)]
     #[inline(never)]
-    fn map_general(
+    pub(crate) fn map_general(
         &mut self,
         mem: &impl PhysMem,
         alloc: &mut impl TableAllocator,
@@ -435,7 +446,7 @@ impl<F: Format> PageTable<F> {
 
     /// [`unmap_with`](Self::unmap_with) past its checks.
     #[inline(never)]
-    fn unmap_general(
+    pub(crate) fn unmap_general(
         &mut self,
         mem: &impl PhysMem,
         alloc: &mut impl TableAllocator,

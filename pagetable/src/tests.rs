@@ -1594,6 +1594,492 @@ fn run_protect_case<F: crate::Format>(f: F, case: &ProtectCase) -> ProtectOutcom
     (result, after, breaks, writes)
 }
 
+/// The table pattern's contract for every level above the last: an entry
+/// matching it is exactly the table `kind` says, at the address the pattern
+/// gives. Entries forced to match (random bits outside the pattern's check)
+/// and random entries that happen to.
+fn check_table_pattern<F: crate::Format + core::fmt::Debug>(format: &F, raw: u64) {
+    let pattern = format.table_pattern();
+    for candidate in [raw, (raw & !pattern.check) | pattern.value] {
+        if !pattern.matches(candidate) {
+            continue;
+        }
+        for level in 1..format.levels() {
+            assert_eq!(
+                format.kind(candidate, level),
+                crate::EntryKind::Table(pattern.address(candidate)),
+                "raw {candidate:#x} level {level} in {format:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn table_pattern_matches_only_tables_kind_accepts_on_every_branch() {
+    let raws = interesting_raws();
+    let raws = if cfg!(miri) { &raws[..64] } else { &raws[..] };
+    for &raw in raws {
+        for f in x86_configurations() {
+            check_table_pattern(&f, raw);
+        }
+        for f in ept_configurations() {
+            check_table_pattern(&f, raw);
+        }
+        for f in stage1_configurations() {
+            check_table_pattern(&f, raw);
+        }
+        for f in stage2_configurations() {
+            check_table_pattern(&f, raw);
+        }
+    }
+}
+
+#[test]
+fn table_pattern_matches_the_tables_the_editor_writes() {
+    fn check<F: crate::Format + core::fmt::Debug>(f: &F) {
+        let table = 0x1234_5000 & !((1u64 << f.granule_shift()) - 1);
+        for level in 1..f.levels() {
+            let raw = f.encode_table(table, level);
+            assert!(f.table_pattern().matches(raw), "{raw:#x} in {f:?}");
+            assert_eq!(f.table_pattern().address(raw), table);
+        }
+    }
+    x86_configurations().iter().for_each(check);
+    ept_configurations().iter().for_each(check);
+    stage1_configurations().iter().for_each(check);
+    stage2_configurations().iter().for_each(check);
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Random raw values: an entry the table pattern matches is the table
+    /// `kind` says at every level above the last, in every configuration.
+    #[test]
+    fn table_pattern_matches_only_tables_kind_accepts(raw in any::<u64>()) {
+        for f in x86_configurations() {
+            check_table_pattern(&f, raw);
+        }
+        for f in ept_configurations() {
+            check_table_pattern(&f, raw);
+        }
+        for f in stage1_configurations() {
+            check_table_pattern(&f, raw);
+        }
+        for f in stage2_configurations() {
+            check_table_pattern(&f, raw);
+        }
+    }
+}
+
+/// A break-before-make callback that records every break.
+#[derive(Default)]
+struct Breaks(Vec<crate::Break>);
+
+impl crate::BreakBeforeMake for Breaks {
+    fn invalidate(&mut self, broken: &crate::Break) {
+        self.0.push(*broken);
+    }
+}
+
+/// One step of the equivalence test of the one-leaf fast path: a one-leaf
+/// map (`len` 4 KiB or 2 MiB) or unmap at `page` (4 KiB units from the
+/// window's base).
+#[derive(Clone, Debug)]
+struct OneLeaf {
+    map: bool,
+    page: u64,
+    large: bool,
+    frame: u64,
+    attrs: usize,
+    replace: bool,
+}
+
+/// The window the equivalence test edits: 8 MiB from a 1 GiB boundary, so
+/// that the tables above the last two levels are shared.
+const ONE_LEAF_BASE: u64 = 0x40_4000_0000;
+
+impl OneLeaf {
+    fn span(&self) -> (u64, u64) {
+        if self.large {
+            (ONE_LEAF_BASE + (self.page & !511) * KIB4, MIB2)
+        } else {
+            (ONE_LEAF_BASE + self.page * KIB4, KIB4)
+        }
+    }
+}
+
+fn one_leaf() -> impl Strategy<Value = OneLeaf> {
+    (
+        any::<bool>(),
+        // Few pages often, so that maps meet mapped pages and unmaps empty
+        // tables.
+        prop_oneof![2 => 0u64..40, 2 => 1024u64..1028, 1 => 0u64..2048],
+        prop_oneof![4 => Just(false), 1 => Just(true)],
+        0u64..4096,
+        0..ATTRS.len(),
+        any::<bool>(),
+    )
+        .prop_map(|(map, page, large, frame, attrs, replace)| OneLeaf {
+            map,
+            page,
+            large,
+            frame,
+            attrs,
+            replace,
+        })
+}
+
+/// A copy of a machine: the same words and the same allocator state.
+fn clone_machine(m: &Machine) -> Machine {
+    Machine {
+        words: m
+            .words
+            .iter()
+            .map(|w| AtomicU64::new(w.load(Ordering::Relaxed)))
+            .collect(),
+        frames: Frames {
+            free: m.frames.free.clone(),
+            live: m.frames.live.clone(),
+            cap: m.frames.cap,
+        },
+    }
+}
+
+/// What a table says about the window: every entry `visit` reports, with
+/// table addresses left out (the two paths may take different frames).
+fn window_contents<F: crate::Format>(pt: &PageTable<F>, mem: &impl PhysMem) -> Vec<Visit> {
+    let mut v = Vec::new();
+    pt.visit(mem, F::Input::from_raw(ONE_LEAF_BASE), 4 * MIB2, |e| {
+        v.push(match e {
+            Visit::Table {
+                at, level, size, ..
+            } => Visit::Table {
+                at,
+                level,
+                size,
+                table: PhysAddr::new(0),
+            },
+            other => other,
+        });
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    v
+}
+
+/// Applies `step` through the public entry point (fast path first) to one
+/// copy of the machine and through the general engine to another, and
+/// checks that both give the same result, the same breaks, the same number
+/// of table frames, the same contents of the window, and, when both used
+/// the same frames, the same table words.
+fn check_one_leaf_step<F: crate::Format + Copy + core::fmt::Debug>(
+    format: F,
+    root: u64,
+    m: &mut Machine,
+    step: &OneLeaf,
+    cap: usize,
+) {
+    let (start, len) = step.span();
+    let input = F::Input::from_raw(start);
+    let pa = if step.large {
+        (step.frame & !511) * KIB4
+    } else {
+        step.frame * KIB4
+    };
+    let mut options = MapOptions::new().sizes(LeafSizes::only(if step.large {
+        PageSize::Size2M
+    } else {
+        PageSize::Size4K
+    }));
+    if step.replace {
+        options = options.replacing();
+    }
+    let attrs = ATTRS[step.attrs];
+    let mut general = clone_machine(m);
+    let before = m.frames.live.clone();
+    m.frames.cap = m.frames.live.len() + cap;
+    general.frames.cap = m.frames.cap;
+    let index = format.input_to_index(start).unwrap();
+
+    let mut fast_breaks = Breaks::default();
+    let mut pt = PageTable::from_root(format, PhysAddr::new(root));
+    let fast = {
+        let mem = SliceMem::new(PhysAddr::new(ARENA_BASE), &m.words);
+        if step.map {
+            pt.map_live(
+                &mem,
+                &mut m.frames,
+                &mut fast_breaks,
+                input,
+                PhysAddr::new(pa),
+                len,
+                &attrs,
+                options,
+            )
+            .map_err(|e| std::format!("{e:?}"))
+        } else {
+            pt.unmap_live(&mem, &mut m.frames, &mut fast_breaks, input, len)
+                .map_err(|e| std::format!("{e:?}"))
+        }
+    };
+    let mut general_breaks = Breaks::default();
+    let mut gpt = PageTable::from_root(format, PhysAddr::new(root));
+    let slow = {
+        let mem = SliceMem::new(PhysAddr::new(ARENA_BASE), &general.words);
+        if step.map {
+            gpt.map_general(
+                &mem,
+                &mut general.frames,
+                &mut general_breaks,
+                index,
+                index + len,
+                PhysAddr::new(pa),
+                &attrs,
+                options,
+            )
+            .map_err(|e| std::format!("{e:?}"))
+        } else {
+            gpt.unmap_general(
+                &mem,
+                &mut general.frames,
+                &mut general_breaks,
+                index,
+                index + len,
+            )
+            .map_err(|e| std::format!("{e:?}"))
+        }
+    };
+    m.frames.cap = usize::MAX;
+    assert_eq!(fast, slow, "{step:?} in {format:?}");
+    assert_eq!(fast_breaks.0, general_breaks.0, "{step:?} in {format:?}");
+    assert_eq!(
+        m.frames.live.len(),
+        general.frames.live.len(),
+        "{step:?} in {format:?}"
+    );
+    let mem = SliceMem::new(PhysAddr::new(ARENA_BASE), &m.words);
+    let gmem = SliceMem::new(PhysAddr::new(ARENA_BASE), &general.words);
+    assert_eq!(
+        window_contents(&pt, &mem),
+        window_contents(&gpt, &gmem),
+        "{step:?} in {format:?}"
+    );
+    // Without a table taken or freed, both wrote the same frames: the same
+    // words.
+    if m.frames.live == before && general.frames.live == before {
+        assert!(
+            m.snapshot() == general.snapshot(),
+            "{step:?} in {format:?}: table words differ"
+        );
+    }
+}
+
+/// Runs `steps` on a fresh table of `format`, checking each against the
+/// general engine. The steps before each one build the state it meets:
+/// tables present or missing, leaves of both sizes, contiguous runs on
+/// AArch64, tables emptied by unmaps.
+fn check_one_leaf_steps<F: crate::Format + Copy + core::fmt::Debug>(
+    format: F,
+    steps: &[(OneLeaf, usize)],
+) {
+    let mut m = Machine::new(64);
+    let root = {
+        let mem = SliceMem::new(PhysAddr::new(ARENA_BASE), &m.words);
+        PageTable::new(format, &mem, &mut m.frames).unwrap().root()
+    };
+    // A contiguous run of 16 pages (hinted on AArch64) to meet.
+    {
+        let mem = SliceMem::new(PhysAddr::new(ARENA_BASE), &m.words);
+        let mut pt = PageTable::from_root(format, root);
+        let _ = pt
+            .map_live(
+                &mem,
+                &mut m.frames,
+                &mut Breaks::default(),
+                F::Input::from_raw(ONE_LEAF_BASE + 16 * KIB4),
+                PhysAddr::new(0x10_0000),
+                16 * KIB4,
+                &Attributes::DATA,
+                MapOptions::new(),
+            )
+            .unwrap();
+    }
+    for (step, cap) in steps {
+        check_one_leaf_step(format, root.get(), &mut m, step, *cap);
+    }
+}
+
+fn one_leaf_formats_run(steps: &[(OneLeaf, usize)]) {
+    use crate::aarch64::{Granule, LargeAddresses, Regime, Stage1};
+    check_one_leaf_steps(X86Paging::four_level(), steps);
+    check_one_leaf_steps(X86Paging::five_level(), steps);
+    check_one_leaf_steps(Ept::four_level(), steps);
+    for (regime, bits) in [(Regime::El1And0, 48), (Regime::El2, 39)] {
+        let f = Stage1::new(regime, Granule::Size4KiB, bits, LargeAddresses::None).unwrap();
+        check_one_leaf_steps(f, steps);
+    }
+    let lpa2 = LargeAddresses::Lpa2 {
+        shareability: crate::Shareability::Inner,
+    };
+    let f = Stage1::new(Regime::El1And0, Granule::Size4KiB, 52, lpa2).unwrap();
+    check_one_leaf_steps(f, steps);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..config() })]
+
+    /// The one-leaf fast path of map and unmap is only a shortcut: from any
+    /// state, one-page and one-block maps and unmaps through the public
+    /// entry points give what the general plan/reserve/commit engine gives
+    /// (result, flush, breaks, tables, frames), starved of frames or not.
+    #[test]
+    #[cfg_attr(miri, ignore = "many configurations and steps: natively only")]
+    fn one_leaf_fast_path_matches_the_general_engine(
+        steps in proptest::collection::vec((one_leaf(), prop_oneof![3 => Just(8usize), 1 => 0usize..3]), 1..40)
+    ) {
+        one_leaf_formats_run(&steps);
+    }
+}
+
+/// A one-page range is checked by its first address (the shortcut of the
+/// one-page update): the pages on both sides of the x86 canonical hole and
+/// of the AArch64 input size are accepted or refused as a whole, like a
+/// longer range.
+#[test]
+fn one_page_ranges_are_translatable_as_a_whole() {
+    let mut m = Machine::new(16);
+    let mut pt = x86(&mut m);
+    let mem = SliceMem::new(PhysAddr::new(ARENA_BASE), &m.words);
+    let map = |pt: &mut PageTable<X86Paging>, frames: &mut Frames, at: u64| {
+        pt.map(
+            &mem,
+            frames,
+            va(at),
+            pa(0x1000),
+            KIB4,
+            &Attributes::DATA,
+            MapOptions::new(),
+        )
+        .map(|_| ())
+    };
+    for at in [0x0000_7fff_ffff_f000, 0xffff_8000_0000_0000] {
+        assert_eq!(map(&mut pt, &mut m.frames, at), Ok(()), "{at:#x}");
+        assert!(pt.unmap(&mem, &mut m.frames, va(at), KIB4).is_ok());
+    }
+    for at in [
+        0x0000_8000_0000_0000,
+        0xffff_7fff_ffff_f000,
+        0x7fff_ffff_ffff_f000,
+    ] {
+        assert_eq!(
+            map(&mut pt, &mut m.frames, at),
+            Err(MapError::Range(RangeError::OutOfRange)),
+            "{at:#x}"
+        );
+        assert_eq!(
+            pt.unmap(&mem, &mut m.frames, va(at), KIB4),
+            Err(UnmapError::Range(RangeError::OutOfRange)),
+            "{at:#x}"
+        );
+    }
+
+    use crate::aarch64::{Granule, LargeAddresses, Regime, Stage1};
+    let f = Stage1::new(Regime::El1And0, Granule::Size4KiB, 39, LargeAddresses::None).unwrap();
+    let mut a = Machine::new(16);
+    let amem = SliceMem::new(PhysAddr::new(ARENA_BASE), &a.words);
+    let mut apt = PageTable::new(f, &amem, &mut a.frames).unwrap();
+    let mut amap = |at: u64| {
+        apt.map_live(
+            &amem,
+            &mut a.frames,
+            &mut Breaks::default(),
+            va(at),
+            pa(0x1000),
+            KIB4,
+            &Attributes::DATA,
+            MapOptions::new(),
+        )
+        .map(|_| ())
+    };
+    assert_eq!(amap((1 << 39) - KIB4), Ok(()));
+    assert_eq!(amap(1 << 39), Err(MapError::Range(RangeError::OutOfRange)));
+}
+
+/// The last-level shortcut's contract: a page it recognises is exactly the
+/// leaf `kind` says at level 0. Entries forced into the table pattern's
+/// shape (where the shortcut looks first) and random ones.
+fn check_last_level_leaf<F: crate::Format + core::fmt::Debug>(format: &F, raw: u64) {
+    let pattern = format.table_pattern();
+    for candidate in [raw, (raw & !pattern.check) | pattern.value] {
+        if let Some(pa) = format.last_level_leaf(candidate) {
+            assert_eq!(
+                format.kind(candidate, 0),
+                crate::EntryKind::Leaf(pa),
+                "raw {candidate:#x} in {format:?}"
+            );
+        }
+    }
+}
+
+fn stage1_configurations_with_mairs() -> Vec<crate::aarch64::Stage1> {
+    let sparse = crate::aarch64::Mair::new([
+        None,
+        Some(MemoryType::WriteBack),
+        None,
+        None,
+        None,
+        None,
+        None,
+        Some(MemoryType::Device),
+    ])
+    .unwrap();
+    let mut v = stage1_configurations();
+    let with_sparse: Vec<_> = v.iter().map(|f| f.with_mair(sparse)).collect();
+    v.extend(with_sparse);
+    v
+}
+
+#[test]
+fn last_level_leaf_shortcut_agrees_with_kind_on_every_branch() {
+    let raws = interesting_raws();
+    let raws = if cfg!(miri) { &raws[..64] } else { &raws[..] };
+    let formats = stage1_configurations_with_mairs();
+    let mut recognised = 0;
+    for &raw in raws {
+        for f in &formats {
+            check_last_level_leaf(f, raw);
+            recognised += usize::from(crate::Format::last_level_leaf(f, raw | 0b11).is_some());
+        }
+        for f in x86_configurations() {
+            check_last_level_leaf(&f, raw);
+        }
+        for f in ept_configurations() {
+            check_last_level_leaf(&f, raw);
+        }
+        for f in stage2_configurations() {
+            check_last_level_leaf(&f, raw);
+        }
+    }
+    assert!(recognised > 0, "the shortcut never fired");
+}
+
+#[test]
+fn last_level_leaf_shortcut_recognises_the_pages_the_editor_writes() {
+    for f in stage1_configurations_with_mairs() {
+        for attrs in ATTRS {
+            let Ok(raw) = crate::Format::encode_leaf(&f, 0x1234_0000, &attrs, 0) else {
+                continue;
+            };
+            assert_eq!(
+                crate::Format::last_level_leaf(&f, raw),
+                Some(0x1234_0000),
+                "{raw:#x} in {f:?}"
+            );
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(config())]
 
@@ -1633,5 +2119,14 @@ proptest! {
                 .unwrap(),
             &case,
         );
+    }
+
+    /// Random raw values: a page the last-level shortcut recognises is the
+    /// leaf `kind` says, in every stage-1 configuration and MAIR layout.
+    #[test]
+    fn last_level_leaf_shortcut_agrees_with_kind(raw in any::<u64>()) {
+        for f in stage1_configurations_with_mairs() {
+            check_last_level_leaf(&f, raw);
+        }
     }
 }

@@ -134,11 +134,17 @@ struct Leaf {
     size: u64,
 }
 
-/// Walks to the leaf covering `index`, classifying each entry with
-/// `Format::kind` (no attributes built) and passing every table entry on
-/// the way to `on_table`. At most one entry per level is read, so any table
-/// contents terminate.
-#[inline]
+/// Walks to the leaf covering `index`, passing every table entry on the way
+/// to `on_table`. At most one entry per level is read, so any table contents
+/// terminate.
+///
+/// The per-walk constants (entries per table, bits per level, the format's
+/// [`TablePattern`](crate::TablePattern)) are read once. An entry above the
+/// last level that matches the pattern is a table without further
+/// classification; every other entry, and the last level's, goes through
+/// `Format::kind` (no attributes built), so the walk accepts and refuses
+/// exactly what a walk classifying every entry with `kind` would.
+#[inline(always)]
 fn walk_to_leaf<F: Format>(
     format: &F,
     mem: &impl PhysMem,
@@ -146,28 +152,24 @@ fn walk_to_leaf<F: Format>(
     index: u64,
     mut on_table: impl FnMut(u64, u8),
 ) -> Result<Leaf, TranslateError> {
+    let pattern = format.table_pattern();
+    let entries_below_root = format.entries();
     let mut table = root;
     let mut level = format.levels().saturating_sub(1);
     let mut entries_per_table = format.root_entries();
+    let mut shift = format.level_shift(level);
+    // Every table below the root resolves the same number of bits.
+    let bits = format.granule_shift() - 3;
     loop {
         let entries =
             mem.table(PhysAddr::new(table), entries_per_table)
                 .ok_or(TranslateError::Table(TableError::NotAccessible {
                     table: PhysAddr::new(table),
                 }))?;
-        let shift = format.level_shift(level);
         let slot = ((index >> shift) & (entries.len() as u64).wrapping_sub(1)) as usize;
         let raw = entries.get(slot).map_or(0, |e| e.load(Ordering::Acquire));
-        match format.kind(raw, level) {
-            EntryKind::Table(next) => {
-                on_table(raw, level);
-                level = level
-                    .checked_sub(1)
-                    .ok_or_else(|| malformed_at(format, index, shift, level))?;
-                table = next;
-                entries_per_table = format.entries();
-            }
-            EntryKind::Leaf(pa) => {
+        let next = if level == 0 {
+            if let Some(pa) = format.last_level_leaf(raw) {
                 return Ok(Leaf {
                     raw,
                     pa,
@@ -175,9 +177,43 @@ fn walk_to_leaf<F: Format>(
                     size: 1u64 << shift,
                 });
             }
-            EntryKind::Invalid => return Err(TranslateError::NotMapped { level }),
-            EntryKind::Malformed => return Err(malformed_at(format, index, shift, level)),
-        }
+            match format.kind(raw, 0) {
+                EntryKind::Leaf(pa) => {
+                    return Ok(Leaf {
+                        raw,
+                        pa,
+                        level,
+                        size: 1u64 << shift,
+                    });
+                }
+                EntryKind::Invalid => return Err(TranslateError::NotMapped { level }),
+                EntryKind::Table(_) | EntryKind::Malformed => {
+                    return Err(malformed_at(format, index, shift, level));
+                }
+            }
+        } else if pattern.matches(raw) {
+            pattern.address(raw)
+        } else {
+            match format.kind(raw, level) {
+                EntryKind::Table(next) => next,
+                EntryKind::Leaf(pa) => {
+                    return Ok(Leaf {
+                        raw,
+                        pa,
+                        level,
+                        size: 1u64 << shift,
+                    });
+                }
+                EntryKind::Invalid => return Err(TranslateError::NotMapped { level }),
+                EntryKind::Malformed => return Err(malformed_at(format, index, shift, level)),
+            }
+        };
+        on_table(raw, level);
+        level -= 1;
+        shift -= bits;
+        debug_assert_eq!(shift, format.level_shift(level));
+        table = next;
+        entries_per_table = entries_below_root;
     }
 }
 

@@ -125,6 +125,8 @@ pub(crate) struct Geometry {
     field: u64,
     reserved: u64,
     blocks: u8,
+    /// The bits `table_pattern` checks.
+    table_check: u64,
 }
 
 const PS_SIZES: [u8; 7] = [32, 36, 40, 42, 44, 48, 52];
@@ -176,12 +178,14 @@ impl Geometry {
             field: 0,
             reserved: 0,
             blocks: 0,
+            table_check: 0,
         };
         geometry.field = geometry.compute_field();
         geometry.reserved = geometry.compute_reserved();
         geometry.blocks = (0..geometry.levels)
             .filter(|&l| geometry.compute_block_allowed(l))
             .fold(0, |m, l| m | 1 << l);
+        geometry.table_check = geometry.compute_table_check();
         Ok(geometry)
     }
 
@@ -190,6 +194,7 @@ impl Geometry {
             return Err(ConfigError::OutputBits(bits));
         }
         self.output_bits = bits;
+        self.table_check = self.compute_table_check();
         Ok(self)
     }
 
@@ -368,6 +373,33 @@ impl Geometry {
                 None => Descriptor::Malformed,
             },
         }
+    }
+
+    /// `Format::table_pattern` for both stages: valid, table type, no
+    /// reserved bit, no address bit beyond the output size, and the
+    /// extended address bits (LPA OA\[51:48\], LPA2 OA\[51:50\]) clear, so
+    /// that the address is the plain field.
+    #[inline]
+    pub(crate) fn table_pattern(&self) -> crate::TablePattern {
+        crate::TablePattern {
+            check: self.table_check,
+            value: VALID | TABLE_OR_PAGE,
+            address: self.field(),
+        }
+    }
+
+    fn compute_table_check(&self) -> u64 {
+        let extended = match self.large {
+            LargeAddresses::None => 0,
+            LargeAddresses::Lpa => 0xf << 12,
+            LargeAddresses::Lpa2 { .. } => 0b11 << SH_SHIFT,
+        };
+        let beyond_output = if self.output_bits < 64 {
+            self.field() & !((1u64 << self.output_bits) - 1)
+        } else {
+            0
+        };
+        VALID | TABLE_OR_PAGE | self.reserved() | extended | beyond_output
     }
 
     /// A table descriptor pointing at `table`.

@@ -2,7 +2,7 @@
 
 use hvmem_types::VirtAddr;
 
-use super::geometry::{AF, CONTIGUOUS, DBM, Geometry, SOFTWARE};
+use super::geometry::{AF, CONTIGUOUS, DBM, Geometry, SH_SHIFT, SOFTWARE};
 use super::{ConfigError, Granule, LargeAddresses, Mair};
 use crate::attrs::{Access, AttrError, Attributes, Tracking};
 use crate::format::{Descriptor, EntryKind, Format};
@@ -25,6 +25,13 @@ const AP_TABLE_NO_WRITE: u64 = 1 << 62;
 /// (paging-formats.md B.10): AP\[2\], AF, DBM, PXN, UXN, software bits; nG
 /// only from 0 to 1.
 const SAFE: u64 = AP_READ_ONLY | AF | DBM | PXN | UXN | SOFTWARE;
+
+/// The AttrIndx values that name a slot of `mair` in use (bit n = index n).
+fn used_slots(mair: &Mair) -> u8 {
+    (0..8u8)
+        .filter(|&i| mair.memory_type(i).is_some())
+        .fold(0, |m, i| m | 1 << i)
+}
 
 /// The translation regime whose stage-1 tables these are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -65,6 +72,8 @@ pub struct Stage1 {
     regime: Regime,
     va_range: VaRange,
     mair: Mair,
+    /// The MAIR slots in use (bit n = AttrIndx n), for `last_level_leaf`.
+    used_slots: u8,
 }
 
 impl Stage1 {
@@ -88,6 +97,7 @@ impl Stage1 {
             regime,
             va_range: VaRange::Lower,
             mair: Mair::LINUX,
+            used_slots: used_slots(&Mair::LINUX),
         })
     }
 
@@ -119,6 +129,7 @@ impl Stage1 {
     #[must_use]
     pub fn with_mair(mut self, mair: Mair) -> Self {
         self.mair = mair;
+        self.used_slots = used_slots(&mair);
         self
     }
 
@@ -270,6 +281,25 @@ impl Format for Stage1 {
     #[inline]
     fn encode_table(&self, table: u64, _level: u8) -> u64 {
         self.geometry.encode_table(table)
+    }
+
+    #[inline]
+    fn table_pattern(&self) -> crate::TablePattern {
+        self.geometry.table_pattern()
+    }
+
+    #[inline]
+    fn last_level_leaf(&self, raw: u64) -> Option<u64> {
+        // At the last level the table pattern's bits are a page's: valid,
+        // page type, no reserved or out-of-range address bit, the plain
+        // address field. Then the attribute fields: a used MAIR slot and,
+        // where the descriptor holds it (not LPA2), a non-reserved SH.
+        let pattern = self.geometry.table_pattern();
+        let slot = (raw >> ATTR_INDEX_SHIFT) & 0b111;
+        let sh_ok = matches!(self.geometry.large, LargeAddresses::Lpa2 { .. })
+            || (raw >> SH_SHIFT) & 0b11 != 0b01;
+        (pattern.matches(raw) && (self.used_slots >> slot) & 1 != 0 && sh_ok)
+            .then_some(pattern.address(raw))
     }
 
     fn encode_leaf(&self, pa: u64, attrs: &Attributes, level: u8) -> Result<u64, AttrError> {

@@ -251,6 +251,11 @@ impl Format for Stage2 {
         self.geometry.encode_table(table)
     }
 
+    #[inline]
+    fn table_pattern(&self) -> crate::TablePattern {
+        self.geometry.table_pattern()
+    }
+
     fn encode_leaf(&self, pa: u64, attrs: &Attributes, level: u8) -> Result<u64, AttrError> {
         let access = attrs.access;
         if access.contains(Access::USER) {

@@ -213,6 +213,18 @@ impl Format for Ept {
     }
 
     #[inline]
+    fn table_pattern(&self) -> crate::TablePattern {
+        // Readable (every XWR combination with R is well formed), bits 3..7
+        // clear (reserved in a non-leaf entry; bit 7 clear is not a large
+        // leaf), no address bit beyond MAXPHYADDR.
+        crate::TablePattern {
+            check: R | 0xf8 | high_reserved(self.max_phys_bits),
+            value: R,
+            address: address_mask(self.max_phys_bits),
+        }
+    }
+
+    #[inline]
     fn encode_leaf(&self, pa: u64, attrs: &Attributes, level: u8) -> Result<u64, AttrError> {
         attrs.check_x86()?;
         let access = attrs.access;

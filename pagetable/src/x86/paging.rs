@@ -296,6 +296,17 @@ impl Format for X86Paging {
     }
 
     #[inline]
+    fn table_pattern(&self) -> crate::TablePattern {
+        // Present, not a large page (PS is reserved in PML4E and PML5E, so
+        // clear is a table at every level), no reserved bit.
+        crate::TablePattern {
+            check: P | PS | self.reserved,
+            value: P,
+            address: self.addr_mask & !0xfff,
+        }
+    }
+
+    #[inline]
     fn encode_leaf(&self, pa: u64, attrs: &Attributes, level: u8) -> Result<u64, AttrError> {
         attrs.check_x86()?;
         let access = attrs.access;
