@@ -84,9 +84,11 @@ impl<'m, const ZONES: usize> BuddyAllocator<'m, ZONES> {
         self.max_order
     }
 
-    /// Keeps freed blocks of orders 0 to 3 and 9 on per-zone *hot lists* of
-    /// up to `frames` frames per order (Linux's per-CPU page lists, inside
-    /// the heap's lock): a free of such a block only links it, and the next
+    /// Keeps freed blocks of orders 0 to 9 on per-zone *hot lists* of up to
+    /// `frames` frames per order (like Linux's per-CPU page lists, which keep
+    /// orders 0 to 3 and 9, but inside the heap's lock; at most `10 * frames`
+    /// free frames per zone stay unmerged): a free of such a block only
+    /// links it, and the next
     /// allocation of its order takes the most recently freed block back, with
     /// no merge or split and while it is still in the CPU cache. Hot blocks
     /// are free in every count and statistic and are merged back whenever the

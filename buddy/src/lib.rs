@@ -20,7 +20,7 @@
 //! - **Reservations.** [`BuddyAllocator::reserve`] takes an exact range out of
 //!   the pool (firmware holes, a guest's fixed memory), splitting around it.
 //! - **Hot lists** (opt-in, [`BuddyAllocator::set_hot_frames`]): freed blocks
-//!   of orders 0-3 and 9 wait unmerged on bounded LIFO lists and are handed
+//!   of orders 0 to 9 wait unmerged on bounded LIFO lists and are handed
 //!   out again first, as on Linux's per-CPU page lists, with no split or
 //!   merge; they are merged whenever a larger block is needed.
 //! - **A lock-free per-CPU cache** of single frames, [`FrameCache`],

@@ -67,7 +67,9 @@ impl Model {
 
     fn check(&self, heap: &BuddyAllocator<'_, 2>) {
         let s = heap.stats();
-        assert!(s.hot_frames <= 5 * u64::from(heap.hot_frames()));
+        // Two zones, each with a hot list per order 0 to 9 of at most the
+        // limit's worth of frames.
+        assert!(s.hot_frames <= 2 * 10 * u64::from(heap.hot_frames()));
         let count = |w| self.frames.iter().filter(|&&f| f == w).count() as u64;
         assert_eq!(s.free_frames, count(Frame::Free));
         assert_eq!(s.reserved_frames, count(Frame::Reserved));
