@@ -406,12 +406,21 @@ impl<S: PageStore> Tmem<'_, S> {
             p.stats.record(event);
         }
         self.totals.record(event);
+        // A free record needs only its mark and its free-list link: a put
+        // writes the whole record before using it again, and nothing reads a
+        // free record's other fields.
         let free = self.free_page;
         if let Some(record) = self.pages.get_mut(rec as usize) {
-            *record = PageRecord::EMPTY;
+            record.place = Place::Unused;
             record.obj_next = free;
         }
         self.free_page = rec;
+        if r.place == Place::Whole && (!r.ephemeral || !self.config.dedup) {
+            // Only deduplication shares a whole frame or puts it in the
+            // content index, and it takes only ephemeral pages: this frame
+            // is the page's alone.
+            return self.release_sole(r.frame);
+        }
         self.release(r.frame, r.place)
     }
 
