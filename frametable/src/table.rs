@@ -3,7 +3,7 @@
 //! Physical memory is sparse (firmware holes, NUMA nodes far apart), so the
 //! table maps each covered range onto a stretch of the caller's storage, one
 //! after the other, the way Xen's "pdx" compression squeezes out holes. A
-//! lookup is a binary search over at most [`FrameTable::MAX_RANGES`] ranges;
+//! lookup scans at most [`FrameTable::MAX_RANGES`] ranges;
 //! a frame outside them is an error, never a panic.
 
 use core::fmt;
@@ -161,16 +161,29 @@ impl<'a> FrameTable<'a> {
     }
 
     /// The record of `mfn`.
+    ///
+    /// A forward scan for the first range ending above `mfn`, with a branch
+    /// per range rather than a branch-free binary search: the address of the
+    /// record then depends only on the range's fields, not on a chain of
+    /// comparisons, so once the branches are predicted (a caller working on
+    /// one range) the record's load issues at once. At most
+    /// [`Self::MAX_RANGES`] comparisons.
     #[inline]
     pub(crate) fn frame(&self, mfn: Mfn) -> Result<&'a FrameInfo, FrameError> {
         let raw = mfn.get();
-        let spans = self.spans();
-        let at = spans.partition_point(|span| span.end <= raw);
-        spans
-            .get(at)
-            .filter(|span| span.start <= raw)
-            .and_then(|span| self.frames.get(span.base + (raw - span.start) as usize))
-            .ok_or(FrameError::OutOfRange { mfn })
+        for span in self.spans() {
+            if raw < span.end {
+                if raw < span.start {
+                    // In the hole before this range.
+                    break;
+                }
+                return self
+                    .frames
+                    .get(span.base + (raw - span.start) as usize)
+                    .ok_or(FrameError::OutOfRange { mfn });
+            }
+        }
+        Err(FrameError::OutOfRange { mfn })
     }
 
     /// The record at `offset` into `span`, with its frame number.
