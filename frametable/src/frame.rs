@@ -214,6 +214,38 @@ impl CountWord {
         self.0 & Self::COUNT_MAX
     }
 
+    /// The owner field (domain id and state bits) of every word `owner`
+    /// owns. Only [`Self::allocated_to`] writes owner fields, so a word
+    /// belongs to `owner` exactly when its owner field equals this (the
+    /// host's field has a zero domain id).
+    pub(crate) const fn owner_field(owner: Owner) -> u64 {
+        Self::allocated_to(owner).0 & !(Self::ALLOCATED | Self::COUNT_MAX)
+    }
+
+    /// Whether a get in the name of the owner whose
+    /// [`owner_field`](Self::owner_field) is `owner_field` may add a
+    /// reference: that owner holds the frame and the count is below
+    /// `COUNT_MAX - 1` (the last value is the partial-validation
+    /// reference's). One comparison: with the allocation flag masked out,
+    /// the word XOR the owner field is the bare count when the owner
+    /// matches, and at least `1 << 46` when it does not.
+    pub(crate) const fn admits_get(self, owner_field: u64) -> bool {
+        (self.0 ^ owner_field) & !Self::ALLOCATED < Self::COUNT_MAX - 1
+    }
+
+    /// Whether the frame is owned (by a domain or the host): state 1 or 2.
+    /// Adding one to the state sets its high bit exactly for those two.
+    pub(crate) const fn is_owned(self) -> bool {
+        self.0.wrapping_add(1 << Self::STATE_SHIFT) & (2 << Self::STATE_SHIFT) != 0
+    }
+
+    /// Whether a put may simply drop one reference: the frame is owned and
+    /// holds at least two, so one besides the allocation reference is a
+    /// user's and the frame stays in use afterwards.
+    pub(crate) const fn drops_without_freeing(self) -> bool {
+        self.count() >= 2 && self.is_owned()
+    }
+
     pub(crate) const fn allocated(self) -> bool {
         self.0 & Self::ALLOCATED != 0
     }
@@ -261,6 +293,7 @@ impl TypeWord {
     /// The largest type count (55 bits, as Xen's `PGT_count_mask`).
     pub(crate) const COUNT_MAX: u64 = (1 << 55) - 1;
     const TYPE_SHIFT: u32 = 60;
+    const TYPE_MASK: u64 = 0xf << Self::TYPE_SHIFT;
     pub(crate) const PINNED: u64 = 1 << 59;
     pub(crate) const VALIDATED: u64 = 1 << 58;
     pub(crate) const PARTIAL: u64 = 1 << 57;
@@ -292,6 +325,27 @@ impl TypeWord {
 
     pub(crate) const fn partial(self) -> bool {
         self.0 & Self::PARTIAL != 0
+    }
+
+    /// Whether a get of type `ty` is a plain increment: the frame has type
+    /// `ty`, is validated, and the count is below its limit. (At count 0
+    /// that keeps the type and its validation, as a get at count 0 of the
+    /// same, still-validated type does.) One comparison: the word XOR the
+    /// validated word of type `ty`, with the pin, partial and reserved bits
+    /// masked out, is the bare count exactly when type and flag match.
+    pub(crate) const fn admits_plain_get(self, ty: FrameType) -> bool {
+        const KEY: u64 = TypeWord::TYPE_MASK | TypeWord::VALIDATED | TypeWord::COUNT_MAX;
+        (self.0 ^ (Self::of_type(ty).0 | Self::VALIDATED)) & KEY < Self::COUNT_MAX
+    }
+
+    /// Whether a put of an ordinary type reference is a plain decrement: the
+    /// frame is validated, holds a reference besides the pin's, and this is
+    /// not the last reference of a page table (which de-validates).
+    pub(crate) const fn drops_plain_ref(self) -> bool {
+        let count = self.count();
+        self.validated()
+            && count > self.pinned() as u64
+            && (count >= 2 || !self.frame_type().is_page_table())
     }
 
     pub(crate) const fn with_count(self, count: u64) -> Self {
@@ -389,6 +443,101 @@ mod tests {
         );
         assert_eq!(CountWord::FREE.owner(), None);
         assert_eq!(CountWord::CLAIMED.owner(), None);
+    }
+
+    /// The fast-path tests of the get and put loops are single masks and
+    /// comparisons; they must agree with the decoded owner and count on every
+    /// state, owner and count edge.
+    #[test]
+    fn fast_path_tests_agree_with_the_decoded_word() {
+        let owners = [
+            Owner::Host,
+            Owner::Domain(DomId::new(0)),
+            Owner::Domain(DomId::new(1)),
+            Owner::Domain(DomId::new(0x7fef)),
+            Owner::Domain(DomId::new(0xffff)),
+        ];
+        let counts = [
+            0,
+            1,
+            2,
+            3,
+            CountWord::COUNT_MAX - 2,
+            CountWord::COUNT_MAX - 1,
+            CountWord::COUNT_MAX,
+        ];
+        let owned = owners.into_iter().flat_map(|owner| {
+            let base = CountWord::allocated_to(owner).0 & !CountWord::COUNT_MAX;
+            [base, base & !CountWord::ALLOCATED]
+        });
+        let words = [CountWord::FREE.0, CountWord::CLAIMED.0]
+            .into_iter()
+            .chain(owned);
+        let mut checked = 0;
+        for word in words {
+            for count in counts {
+                let word = CountWord((word & !CountWord::COUNT_MAX) | count);
+                assert_eq!(word.is_owned(), word.owner().is_some(), "{word:?}");
+                assert_eq!(
+                    word.drops_without_freeing(),
+                    word.owner().is_some() && word.count() >= 2,
+                    "{word:?}"
+                );
+                for owner in owners {
+                    let expected =
+                        word.owner() == Some(owner) && word.count() + 1 < CountWord::COUNT_MAX;
+                    assert_eq!(
+                        word.admits_get(CountWord::owner_field(owner)),
+                        expected,
+                        "{word:?} for {owner:?}"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert_eq!(checked, 12 * counts.len() * owners.len());
+    }
+
+    /// The type loops' fast-path tests must take only words on which the
+    /// full loop would do the same plain increment or decrement, for every
+    /// stored type code (and the never-stored ones), flag and count edge.
+    #[test]
+    fn type_fast_path_tests_agree_with_the_decoded_word() {
+        // Fewer edges under miri: the whole grid is some 7000 checks.
+        let counts: &[u64] = if cfg!(miri) {
+            &[0, 1, 2, TypeWord::COUNT_MAX]
+        } else {
+            &[0, 1, 2, 3, TypeWord::COUNT_MAX - 1, TypeWord::COUNT_MAX]
+        };
+        let codes = if cfg!(miri) { 4..10 } else { 0..16u64 };
+        let mut checked = 0;
+        for code in codes.clone() {
+            for flags in 0..8u64 {
+                for &count in counts {
+                    let word = TypeWord((code << TypeWord::TYPE_SHIFT) | (flags << 57) | count);
+                    let page_table = word.frame_type().is_page_table();
+                    assert_eq!(
+                        word.drops_plain_ref(),
+                        word.validated()
+                            && count > u64::from(word.pinned())
+                            && !(count == 1 && page_table),
+                        "{word:?}"
+                    );
+                    for ty in FrameType::ALL {
+                        assert_eq!(
+                            word.admits_plain_get(ty),
+                            code == ty.code() && word.validated() && count < TypeWord::COUNT_MAX,
+                            "{word:?} for {ty:?}"
+                        );
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(
+            checked,
+            codes.count() * 8 * counts.len() * FrameType::ALL.len()
+        );
     }
 
     #[test]

@@ -268,3 +268,40 @@ fn loom_put_page_races_relinquish() {
         assert_eq!(shared.validator.held.load(Ordering::Relaxed), 0);
     });
 }
+
+/// A get in the owner's name races the put of the last reference (the
+/// owner already released its allocation reference): the get either lands
+/// while the frame is still owned, and then its own put races the other one,
+/// or finds the frame free, never a transient count; the frame is freed
+/// exactly once, by whichever put was the last.
+#[test]
+fn loom_get_page_races_the_last_put() {
+    loom::model(|| {
+        let shared = Shared::new();
+        {
+            let table = shared.table();
+            table.assign(MFN, D1).unwrap();
+            table.get_page(MFN, D1).unwrap();
+            let _ = table.release(MFN, D1).unwrap();
+        }
+        let user = {
+            let shared = shared.clone();
+            thread::spawn(move || shared.table().put_page(MFN))
+        };
+        let table = shared.table();
+        let got = table.get_page(MFN, D1);
+        let ours = got.map(|()| table.put_page(MFN).unwrap());
+        let theirs = user.join().unwrap().unwrap();
+
+        match ours {
+            Ok(ours) => assert_ne!(ours, theirs, "exactly one put frees"),
+            Err(error) => {
+                assert_eq!(error, FrameError::Unowned { mfn: MFN });
+                assert_eq!(theirs, PutOutcome::Freed);
+            }
+        }
+        assert_eq!(shared.sink.frees.load(Ordering::Relaxed), 1);
+        let state = table.state(MFN).unwrap();
+        assert_eq!((state.owner, state.refs), (None, 0));
+    });
+}

@@ -49,23 +49,22 @@ impl FrameTable<'_> {
         self.put_ref(frame, mfn)
     }
 
+    // Both loops keep their common case straight-line: one mask-and-compare
+    // decides whether the CAS may go ahead, and everything else (the error
+    // classification, the last put) lives out of line.
     pub(crate) fn get_ref(
         &self,
         frame: &FrameInfo,
         mfn: Mfn,
         owner: Owner,
     ) -> Result<(), FrameError> {
+        let owner_field = CountWord::owner_field(owner);
         let mut current = CountWord(frame.count.load(Ordering::Relaxed));
         loop {
-            match current.owner() {
-                Some(held) if held == owner => {}
-                Some(_) => return Err(FrameError::WrongOwner { mfn }),
-                None => return Err(FrameError::Unowned { mfn }),
-            }
-            // The last count value is kept for the partial-validation
-            // reference, which must never fail.
-            if current.count() + 1 >= CountWord::COUNT_MAX {
-                return Err(FrameError::CountOverflow { mfn });
+            // The owner must match, and the last count value is kept for the
+            // partial-validation reference, which must never fail.
+            if !current.admits_get(owner_field) {
+                return Err(Self::get_refused(current, mfn, owner));
             }
             match frame.count.compare_exchange_weak(
                 current.0,
@@ -79,11 +78,49 @@ impl FrameTable<'_> {
         }
     }
 
+    /// Why `owner` may not take a reference on a frame whose count word is
+    /// `current`.
+    #[cold]
+    #[inline(never)]
+    fn get_refused(current: CountWord, mfn: Mfn, owner: Owner) -> FrameError {
+        match current.owner() {
+            Some(held) if held == owner => FrameError::CountOverflow { mfn },
+            Some(_) => FrameError::WrongOwner { mfn },
+            None => FrameError::Unowned { mfn },
+        }
+    }
+
     pub(crate) fn put_ref(&self, frame: &FrameInfo, mfn: Mfn) -> Result<PutOutcome, FrameError> {
         // Acquire, also on CAS failure: the value seen may be the one that
         // makes this put the last, and then every earlier put (each a
-        // `Release`) must happen before the type count is read below.
+        // `Release`) must happen before the type count is read in
+        // `put_last_ref`.
         let mut current = CountWord(frame.count.load(Ordering::Acquire));
+        while current.drops_without_freeing() {
+            match frame.count.compare_exchange_weak(
+                current.0,
+                current.decremented().0,
+                Ordering::Release,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Ok(PutOutcome::StillReferenced),
+                Err(seen) => current = CountWord(seen),
+            }
+        }
+        self.put_last_ref(frame, mfn, current)
+    }
+
+    /// The rest of [`put_ref`](Self::put_ref) once `current` (read with
+    /// `Acquire`) holds at most one reference or no owner: the put that
+    /// frees the frame, or the refusal of a put without a get. It still
+    /// loops, as the count may have risen again by the time it runs.
+    #[inline(never)]
+    fn put_last_ref(
+        &self,
+        frame: &FrameInfo,
+        mfn: Mfn,
+        mut current: CountWord,
+    ) -> Result<PutOutcome, FrameError> {
         loop {
             if current.owner().is_none() || current.user_refs() == 0 {
                 return Err(FrameError::NotReferenced { mfn });

@@ -3,7 +3,7 @@
 //! Physical memory is sparse (firmware holes, NUMA nodes far apart), so the
 //! table maps each covered range onto a stretch of the caller's storage, one
 //! after the other, the way Xen's "pdx" compression squeezes out holes. A
-//! lookup is a binary search over at most [`FrameTable::MAX_RANGES`] ranges;
+//! lookup scans a few ranges, or bisects up to [`FrameTable::MAX_RANGES`];
 //! a frame outside them is an error, never a panic.
 
 use core::fmt;
@@ -72,6 +72,10 @@ pub struct FrameTable<'a> {
 impl<'a> FrameTable<'a> {
     /// The most ranges one table covers.
     pub const MAX_RANGES: usize = 16;
+
+    /// Up to this many ranges, a lookup scans them in order; above, it
+    /// searches them by bisection.
+    const SCANNED_RANGES: usize = 4;
 
     /// A table over `ranges` (sorted, not overlapping), with the records of
     /// each range stored one after the other in `frames`. Records beyond the
@@ -161,14 +165,24 @@ impl<'a> FrameTable<'a> {
     }
 
     /// The record of `mfn`.
+    ///
+    /// Up to [`Self::SCANNED_RANGES`] ranges (most machines), a forward scan
+    /// for the first range ending above `mfn`, with a branch per range: the
+    /// address of the record then depends only on that range's fields, not
+    /// on a chain of comparisons, so once the branches are predicted (a
+    /// caller working in one range) the record's load issues at once. Above
+    /// that, a branch-free binary search, so that the far end of a table of
+    /// [`Self::MAX_RANGES`] costs four steps rather than sixteen.
     #[inline]
     pub(crate) fn frame(&self, mfn: Mfn) -> Result<&'a FrameInfo, FrameError> {
         let raw = mfn.get();
         let spans = self.spans();
-        let at = spans.partition_point(|span| span.end <= raw);
-        spans
-            .get(at)
-            .filter(|span| span.start <= raw)
+        let span = if spans.len() <= Self::SCANNED_RANGES {
+            spans.iter().find(|span| raw < span.end)
+        } else {
+            spans.get(spans.partition_point(|span| span.end <= raw))
+        };
+        span.filter(|span| span.start <= raw)
             .and_then(|span| self.frames.get(span.base + (raw - span.start) as usize))
             .ok_or(FrameError::OutOfRange { mfn })
     }
@@ -221,6 +235,44 @@ mod tests {
                     mfn: Mfn::new(hole)
                 })
             );
+        }
+    }
+
+    /// Both lookups (the scan of a few ranges, the bisection of many) find
+    /// every range's first and last frame in its own records and refuse
+    /// every hole, for every number of ranges up to the limit.
+    #[test]
+    fn lookup_by_scan_and_by_bisection_find_the_same_records() {
+        static FRAMES: [FrameInfo; 2 * FrameTable::MAX_RANGES] =
+            [const { FrameInfo::new() }; 2 * FrameTable::MAX_RANGES];
+        let ranges: [FrameRange; FrameTable::MAX_RANGES] =
+            core::array::from_fn(|at| range(0x100 * (at as u64 + 1), 2));
+        for count in 0..=FrameTable::MAX_RANGES {
+            let table = FrameTable::new(&FRAMES, ranges.get(..count).unwrap()).unwrap();
+            for (at, covered) in ranges.iter().enumerate() {
+                for offset in 0..2 {
+                    let mfn = Mfn::new(covered.start().get() + offset);
+                    let expected = FRAMES.get(2 * at + offset as usize).unwrap();
+                    match table.frame(mfn) {
+                        Ok(found) => {
+                            assert!(at < count, "{mfn} found in a table of {count}");
+                            assert!(core::ptr::eq(found, expected), "{mfn} of {count}");
+                        }
+                        Err(error) => {
+                            assert!(at >= count, "{mfn} missing from a table of {count}");
+                            assert_eq!(error, FrameError::OutOfRange { mfn });
+                        }
+                    }
+                }
+                for hole in [covered.start().get() - 1, covered.start().get() + 2] {
+                    assert_eq!(
+                        table.frame(Mfn::new(hole)).err(),
+                        Some(FrameError::OutOfRange {
+                            mfn: Mfn::new(hole)
+                        })
+                    );
+                }
+            }
         }
     }
 

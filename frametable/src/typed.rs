@@ -92,6 +92,36 @@ impl FrameTable<'_> {
         validator: &V,
     ) -> Result<(), FrameError> {
         let mut current = TypeWord(frame.type_info.load(Ordering::Relaxed));
+        // The common case, straight-line: the type is already `ty` and
+        // validated, so the get only counts. Everything else (a type change,
+        // a validation, a refusal) goes through the full loop below.
+        while current.admits_plain_get(ty) {
+            // AcqRel, as in the full loop.
+            match frame.type_info.compare_exchange_weak(
+                current.0,
+                current.0 + 1,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(seen) => current = TypeWord(seen),
+            }
+        }
+        self.get_type_slow(frame, mfn, owner, ty, validator, current)
+    }
+
+    /// [`get_type_ref`](Self::get_type_ref) from a type word `current` that
+    /// is not a plain count increment.
+    #[inline(never)]
+    fn get_type_slow<V: Validator + ?Sized>(
+        &self,
+        frame: &FrameInfo,
+        mfn: Mfn,
+        owner: Owner,
+        ty: FrameType,
+        validator: &V,
+        mut current: TypeWord,
+    ) -> Result<(), FrameError> {
         let (taken, resumed) = loop {
             let count = current.count();
             let held = current.frame_type();
@@ -217,8 +247,38 @@ impl FrameTable<'_> {
         validator: &V,
         what: TypeDrop,
     ) -> Result<(), FrameError> {
-        let unpin = what == TypeDrop::Pin;
         let mut current = TypeWord(frame.type_info.load(Ordering::Relaxed));
+        if what == TypeDrop::Ref {
+            // The common case, straight-line: drop one reference of a
+            // validated type that keeps others or needs no de-validation.
+            while current.drops_plain_ref() {
+                // Release, as in the full loop.
+                match frame.type_info.compare_exchange_weak(
+                    current.0,
+                    current.0 - 1,
+                    Ordering::Release,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => return Ok(()),
+                    Err(seen) => current = TypeWord(seen),
+                }
+            }
+        }
+        self.put_type_slow(frame, mfn, validator, what, current)
+    }
+
+    /// [`put_type_ref`](Self::put_type_ref) from a type word `current` that
+    /// is not a plain drop of an ordinary reference.
+    #[inline(never)]
+    fn put_type_slow<V: Validator + ?Sized>(
+        &self,
+        frame: &FrameInfo,
+        mfn: Mfn,
+        validator: &V,
+        what: TypeDrop,
+        mut current: TypeWord,
+    ) -> Result<(), FrameError> {
+        let unpin = what == TypeDrop::Pin;
         loop {
             if unpin && !current.pinned() {
                 return Err(FrameError::NotPinned { mfn });
