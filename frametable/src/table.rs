@@ -243,16 +243,16 @@ mod tests {
     /// every hole, for every number of ranges up to the limit.
     #[test]
     fn lookup_by_scan_and_by_bisection_find_the_same_records() {
-        static FRAMES: [FrameInfo; 2 * FrameTable::MAX_RANGES] =
-            [const { FrameInfo::new() }; 2 * FrameTable::MAX_RANGES];
+        let frames: [FrameInfo; 2 * FrameTable::MAX_RANGES] =
+            core::array::from_fn(|_| FrameInfo::new());
         let ranges: [FrameRange; FrameTable::MAX_RANGES] =
             core::array::from_fn(|at| range(0x100 * (at as u64 + 1), 2));
         for count in 0..=FrameTable::MAX_RANGES {
-            let table = FrameTable::new(&FRAMES, ranges.get(..count).unwrap()).unwrap();
+            let table = FrameTable::new(&frames, ranges.get(..count).unwrap()).unwrap();
             for (at, covered) in ranges.iter().enumerate() {
                 for offset in 0..2 {
                     let mfn = Mfn::new(covered.start().get() + offset);
-                    let expected = FRAMES.get(2 * at + offset as usize).unwrap();
+                    let expected = frames.get(2 * at + offset as usize).unwrap();
                     match table.frame(mfn) {
                         Ok(found) => {
                             assert!(at < count, "{mfn} found in a table of {count}");
