@@ -301,7 +301,7 @@ impl<'m> FrameMeta<'m> {
     /// size in the zone's bitmap (always, for a zone starting on a 64-frame
     /// boundary), a block below 64 frames is one masked word and a larger one
     /// whole words, with none of the general span's checks.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn set_block_dirty(&mut self, i: u32, k: u8) {
         if k == 0 || !bitmap_aligned(i, k) {
             self.set_dirty(i, 1 << k);

@@ -489,7 +489,7 @@ impl<'m> Zone<'m> {
     }
 
     /// Inserts the free block `(i, k)`, first merging it with its buddies.
-    #[inline]
+    #[inline(always)]
     fn merge_and_insert(&mut self, mut i: u32, mut k: u8, mut dirty: bool, mut first_dirty: u32) {
         while k < self.max_order {
             let Some(b) = self.buddy_of(i, k) else { break };
