@@ -72,6 +72,24 @@ impl<S: PageStore> Tmem<'_, S> {
         })
     }
 
+    /// Readahead in the page index: starts fetching the bucket of the same
+    /// object's next index, which the guest is likely to name next
+    /// (frontswap numbers consecutive swap slots, and cleancache consecutive
+    /// file pages, by consecutive indexes of one object; swap-in readahead,
+    /// file readahead and truncation walk them in order). The bucket is
+    /// random in the 2 MiB-per-100k-pages index, so a lookup's first load
+    /// is a cache miss that everything after it waits for; fetched one
+    /// operation early, it overlaps this one. A hint only: nothing is read
+    /// or changed, and a guest that does not go in order pays one hash and
+    /// one prefetched cache line per operation.
+    #[inline(always)]
+    fn prefetch_next(&self, pool: u16, oid: &[u64; 3], index: u32) {
+        if let Some(next) = index.checked_add(1) {
+            self.page_index
+                .prefetch(page_hash(self.config.hash_seed, pool, oid, next));
+        }
+    }
+
     fn find_object(&self, pool: u16, oid: &[u64; 3], hash: u32) -> Option<u32> {
         let objects = &*self.objects;
         self.object_index
@@ -456,6 +474,7 @@ impl<S: PageStore> Tmem<'_, S> {
             .map_err(|_| TmemError::BadBufferLength { len })?;
         let (slot, p) = self.live_pool(client, pool)?;
         let hash = page_hash(self.config.hash_seed, slot, &oid.0, index);
+        self.prefetch_next(slot, &oid.0, index);
         let Some(found) = self.find_page(slot, &oid.0, index, hash) else {
             self.count(client.0, slot, Event::Miss);
             return Ok(if p.empty {
@@ -494,6 +513,7 @@ impl<S: PageStore> Tmem<'_, S> {
     ) -> Result<bool, TmemError> {
         let (slot, _) = self.live_pool(client, pool)?;
         let hash = page_hash(self.config.hash_seed, slot, &oid.0, index);
+        self.prefetch_next(slot, &oid.0, index);
         match self.find_page(slot, &oid.0, index, hash) {
             Some(found) => self.remove_found(found, Event::Flush).map(|()| true),
             None => Ok(false),

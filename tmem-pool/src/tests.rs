@@ -975,3 +975,27 @@ fn the_driver_tracks_at_most_its_queue_of_requests() {
     drv.flush_page(PoolId(0), O, 1).unwrap();
     assert_eq!(drv.flush_page(PoolId(0), O, 2), Err(DriverError::QueueFull));
 }
+
+#[test]
+fn the_last_index_of_an_object_is_got_and_flushed_like_any_other() {
+    // Get and flush fetch the next index's bucket ahead; at index u32::MAX
+    // there is none, and the operations must still work.
+    let mut f = fixture(8, 16, false);
+    let mut t = f.tmem(TmemConfig::default());
+    let a = t
+        .create_client(DomId::new(1), ClientConfig::default())
+        .unwrap();
+    let swap = t.new_pool(a, Uuid::NONE, PRIVATE_PERSISTENT).unwrap();
+    let cache = t.new_pool(a, Uuid::NONE, PRIVATE_EPHEMERAL).unwrap();
+    for p in [swap, cache] {
+        t.put_page(a, p, O, u32::MAX, &page(9)).unwrap();
+        t.put_page(a, p, O, u32::MAX - 1, &page(8)).unwrap();
+    }
+    assert_eq!(get(&mut t, a, swap, O, u32::MAX), Some(page(9)));
+    assert_eq!(get(&mut t, a, cache, O, u32::MAX), Some(page(9)));
+    assert_eq!(get(&mut t, a, cache, O, u32::MAX), None);
+    assert!(t.flush_page(a, swap, O, u32::MAX).unwrap());
+    assert!(!t.flush_page(a, swap, O, u32::MAX).unwrap());
+    assert_eq!(get(&mut t, a, swap, O, u32::MAX - 1), Some(page(8)));
+    assert_eq!(t.client_stats(a).unwrap().pages, 2);
+}
