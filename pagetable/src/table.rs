@@ -130,6 +130,11 @@ impl MapOptions {
 pub struct PageTable<F: Format> {
     pub(crate) format: F,
     pub(crate) root: u64,
+    /// The last-level leaf encoding (at address 0) of the attributes the
+    /// last one-page map used: the format never changes, so it stays valid,
+    /// and repeated one-page maps with the same attributes skip
+    /// `Format::encode_leaf`.
+    last_page_template: Option<(Attributes, u64)>,
 }
 
 impl<F: Format> PageTable<F> {
@@ -153,7 +158,11 @@ impl<F: Format> PageTable<F> {
             let mut r = Reservation::take_frames(1, format.root_entries(), mem, alloc)
                 .map_err(reserve_error::<MapError>)?;
             let root = r.take(mem).ok_or(MapError::OutOfMemory)?;
-            return Ok(Self { format, root });
+            return Ok(Self {
+                format,
+                root,
+                last_page_template: None,
+            });
         }
         // A concatenated root: contiguous tables, aligned to their total size.
         let root = alloc.alloc_root(tables).ok_or(MapError::OutOfMemory)?;
@@ -174,6 +183,7 @@ impl<F: Format> PageTable<F> {
         Ok(Self {
             format,
             root: root.get(),
+            last_page_template: None,
         })
     }
 
@@ -185,6 +195,7 @@ impl<F: Format> PageTable<F> {
         Self {
             format,
             root: root.get(),
+            last_page_template: None,
         }
     }
 
@@ -325,10 +336,12 @@ impl<F: Format> PageTable<F> {
         }
         if let Some(level) = self.single_leaf_level(start, len, options.sizes) {
             if pa.get() & (len - 1) == 0 && !options.merge {
-                let template = self
-                    .format
-                    .encode_leaf(0, attrs, level)
-                    .map_err(MapError::Attributes)?;
+                let template = if level == 0 {
+                    self.page_template(attrs)
+                } else {
+                    self.format.encode_leaf(0, attrs, level)
+                }
+                .map_err(MapError::Attributes)?;
                 let leaf = self.format.with_output_address(template, pa.get(), level);
                 let mut flush = TlbFlush::NONE;
                 match self.map_single(
@@ -350,6 +363,20 @@ impl<F: Format> PageTable<F> {
             }
         }
         self.map_general(mem, alloc, bbm, start, end, pa, attrs, options)
+    }
+
+    /// `Format::encode_leaf(0, attrs, 0)`, remembered for the next call with
+    /// the same attributes (errors are not remembered).
+    #[inline]
+    fn page_template(&mut self, attrs: &Attributes) -> Result<u64, crate::AttrError> {
+        if let Some((last, template)) = self.last_page_template {
+            if last == *attrs {
+                return Ok(template);
+            }
+        }
+        let template = self.format.encode_leaf(0, attrs, 0)?;
+        self.last_page_template = Some((*attrs, template));
+        Ok(template)
     }
 
     /// [`map_with`](Self::map_with) past its checks: plan, reserve, commit

@@ -2066,18 +2066,37 @@ fn last_level_leaf_shortcut_agrees_with_kind_on_every_branch() {
 
 #[test]
 fn last_level_leaf_shortcut_recognises_the_pages_the_editor_writes() {
-    for f in stage1_configurations_with_mairs() {
-        for attrs in ATTRS {
-            let Ok(raw) = crate::Format::encode_leaf(&f, 0x1234_0000, &attrs, 0) else {
-                continue;
-            };
-            assert_eq!(
-                crate::Format::last_level_leaf(&f, raw),
-                Some(0x1234_0000),
-                "{raw:#x} in {f:?}"
-            );
+    fn check<F: crate::Format + core::fmt::Debug>(f: &F) {
+        let stage2_attrs = Attributes::new(Access::READ | Access::WRITE);
+        let mut encoded = 0;
+        let shares = [
+            crate::Shareability::Inner,
+            crate::Shareability::Outer,
+            crate::Shareability::NonShareable,
+        ];
+        for attrs in ATTRS.iter().chain([&stage2_attrs]) {
+            for shareability in shares {
+                let attrs = Attributes {
+                    shareability,
+                    ..*attrs
+                };
+                let Ok(raw) = f.encode_leaf(0x1234_0000, &attrs, 0) else {
+                    continue;
+                };
+                encoded += 1;
+                assert_eq!(
+                    f.last_level_leaf(raw),
+                    Some(0x1234_0000),
+                    "{raw:#x} in {f:?}"
+                );
+            }
         }
+        assert!(encoded > 0, "{f:?}");
     }
+    stage1_configurations_with_mairs().iter().for_each(check);
+    stage2_configurations().iter().for_each(check);
+    x86_configurations().iter().for_each(check);
+    ept_configurations().iter().for_each(check);
 }
 
 proptest! {
@@ -2127,6 +2146,53 @@ proptest! {
     fn last_level_leaf_shortcut_agrees_with_kind(raw in any::<u64>()) {
         for f in stage1_configurations_with_mairs() {
             check_last_level_leaf(&f, raw);
+        }
+        for f in stage2_configurations() {
+            check_last_level_leaf(&f, raw);
+        }
+        for f in x86_configurations() {
+            check_last_level_leaf(&f, raw);
+        }
+        for f in ept_configurations() {
+            check_last_level_leaf(&f, raw);
+        }
+    }
+}
+
+/// One-page maps remember the last attributes' encoding: alternating
+/// attributes, and attributes the format refuses in between, still give
+/// every page exactly the encoding of its own attributes.
+#[test]
+fn one_page_maps_encode_each_page_with_its_own_attributes() {
+    let mut m = Machine::new(16);
+    let mut pt = x86(&mut m);
+    let mem = SliceMem::new(PhysAddr::new(ARENA_BASE), &m.words);
+    let refused = Attributes {
+        protection_key: 16,
+        ..Attributes::DATA
+    };
+    let sequence = [
+        ATTRS[0], ATTRS[2], refused, ATTRS[2], ATTRS[1], ATTRS[0], ATTRS[3],
+    ];
+    for (i, attrs) in sequence.iter().enumerate() {
+        let at = 0x4000_0000 + i as u64 * KIB4;
+        let result = pt.map(
+            &mem,
+            &mut m.frames,
+            va(at),
+            pa(0x10_0000 + i as u64 * KIB4),
+            KIB4,
+            attrs,
+            MapOptions::new(),
+        );
+        let expected =
+            crate::Format::encode_leaf(pt.format(), 0x10_0000 + i as u64 * KIB4, attrs, 0);
+        match expected {
+            Ok(raw) => {
+                assert!(result.is_ok(), "{attrs:?}");
+                assert_eq!(pt.raw_entry(&mem, va(at), 0), Some(raw), "{attrs:?}");
+            }
+            Err(e) => assert_eq!(result, Err(MapError::Attributes(e))),
         }
     }
 }

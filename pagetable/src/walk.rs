@@ -140,12 +140,18 @@ struct Leaf {
 ///
 /// The per-walk constants (entries per table, bits per level, the format's
 /// [`TablePattern`](crate::TablePattern)) are read once. An entry above the
-/// last level that matches the pattern is a table without further
-/// classification; every other entry, and the last level's, goes through
-/// `Format::kind` (no attributes built), so the walk accepts and refuses
+/// last level that matches the pattern is a table, and a last-level entry
+/// [`Format::last_level_leaf`] recognises is a page, without further
+/// classification; at the first entry they do not recognise, the walk goes
+/// on out of line ([`walk_on`]), classifying every entry with
+/// `Format::kind` (no attributes built). Either way it accepts and refuses
 /// exactly what a walk classifying every entry with `kind` would.
+///
+/// `OUT_OF_LINE` chooses whether that continuation is a call (the address
+/// walk, whose fast loop then stays smallest) or inlined (the walk with
+/// attributes, whose leaf decode is cheaper with the level known).
 #[inline(always)]
-fn walk_to_leaf<F: Format>(
+fn walk_to_leaf<const OUT_OF_LINE: bool, F: Format>(
     format: &F,
     mem: &impl PhysMem,
     root: u64,
@@ -161,14 +167,8 @@ fn walk_to_leaf<F: Format>(
     // Every table below the root resolves the same number of bits.
     let bits = format.granule_shift() - 3;
     loop {
-        let entries =
-            mem.table(PhysAddr::new(table), entries_per_table)
-                .ok_or(TranslateError::Table(TableError::NotAccessible {
-                    table: PhysAddr::new(table),
-                }))?;
-        let slot = ((index >> shift) & (entries.len() as u64).wrapping_sub(1)) as usize;
-        let raw = entries.get(slot).map_or(0, |e| e.load(Ordering::Acquire));
-        let next = if level == 0 {
+        let raw = read_entry(mem, table, entries_per_table, index, shift)?;
+        if level == 0 {
             if let Some(pa) = format.last_level_leaf(raw) {
                 return Ok(Leaf {
                     raw,
@@ -177,43 +177,99 @@ fn walk_to_leaf<F: Format>(
                     size: 1u64 << shift,
                 });
             }
-            match format.kind(raw, 0) {
-                EntryKind::Leaf(pa) => {
-                    return Ok(Leaf {
-                        raw,
-                        pa,
-                        level,
-                        size: 1u64 << shift,
-                    });
-                }
-                EntryKind::Invalid => return Err(TranslateError::NotMapped { level }),
-                EntryKind::Table(_) | EntryKind::Malformed => {
-                    return Err(malformed_at(format, index, shift, level));
-                }
-            }
-        } else if pattern.matches(raw) {
-            pattern.address(raw)
-        } else {
-            match format.kind(raw, level) {
-                EntryKind::Table(next) => next,
-                EntryKind::Leaf(pa) => {
-                    return Ok(Leaf {
-                        raw,
-                        pa,
-                        level,
-                        size: 1u64 << shift,
-                    });
-                }
-                EntryKind::Invalid => return Err(TranslateError::NotMapped { level }),
-                EntryKind::Malformed => return Err(malformed_at(format, index, shift, level)),
-            }
-        };
+            return if OUT_OF_LINE {
+                walk_on(format, mem, index, raw, level, shift, &mut on_table)
+            } else {
+                walk_on_inline(format, mem, index, raw, level, shift, &mut on_table)
+            };
+        }
+        if !pattern.matches(raw) {
+            return if OUT_OF_LINE {
+                walk_on(format, mem, index, raw, level, shift, &mut on_table)
+            } else {
+                walk_on_inline(format, mem, index, raw, level, shift, &mut on_table)
+            };
+        }
         on_table(raw, level);
         level -= 1;
         shift -= bits;
         debug_assert_eq!(shift, format.level_shift(level));
-        table = next;
+        table = pattern.address(raw);
         entries_per_table = entries_below_root;
+    }
+}
+
+/// The entry covering `index` in the table at `table` (`entries` entries
+/// of `1 << shift` bytes), or 0 (invalid) if the slot lies past the
+/// entries `mem` gives.
+#[inline(always)]
+fn read_entry(
+    mem: &impl PhysMem,
+    table: u64,
+    entries: usize,
+    index: u64,
+    shift: u32,
+) -> Result<u64, TranslateError> {
+    let entries = mem
+        .table(PhysAddr::new(table), entries)
+        .ok_or(TranslateError::Table(TableError::NotAccessible {
+            table: PhysAddr::new(table),
+        }))?;
+    let slot = ((index >> shift) & (entries.len() as u64).wrapping_sub(1)) as usize;
+    Ok(entries.get(slot).map_or(0, |e| e.load(Ordering::Acquire)))
+}
+
+/// [`walk_to_leaf`] from the entry `raw` at `level` on, classifying every
+/// entry with `Format::kind`: holes, blocks, malformed entries, and the
+/// entries of formats without shortcuts. Out of line, so that the fast loop
+/// carries none of its constants.
+#[cold]
+#[inline(never)]
+fn walk_on<F: Format>(
+    format: &F,
+    mem: &impl PhysMem,
+    index: u64,
+    raw: u64,
+    level: u8,
+    shift: u32,
+    on_table: &mut impl FnMut(u64, u8),
+) -> Result<Leaf, TranslateError> {
+    walk_on_inline(format, mem, index, raw, level, shift, on_table)
+}
+
+/// [`walk_on`], inlined.
+#[inline(always)]
+fn walk_on_inline<F: Format>(
+    format: &F,
+    mem: &impl PhysMem,
+    index: u64,
+    mut raw: u64,
+    mut level: u8,
+    mut shift: u32,
+    on_table: &mut impl FnMut(u64, u8),
+) -> Result<Leaf, TranslateError> {
+    let entries_below_root = format.entries();
+    loop {
+        match format.kind(raw, level) {
+            EntryKind::Table(next) => {
+                on_table(raw, level);
+                level = level
+                    .checked_sub(1)
+                    .ok_or_else(|| malformed_at(format, index, shift, level))?;
+                shift = format.level_shift(level);
+                raw = read_entry(mem, next, entries_below_root, index, shift)?;
+            }
+            EntryKind::Leaf(pa) => {
+                return Ok(Leaf {
+                    raw,
+                    pa,
+                    level,
+                    size: 1u64 << shift,
+                });
+            }
+            EntryKind::Invalid => return Err(TranslateError::NotMapped { level }),
+            EntryKind::Malformed => return Err(malformed_at(format, index, shift, level)),
+        }
     }
 }
 
@@ -236,11 +292,17 @@ pub(crate) fn translate<F: Format>(
     index: u64,
 ) -> Result<Translation, TranslateError> {
     let mut limits = Access::all();
-    let leaf = walk_to_leaf(format, mem, root, index, |raw, level| {
+    let leaf = walk_to_leaf::<false, F>(format, mem, root, index, |raw, level| {
         limits &= format.table_limits(raw, level);
     })?;
-    // `kind` agrees with `decode`, so the leaf decodes as a leaf.
-    let Descriptor::Leaf(_, mut attributes) = format.decode(leaf.raw, leaf.level) else {
+    // `kind` agrees with `decode`, so the leaf decodes as a leaf. (The
+    // last level, the usual one, spelled out: its decode is the simplest.)
+    let decoded = if leaf.level == 0 {
+        format.decode(leaf.raw, 0)
+    } else {
+        format.decode(leaf.raw, leaf.level)
+    };
+    let Descriptor::Leaf(_, mut attributes) = decoded else {
         return Err(malformed_at(
             format,
             index,
@@ -266,7 +328,7 @@ pub(crate) fn translate_addr<F: Format>(
     root: u64,
     index: u64,
 ) -> Result<OutputAddr, TranslateError> {
-    let leaf = walk_to_leaf(format, mem, root, index, |_, _| {})?;
+    let leaf = walk_to_leaf::<true, F>(format, mem, root, index, |_, _| {})?;
     Ok(OutputAddr {
         output: PhysAddr::new(leaf.pa | (index & (leaf.size - 1))),
         level: leaf.level,

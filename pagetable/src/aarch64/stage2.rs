@@ -256,6 +256,14 @@ impl Format for Stage2 {
         self.geometry.table_pattern()
     }
 
+    #[inline]
+    fn last_level_leaf(&self, raw: u64) -> Option<u64> {
+        // At the last level the table pattern's bits are a page's; then the
+        // attribute fields, as `kind` checks them.
+        let pattern = self.geometry.table_pattern();
+        (pattern.matches(raw) && self.leaf_fields_valid(raw)).then_some(pattern.address(raw))
+    }
+
     fn encode_leaf(&self, pa: u64, attrs: &Attributes, level: u8) -> Result<u64, AttrError> {
         let access = attrs.access;
         if access.contains(Access::USER) {

@@ -225,6 +225,15 @@ impl Format for Ept {
     }
 
     #[inline]
+    fn last_level_leaf(&self, raw: u64) -> Option<u64> {
+        // Readable (never misconfigured), no address bit beyond MAXPHYADDR,
+        // a memory type EPT defines.
+        (raw & (R | high_reserved(self.max_phys_bits)) == R
+            && memory_type_of((raw & MT) >> MT_SHIFT).is_some())
+        .then_some(raw & address_mask(self.max_phys_bits))
+    }
+
+    #[inline]
     fn encode_leaf(&self, pa: u64, attrs: &Attributes, level: u8) -> Result<u64, AttrError> {
         attrs.check_x86()?;
         let access = attrs.access;

@@ -307,6 +307,12 @@ impl Format for X86Paging {
     }
 
     #[inline]
+    fn last_level_leaf(&self, raw: u64) -> Option<u64> {
+        // Present and no reserved bit is a page in a PT (bit 7 is PAT).
+        (raw & (P | self.reserved) == P).then_some(raw & self.addr_mask & !0xfff)
+    }
+
+    #[inline]
     fn encode_leaf(&self, pa: u64, attrs: &Attributes, level: u8) -> Result<u64, AttrError> {
         attrs.check_x86()?;
         let access = attrs.access;
