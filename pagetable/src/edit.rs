@@ -178,6 +178,26 @@ struct Rewrite {
     run_end: u64,
 }
 
+/// Whether `len` leaves from `template` mapping pages of `step` bytes from
+/// `first` differ only by their addresses in the in-place bits `field` (see
+/// [`Format::leaf_address_in_place`]), each the one before plus `step`: the
+/// field is one run of bits from at most `step`'s bit, the template holds
+/// none of it, and the addresses from `first` to the last agree outside it
+/// (so no step carries out of the field).
+fn steps_in_place(field: u64, template: u64, first: u64, len: usize, step: u64) -> bool {
+    let lowest = field & field.wrapping_neg();
+    let one_run = field.wrapping_add(lowest) & field == 0;
+    let last = (len as u64)
+        .checked_sub(1)
+        .and_then(|n| n.checked_mul(step))
+        .and_then(|span| first.checked_add(span));
+    one_run
+        && lowest != 0
+        && lowest <= step
+        && template & field == 0
+        && last.is_some_and(|last| (first ^ last) & !field == 0)
+}
+
 /// The slots of the table at `base` (level `level`) that `[start, end)` covers.
 fn slots(shift: u32, base: u64, start: u64, end: u64) -> impl Iterator<Item = Slot> {
     let size = 1u64 << shift;
@@ -1427,12 +1447,26 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
         let cut = |at: u64| ((at - start) >> shift) as usize;
         let (before, rest) = run.split_at(cut(lo).min(run.len()));
         let (inside, after) = rest.split_at(cut(hi).saturating_sub(cut(lo)).min(rest.len()));
+        let in_place = self.format.leaf_address_in_place(0);
+        let step = 1u64 << shift;
         let mut offset = 0u64;
         for (stretch, template) in [(before, template), (inside, hinted), (after, template)] {
+            let first = pa + offset;
+            if in_place.is_some_and(|f| steps_in_place(f, template, first, stretch.len(), step)) {
+                // Each next leaf holds the next page's address in place: the
+                // first one, stepped.
+                let mut leaf = self.format.with_output_address(template, first, 0);
+                for entry in stretch {
+                    entry.store(leaf, Ordering::Relaxed);
+                    leaf = leaf.wrapping_add(step);
+                }
+                offset += step * stretch.len() as u64;
+                continue;
+            }
             for entry in stretch {
                 let leaf = self.format.with_output_address(template, pa + offset, 0);
                 entry.store(leaf, Ordering::Relaxed);
-                offset += 1 << shift;
+                offset += step;
             }
         }
     }

@@ -257,6 +257,29 @@ pub trait Format {
     fn leaf_address_mask(&self, _level: u8) -> Option<u64> {
         None
     }
+
+    // The bulk-map fast path.
+
+    /// The bits of an output address that a leaf at `level` holds in place
+    /// (bit `n` of the address is bit `n` of the entry), or `None` if the
+    /// format does not say (the default: a bulk map encodes every leaf with
+    /// [`with_output_address`](Self::with_output_address)).
+    ///
+    /// A bulk map into a fresh last-level table then encodes the first leaf
+    /// of a stretch and steps each next one by the page size, as long as the
+    /// stretch's addresses differ only inside these bits. A format
+    /// returning `Some(f)` promises, at that level:
+    /// - `f` is one run of consecutive bits whose lowest is at most
+    ///   [`level_shift(level)`](Self::level_shift);
+    /// - for every `t` that `encode_leaf(0, attrs, level)` returns, with or
+    ///   without the contiguous hint: `t & f == 0`;
+    /// - for every aligned `pa`: `with_output_address(t, pa, level) ==
+    ///   with_output_address(t, pa & !f, level) | (pa & f)` and
+    ///   `with_output_address(t, pa & !f, level) & f == 0`.
+    #[inline]
+    fn leaf_address_in_place(&self, _level: u8) -> Option<u64> {
+        None
+    }
 }
 
 /// Formats whose live entries may be replaced in a single store, with the

@@ -2196,3 +2196,234 @@ fn one_page_maps_encode_each_page_with_its_own_attributes() {
         }
     }
 }
+
+/// Granule-sized table frames for the bulk-map comparison: the first 16
+/// frames of the arena are the (possibly concatenated) root.
+struct GranuleFrames {
+    free: Vec<u64>,
+}
+
+impl GranuleFrames {
+    const ROOT: u64 = 16;
+
+    fn new(granule: u64, frames: u64) -> Self {
+        Self {
+            free: (Self::ROOT..Self::ROOT + frames)
+                .rev()
+                .map(|i| ARENA_BASE + i * granule)
+                .collect(),
+        }
+    }
+}
+
+impl TableAllocator for GranuleFrames {
+    fn alloc_table(&mut self) -> Option<PhysAddr> {
+        self.free.pop().map(PhysAddr::new)
+    }
+
+    fn free_table(&mut self, table: PhysAddr) {
+        self.free.push(table.get());
+    }
+
+    fn alloc_root(&mut self, tables: usize) -> Option<PhysAddr> {
+        (tables <= Self::ROOT as usize).then(|| PhysAddr::new(ARENA_BASE))
+    }
+
+    fn free_root(&mut self, _root: PhysAddr, _tables: usize) {}
+}
+
+/// One map of a bulk-map case: first page (from the bottom of the input
+/// space), pages, output address, attribute seed, contiguous hint, blocks.
+type BulkMap = (u64, u64, u64, u64, bool, bool);
+
+/// A bulk map before it meets a format: first page and pages in 1/512ths
+/// of a table, which output anchor, output shift in 1/512ths of a table (or
+/// the input's own alignment), attribute seed, contiguous hint, blocks.
+type AbstractBulkMap = (u64, u64, usize, u64, bool, u64, bool, bool);
+
+fn abstract_bulk_maps() -> impl Strategy<Value = Vec<AbstractBulkMap>> {
+    let map = (
+        0..2 * 512u64,
+        1..=3 * 512u64,
+        0usize..3,
+        0..3 * 512u64,
+        any::<bool>(),
+        any::<u64>(),
+        any::<bool>(),
+        any::<bool>(),
+    );
+    proptest::collection::vec(map, 1..3)
+}
+
+/// The maps of a case in format `f`: up to three last-level tables' worth
+/// of pages, with output addresses below `2^output_bits` that often cross
+/// bit 48 or 50 (where LPA and LPA2 keep address bits out of place) and
+/// often share the input's alignment (so the contiguous hint applies).
+fn concrete_bulk_maps<F: crate::Format>(f: &F, maps: &[AbstractBulkMap]) -> Vec<BulkMap> {
+    let entries = f.entries() as u64;
+    let page = 1u64 << f.granule_shift();
+    let span = entries * page;
+    let top = 1u64 << f.output_bits();
+    maps.iter()
+        .map(
+            |&(first, pages, anchor, shift, aligned, seed, hint, blocks)| {
+                let first = first * entries / 512;
+                let pages = (pages * entries / 512).max(1);
+                let anchors = [0x8000_0000u64, 1 << 48, 1 << 50];
+                // Below the boundary by two tables: the map crosses it.
+                let base = anchors[anchor].min(top).saturating_sub(2 * span);
+                let shift = if aligned {
+                    first
+                } else {
+                    shift * entries / 512
+                };
+                let out = (base + shift * page).min(top.saturating_sub(pages * page));
+                (first, pages, out & !(page - 1), seed, hint, blocks)
+            },
+        )
+        .collect()
+}
+
+/// What a sequence of bulk maps leaves: each result and flush, and every
+/// word of the arena (roots, tables, and the garbage of frames not taken).
+fn run_bulk_maps<F: crate::Format>(f: F, maps: &[BulkMap]) -> (Vec<std::string::String>, Vec<u64>) {
+    use crate::model_tests::Recorder;
+    let page = 1u64 << f.granule_shift();
+    let entries = f.entries();
+    let frames = 24u64;
+    let words: Vec<AtomicU64> = (0..(GranuleFrames::ROOT + frames) as usize * entries)
+        .map(|i| AtomicU64::new(0xdead_beef_0000_0001 ^ (i as u64) << 12))
+        .collect();
+    let mem = SliceMem::new(PhysAddr::new(ARENA_BASE), &words);
+    let mut alloc = GranuleFrames::new(page, frames);
+    let mut pt = PageTable::new(f, &mem, &mut alloc).unwrap();
+    let mut results = Vec::new();
+    for &(first, pages, out, seed, hint, blocks) in maps {
+        let mut options = MapOptions::new();
+        if !hint {
+            options = options.without_contiguous_hint();
+        }
+        if !blocks {
+            options = options.sizes(LeafSizes::only_level(0));
+        }
+        let at = F::Input::from_raw(pt.format().index_to_input(first * page));
+        let mut bbm = Recorder::default();
+        let result = pt
+            .map_live(
+                &mem,
+                &mut alloc,
+                &mut bbm,
+                at,
+                pa(out),
+                pages * page,
+                &attributes_from(seed),
+                options,
+            )
+            .map(|flush| {
+                (
+                    flush.ranges().collect::<Vec<_>>(),
+                    flush.is_flush_all(),
+                    flush.tables_changed(),
+                )
+            });
+        results.push(std::format!("{result:?} {:?}", bbm.0));
+    }
+    let after = words.iter().map(|w| w.load(Ordering::Relaxed)).collect();
+    (results, after)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..config() })]
+
+    /// Fresh last-level tables a map fills whole or in part hold exactly
+    /// what the general encoding writes (a format without
+    /// `leaf_address_in_place` encodes every leaf), in every stage-1 and
+    /// stage-2 configuration (4, 16 and 64 KiB granules, LPA, LPA2), with
+    /// output ranges crossing the bits LPA and LPA2 keep out of place.
+    #[test]
+    #[cfg_attr(miri, ignore = "maps thousands of pages per case; runs natively")]
+    fn bulk_map_steps_write_what_the_general_encoding_writes(
+        seed in any::<u64>(),
+        maps in abstract_bulk_maps(),
+    ) {
+        fn compare<F: crate::Format + Copy + core::fmt::Debug>(f: F, maps: &[AbstractBulkMap]) {
+            let maps = concrete_bulk_maps(&f, maps);
+            assert_eq!(
+                run_bulk_maps(f, &maps),
+                run_bulk_maps(Unmasked(f), &maps),
+                "{f:?} {maps:x?}"
+            );
+        }
+        let stage1 = stage1_configurations();
+        let stage2 = stage2_configurations();
+        // Every case on a few configurations, always on LPA2 and 64 KiB LPA.
+        for (i, f) in stage1.iter().enumerate() {
+            if (seed >> (i % 64)) & 1 == 1 || i % 6 == 3 || i % 6 == 4 {
+                compare(*f, &maps);
+            }
+        }
+        for (i, f) in stage2.iter().enumerate() {
+            if (seed >> (i % 64)) & 1 == 1 || i + 2 >= stage2.len() {
+                compare(*f, &maps);
+            }
+        }
+    }
+}
+
+/// `leaf_address_in_place`'s contract at every level of `f`, for leaves of
+/// `attrs` at `raw` (made aligned and below the output size).
+fn check_address_in_place<F: crate::Format + core::fmt::Debug>(
+    f: &F,
+    raw: u64,
+    attrs: &Attributes,
+) {
+    for level in 0..f.levels() {
+        let Some(field) = f.leaf_address_in_place(level) else {
+            continue;
+        };
+        let lowest = field & field.wrapping_neg();
+        assert!(
+            lowest != 0 && field.wrapping_add(lowest) & field == 0,
+            "{field:#x} is not one run of bits in {f:?}"
+        );
+        assert!(lowest <= 1 << f.level_shift(level), "{f:?} level {level}");
+        let top = 1u64
+            .checked_shl(f.output_bits())
+            .map_or(u64::MAX, |t| t - 1);
+        let pa = raw & top & !((1u64 << f.level_shift(level)) - 1);
+        let Ok(template) = f.encode_leaf(0, attrs, level) else {
+            continue;
+        };
+        for t in [template, f.with_contiguous(template, true)] {
+            assert_eq!(t & field, 0, "{f:?} level {level} {attrs:?}");
+            let outside = f.with_output_address(t, pa & !field, level);
+            assert_eq!(outside & field, 0, "{f:?} level {level} pa {pa:#x}");
+            assert_eq!(
+                f.with_output_address(t, pa, level),
+                outside | (pa & field),
+                "{f:?} level {level} pa {pa:#x}"
+            );
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// The in-place address bits AArch64 formats report keep their promise
+    /// (one run of bits, none in a template, the rest of the address
+    /// encoded apart), at every level of every stage-1 and stage-2
+    /// configuration: the bulk map's stepping relies on it.
+    #[test]
+    fn address_in_place_bits_hold_the_address_unchanged(raw in any::<u64>(), seed in any::<u64>()) {
+        let attrs = attributes_from(seed);
+        for f in stage1_configurations() {
+            check_address_in_place(&f, raw, &attrs);
+            check_address_in_place(&f, raw, &Attributes::DATA);
+        }
+        for f in stage2_configurations() {
+            check_address_in_place(&f, raw, &attrs);
+            check_address_in_place(&f, raw, &Attributes::DATA);
+        }
+    }
+}

@@ -460,6 +460,14 @@ impl Geometry {
         self.encode_oa(addresses)
     }
 
+    /// The output-address bits a descriptor holds in place, at every level:
+    /// `[47:G]`, or `[49:G]` with LPA2 (LPA moves `[51:48]` to `[15:12]`,
+    /// LPA2 moves `[51:50]` to `[9:8]`, outside this field).
+    #[inline]
+    pub(crate) fn address_in_place(&self) -> u64 {
+        self.field()
+    }
+
     /// Break-before-make rule shared by both stages: `safe` are the bits that
     /// may change in place.
     pub(crate) fn needs_break(old: u64, new: u64, safe: u64) -> bool {

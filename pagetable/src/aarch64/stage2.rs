@@ -343,4 +343,9 @@ impl Format for Stage2 {
     fn leaf_address_mask(&self, level: u8) -> Option<u64> {
         Some(self.geometry.leaf_address_mask(level))
     }
+
+    #[inline]
+    fn leaf_address_in_place(&self, _level: u8) -> Option<u64> {
+        Some(self.geometry.address_in_place())
+    }
 }
