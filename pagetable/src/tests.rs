@@ -1048,6 +1048,22 @@ fn check_kind_agrees<F: crate::Format>(format: &F, raw: u64) {
     }
 }
 
+/// Runs `$body` with `$f` bound to each configuration of every format
+/// family (x86, EPT, AArch64 stage 1 and stage 2), at most `$few` of each
+/// when given: the families are different types, so this is one loop per
+/// family.
+macro_rules! for_each_configuration {
+    ($f:ident => $body:block) => {
+        for_each_configuration!($f, usize::MAX => $body)
+    };
+    ($f:ident, $few:expr => $body:block) => {
+        for $f in x86_configurations().into_iter().take($few) $body
+        for $f in ept_configurations().into_iter().take($few) $body
+        for $f in stage1_configurations().into_iter().take($few) $body
+        for $f in stage2_configurations().into_iter().take($few) $body
+    };
+}
+
 fn x86_configurations() -> Vec<X86Paging> {
     let mut v = Vec::new();
     for base in [X86Paging::four_level(), X86Paging::five_level()] {
@@ -1118,26 +1134,11 @@ fn stage2_configurations() -> Vec<crate::aarch64::Stage2> {
 fn kind_agrees_with_decode_on_every_branch() {
     let raws = interesting_raws();
     let raws = if cfg!(miri) { &raws[..64] } else { &raws[..] };
-    for f in x86_configurations() {
+    for_each_configuration!(f => {
         for &raw in raws {
             check_kind_agrees(&f, raw);
         }
-    }
-    for f in ept_configurations() {
-        for &raw in raws {
-            check_kind_agrees(&f, raw);
-        }
-    }
-    for f in stage1_configurations() {
-        for &raw in raws {
-            check_kind_agrees(&f, raw);
-        }
-    }
-    for f in stage2_configurations() {
-        for &raw in raws {
-            check_kind_agrees(&f, raw);
-        }
-    }
+    });
 }
 
 /// The PAT lookup the x86 encoder precomputes picks the first PAT slot that
@@ -1364,18 +1365,9 @@ proptest! {
         }
         // A few configurations of each kind under miri.
         let few = if cfg!(miri) { 2 } else { usize::MAX };
-        for f in x86_configurations().into_iter().take(few) {
+        for_each_configuration!(f, few => {
             all(&f, raw, address, pa, seeds[1], flip, &attrs);
-        }
-        for f in ept_configurations().into_iter().take(few) {
-            all(&f, raw, address, pa, seeds[1], flip, &attrs);
-        }
-        for f in stage1_configurations().into_iter().take(few) {
-            all(&f, raw, address, pa, seeds[1], flip, &attrs);
-        }
-        for f in stage2_configurations().into_iter().take(few) {
-            all(&f, raw, address, pa, seeds[1], flip, &attrs);
-        }
+        });
     }
 }
 
@@ -1619,18 +1611,9 @@ fn table_pattern_matches_only_tables_kind_accepts_on_every_branch() {
     let raws = interesting_raws();
     let raws = if cfg!(miri) { &raws[..64] } else { &raws[..] };
     for &raw in raws {
-        for f in x86_configurations() {
+        for_each_configuration!(f => {
             check_table_pattern(&f, raw);
-        }
-        for f in ept_configurations() {
-            check_table_pattern(&f, raw);
-        }
-        for f in stage1_configurations() {
-            check_table_pattern(&f, raw);
-        }
-        for f in stage2_configurations() {
-            check_table_pattern(&f, raw);
-        }
+        });
     }
 }
 
@@ -1657,18 +1640,9 @@ proptest! {
     /// `kind` says at every level above the last, in every configuration.
     #[test]
     fn table_pattern_matches_only_tables_kind_accepts(raw in any::<u64>()) {
-        for f in x86_configurations() {
+        for_each_configuration!(f => {
             check_table_pattern(&f, raw);
-        }
-        for f in ept_configurations() {
-            check_table_pattern(&f, raw);
-        }
-        for f in stage1_configurations() {
-            check_table_pattern(&f, raw);
-        }
-        for f in stage2_configurations() {
-            check_table_pattern(&f, raw);
-        }
+        });
     }
 }
 
