@@ -1627,10 +1627,9 @@ fn table_pattern_matches_the_tables_the_editor_writes() {
             assert_eq!(f.table_pattern().address(raw), table);
         }
     }
-    x86_configurations().iter().for_each(check);
-    ept_configurations().iter().for_each(check);
-    stage1_configurations().iter().for_each(check);
-    stage2_configurations().iter().for_each(check);
+    for_each_configuration!(f => {
+        check(&f);
+    });
 }
 
 proptest! {
