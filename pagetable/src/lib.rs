@@ -77,6 +77,7 @@ mod flush;
 mod format;
 mod mem;
 pub mod pv;
+mod shape;
 mod single;
 mod table;
 mod walk;

@@ -47,12 +47,17 @@ impl<'a> SliceMem<'a> {
 impl PhysMem for SliceMem<'_> {
     #[inline]
     fn table(&self, table: PhysAddr, entries: usize) -> Option<&[AtomicU64]> {
-        let offset = table.get().checked_sub(self.base)?;
-        if offset % 8 != 0 {
+        // One compare refuses all three bad cases: below the base the
+        // offset wraps to a huge value; an offset between entries has low
+        // bits set, which the rotation moves to the top; and a table that
+        // would run past the end starts after `last`.
+        let first = table.get().wrapping_sub(self.base).rotate_right(3);
+        let first = usize::try_from(first).ok()?;
+        let last = self.words.len().checked_sub(entries)?;
+        if first > last {
             return None;
         }
-        let first = usize::try_from(offset / 8).ok()?;
-        self.words.get(first..first.checked_add(entries)?)
+        self.words.get(first..first + entries)
     }
 }
 

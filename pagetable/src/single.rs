@@ -21,6 +21,7 @@ use crate::error::TableError;
 use crate::flush::TlbFlush;
 use crate::format::{EntryKind, Format};
 use crate::mem::PhysMem;
+use crate::shape::{Shape, with_shape};
 use crate::table::PageTable;
 
 /// Deepest paging hierarchy any format has (AArch64 4K + LPA2: 5 levels).
@@ -94,12 +95,40 @@ impl<F: Format> PageTable<F> {
         replace: bool,
         flush: &mut TlbFlush,
     ) -> Result<Single, SingleError> {
+        // A 4 KiB page, the usual case, gets its own copy with the level a
+        // constant: the walk down then unrolls.
+        if level == 0 {
+            with_shape!(self.shape, &self.format, |shape| self.map_single_in(
+                shape, mem, alloc, bbm, index, 0, leaf, replace, flush
+            ))
+        } else {
+            with_shape!(self.shape, &self.format, |shape| self.map_single_in(
+                shape, mem, alloc, bbm, index, level, leaf, replace, flush
+            ))
+        }
+    }
+
+    /// [`map_single`](Self::map_single) for tables of the given shape.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn map_single_in(
+        &mut self,
+        shape: impl Shape,
+        mem: &impl PhysMem,
+        alloc: &mut impl TableAllocator,
+        bbm: &mut impl BreakBeforeMake,
+        index: u64,
+        level: u8,
+        leaf: u64,
+        replace: bool,
+        flush: &mut TlbFlush,
+    ) -> Result<Single, SingleError> {
         let pattern = self.format.table_pattern();
-        let below_root = self.format.entries();
-        let mut entries_per_table = self.format.root_entries();
+        let below_root = shape.entries();
+        let mut entries_per_table = shape.root_entries();
         let mut table = self.root;
-        let mut l = self.format.levels() - 1;
-        let bits = self.format.granule_shift() - 3;
+        let mut l = shape.levels() - 1;
+        let bits = shape.bits();
         let mut shift = self.format.level_shift(l);
         // Walk down to the table that holds the leaf, or to an invalid entry.
         let mut missing_at = None;
@@ -156,7 +185,7 @@ impl<F: Format> PageTable<F> {
                         self.traced_store(entry, 0, leaf, level, index);
                     } else {
                         self.traced_store(entry, raw, leaf, level, index);
-                        flush.add(at, at.saturating_add(size), false);
+                        flush.add_inline(at, at.saturating_add(size), false);
                     }
                     Single::Done
                 }
@@ -224,16 +253,37 @@ impl<F: Format> PageTable<F> {
         level: u8,
         flush: &mut TlbFlush,
     ) -> Result<Single, SingleError> {
-        let top = self.format.levels() - 1;
+        // As for `map_single`: the usual 4 KiB page has its own copy.
+        if level == 0 {
+            with_shape!(self.shape, &self.format, |shape| self
+                .unmap_single_in(shape, mem, alloc, index, 0, flush))
+        } else {
+            with_shape!(self.shape, &self.format, |shape| self
+                .unmap_single_in(shape, mem, alloc, index, level, flush))
+        }
+    }
+
+    /// [`unmap_single`](Self::unmap_single) for tables of the given shape.
+    #[inline(always)]
+    fn unmap_single_in(
+        &mut self,
+        shape: impl Shape,
+        mem: &impl PhysMem,
+        alloc: &mut impl TableAllocator,
+        index: u64,
+        level: u8,
+        flush: &mut TlbFlush,
+    ) -> Result<Single, SingleError> {
+        let top = shape.levels() - 1;
         let pattern = self.format.table_pattern();
-        let below_root = self.format.entries();
-        let mut entries_per_table = self.format.root_entries();
+        let below_root = shape.entries();
+        let mut entries_per_table = shape.root_entries();
         if usize::from(top) >= MAX_LEVELS {
             return Ok(Single::General);
         }
         let mut table = self.root;
         let mut l = top;
-        let bits = self.format.granule_shift() - 3;
+        let bits = shape.bits();
         let mut shift = self.format.level_shift(l);
         let (leaf, leaf_table) = loop {
             let entries = table_at(mem, table, entries_per_table)?;
@@ -269,7 +319,7 @@ impl<F: Format> PageTable<F> {
         let at = self.format.index_to_input(index & !(size - 1));
         let old = leaf.load(Ordering::Relaxed);
         self.traced_store(leaf, old, 0, level, index);
-        flush.add(at, at.saturating_add(size), false);
+        flush.add_inline(at, at.saturating_add(size), false);
         if level < top && self.is_empty_table(leaf_table, level) {
             self.free_emptied_path(mem, alloc, index, level, flush);
         }
@@ -277,14 +327,20 @@ impl<F: Format> PageTable<F> {
     }
 
     /// Whether every entry of `entries` (a table at `level`) is invalid.
-    #[inline]
+    /// Stops at the first valid one (usually early: tables are rarely left
+    /// empty).
+    #[inline(always)]
     fn is_empty_table(&self, entries: &[AtomicU64], level: u8) -> bool {
-        entries.iter().all(|e| {
+        for e in entries {
             let raw = e.load(Ordering::Acquire);
             // A page the shortcut recognises is not invalid.
-            !(level == 0 && self.format.last_level_leaf(raw).is_some())
-                && self.format.kind(raw, level) == EntryKind::Invalid
-        })
+            if (level == 0 && self.format.last_level_leaf(raw).is_some())
+                || self.format.kind(raw, level) != EntryKind::Invalid
+            {
+                return false;
+            }
+        }
+        true
     }
 
     /// After the leaf at `level` for `index` was removed and left its table

@@ -13,6 +13,7 @@ use crate::error::{MapError, ProtectError, RangeError, TableError, TranslateErro
 use crate::flush::TlbFlush;
 use crate::format::{Format, InputAddress, WithoutBreakBeforeMake};
 use crate::mem::PhysMem;
+use crate::shape::ShapeTag;
 use crate::single::{Single, SingleError};
 use crate::walk::{self, OutputAddr, Translation, Visit};
 
@@ -135,6 +136,8 @@ pub struct PageTable<F: Format> {
     /// and repeated one-page maps with the same attributes skip
     /// `Format::encode_leaf`.
     last_page_template: Option<(Attributes, u64)>,
+    /// The shape of the format's tables, for the fast loops.
+    pub(crate) shape: ShapeTag,
 }
 
 impl<F: Format> PageTable<F> {
@@ -159,6 +162,7 @@ impl<F: Format> PageTable<F> {
                 .map_err(reserve_error::<MapError>)?;
             let root = r.take(mem).ok_or(MapError::OutOfMemory)?;
             return Ok(Self {
+                shape: ShapeTag::of(&format),
                 format,
                 root,
                 last_page_template: None,
@@ -181,6 +185,7 @@ impl<F: Format> PageTable<F> {
         #[cfg(test)]
         crate::bbm::trace::fresh(entries);
         Ok(Self {
+            shape: ShapeTag::of(&format),
             format,
             root: root.get(),
             last_page_template: None,
@@ -193,6 +198,7 @@ impl<F: Format> PageTable<F> {
     #[must_use]
     pub fn from_root(format: F, root: PhysAddr) -> Self {
         Self {
+            shape: ShapeTag::of(&format),
             format,
             root: root.get(),
             last_page_template: None,
@@ -659,7 +665,7 @@ impl<F: Format> PageTable<F> {
             .format
             .input_to_index(input.raw())
             .ok_or(TranslateError::OutOfRange)?;
-        walk::translate(&self.format, mem, self.root, index)
+        walk::translate(&self.format, self.shape, mem, self.root, index)
     }
 
     /// Translates `input` to its output address only, as an MMU's walk
@@ -680,7 +686,7 @@ impl<F: Format> PageTable<F> {
             .format
             .input_to_index(input.raw())
             .ok_or(TranslateError::OutOfRange)?;
-        walk::translate_addr(&self.format, mem, self.root, index)
+        walk::translate_addr(&self.format, self.shape, mem, self.root, index)
     }
 
     /// Calls `visit` for each table, leaf, hole and malformed entry that

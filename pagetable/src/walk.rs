@@ -13,6 +13,7 @@ use crate::attrs::{Access, Attributes};
 use crate::error::{TableError, TranslateError};
 use crate::format::{Descriptor, EntryKind, Format};
 use crate::mem::PhysMem;
+use crate::shape::{Shape, ShapeTag, with_shape};
 
 /// Where an address translates to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -153,21 +154,36 @@ struct Leaf {
 #[inline(always)]
 fn walk_to_leaf<const OUT_OF_LINE: bool, F: Format>(
     format: &F,
+    tag: ShapeTag,
+    mem: &impl PhysMem,
+    root: u64,
+    index: u64,
+    on_table: impl FnMut(u64, u8),
+) -> Result<Leaf, TranslateError> {
+    with_shape!(tag, format, |shape| walk_shaped::<OUT_OF_LINE, F>(
+        format, shape, mem, root, index, on_table
+    ))
+}
+
+/// [`walk_to_leaf`] for tables of the given shape.
+#[inline(always)]
+fn walk_shaped<const OUT_OF_LINE: bool, F: Format>(
+    format: &F,
+    shape: impl Shape,
     mem: &impl PhysMem,
     root: u64,
     index: u64,
     mut on_table: impl FnMut(u64, u8),
 ) -> Result<Leaf, TranslateError> {
     let pattern = format.table_pattern();
-    let entries_below_root = format.entries();
     let mut table = root;
-    let mut level = format.levels().saturating_sub(1);
-    let mut entries_per_table = format.root_entries();
+    let mut level = shape.levels().saturating_sub(1);
+    let mut entries_per_table = shape.root_entries();
     let mut shift = format.level_shift(level);
-    // Every table below the root resolves the same number of bits.
-    let bits = format.granule_shift() - 3;
     loop {
-        let raw = read_entry(mem, table, entries_per_table, index, shift)?;
+        let Some(raw) = read_entry(mem, table, entries_per_table, index, shift) else {
+            return Err(not_accessible(table));
+        };
         if level == 0 {
             if let Some(pa) = format.last_level_leaf(raw) {
                 return Ok(Leaf {
@@ -192,16 +208,17 @@ fn walk_to_leaf<const OUT_OF_LINE: bool, F: Format>(
         }
         on_table(raw, level);
         level -= 1;
-        shift -= bits;
+        // Every table below the root resolves the same number of bits.
+        shift -= shape.bits();
         debug_assert_eq!(shift, format.level_shift(level));
         table = pattern.address(raw);
-        entries_per_table = entries_below_root;
+        entries_per_table = shape.entries();
     }
 }
 
 /// The entry covering `index` in the table at `table` (`entries` entries
 /// of `1 << shift` bytes), or 0 (invalid) if the slot lies past the
-/// entries `mem` gives.
+/// entries `mem` gives; `None` if `mem` gives no such table.
 #[inline(always)]
 fn read_entry(
     mem: &impl PhysMem,
@@ -209,14 +226,18 @@ fn read_entry(
     entries: usize,
     index: u64,
     shift: u32,
-) -> Result<u64, TranslateError> {
-    let entries = mem
-        .table(PhysAddr::new(table), entries)
-        .ok_or(TranslateError::Table(TableError::NotAccessible {
-            table: PhysAddr::new(table),
-        }))?;
+) -> Option<u64> {
+    let entries = mem.table(PhysAddr::new(table), entries)?;
     let slot = ((index >> shift) & (entries.len() as u64).wrapping_sub(1)) as usize;
-    Ok(entries.get(slot).map_or(0, |e| e.load(Ordering::Acquire)))
+    Some(entries.get(slot).map_or(0, |e| e.load(Ordering::Acquire)))
+}
+
+/// The error of a walk that met a table `mem` does not give.
+#[cold]
+fn not_accessible(table: u64) -> TranslateError {
+    TranslateError::Table(TableError::NotAccessible {
+        table: PhysAddr::new(table),
+    })
 }
 
 /// [`walk_to_leaf`] from the entry `raw` at `level` on, classifying every
@@ -257,7 +278,8 @@ fn walk_on_inline<F: Format>(
                     .checked_sub(1)
                     .ok_or_else(|| malformed_at(format, index, shift, level))?;
                 shift = format.level_shift(level);
-                raw = read_entry(mem, next, entries_below_root, index, shift)?;
+                raw = read_entry(mem, next, entries_below_root, index, shift)
+                    .ok_or_else(|| not_accessible(next))?;
             }
             EntryKind::Leaf(pa) => {
                 return Ok(Leaf {
@@ -287,12 +309,13 @@ fn malformed_at<F: Format>(format: &F, index: u64, shift: u32, level: u8) -> Tra
 #[inline]
 pub(crate) fn translate<F: Format>(
     format: &F,
+    tag: ShapeTag,
     mem: &impl PhysMem,
     root: u64,
     index: u64,
 ) -> Result<Translation, TranslateError> {
     let mut limits = Access::all();
-    let leaf = walk_to_leaf::<false, F>(format, mem, root, index, |raw, level| {
+    let leaf = walk_to_leaf::<false, F>(format, tag, mem, root, index, |raw, level| {
         limits &= format.table_limits(raw, level);
     })?;
     // `kind` agrees with `decode`, so the leaf decodes as a leaf. (The
@@ -324,11 +347,12 @@ pub(crate) fn translate<F: Format>(
 /// `translate` does.
 pub(crate) fn translate_addr<F: Format>(
     format: &F,
+    tag: ShapeTag,
     mem: &impl PhysMem,
     root: u64,
     index: u64,
 ) -> Result<OutputAddr, TranslateError> {
-    let leaf = walk_to_leaf::<true, F>(format, mem, root, index, |_, _| {})?;
+    let leaf = walk_to_leaf::<true, F>(format, tag, mem, root, index, |_, _| {})?;
     Ok(OutputAddr {
         output: PhysAddr::new(leaf.pa | (index & (leaf.size - 1))),
         level: leaf.level,
