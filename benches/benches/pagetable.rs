@@ -1,6 +1,8 @@
 //! `hvmem-pagetable` side by side with the `x86_64` crate's
 //! `OffsetPageTable`, over the same kind of arena: host memory standing in
 //! for physical memory, 4 KiB-aligned tables, a stack of free table frames.
+//! `x86_64` reaches a table at a fixed offset from its physical address;
+//! hvmem through the crate's `SliceMem`, which also bounds-checks it.
 //!
 //! | group | one iteration |
 //! |---|---|
@@ -27,7 +29,7 @@ use std::sync::atomic::AtomicU64;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use hvmem_benches::rng::XorShift64;
 use hvmem_pagetable::{
-    Attributes, LeafSizes, MapOptions, PageTable, PhysMem, TableAllocator, X86Paging,
+    Attributes, LeafSizes, MapOptions, PageTable, SliceMem, TableAllocator, X86Paging,
 };
 use hvmem_types::{PageSize, PhysAddr, VirtAddr};
 use x86::{FrameAllocator, Mapper, OffsetPageTable, Translate};
@@ -60,19 +62,18 @@ impl HvArena {
     }
 }
 
-impl PhysMem for HvArena {
-    #[inline]
-    fn table(&self, table: PhysAddr, entries: usize) -> Option<&[AtomicU64]> {
-        // Below the arena the offset wraps to a huge frame number, which
-        // `get` refuses like any other address past the end.
-        let offset = table.get().wrapping_sub(PHYS_BASE);
-        if offset % 4096 != 0 {
-            return None;
-        }
-        self.frames
-            .get(usize::try_from(offset / 4096).ok()?)?
-            .0
-            .get(..entries)
+impl HvArena {
+    /// The arena as hvmem sees physical memory: the crate's own
+    /// [`SliceMem`], physical address `PHYS_BASE` at the first frame.
+    fn mem(&self) -> SliceMem<'_> {
+        // SAFETY: `Frame` is `repr(C)` and exactly 512 atomics (4096 bytes,
+        // so no padding between frames): the vector's frames are
+        // `FRAMES * 512` initialised atomics in a row, borrowed for as long
+        // as the arena is.
+        let words = unsafe {
+            std::slice::from_raw_parts(self.frames.as_ptr().cast::<AtomicU64>(), FRAMES * 512)
+        };
+        SliceMem::new(PhysAddr::new(PHYS_BASE), words)
     }
 }
 
@@ -100,7 +101,7 @@ impl TableAllocator for Stack {
     }
 }
 
-fn hv_table(arena: &HvArena, frames: &mut Stack) -> PageTable<X86Paging> {
+fn hv_table(arena: &SliceMem<'_>, frames: &mut Stack) -> PageTable<X86Paging> {
     PageTable::new(X86Paging::four_level(), arena, frames).expect("root")
 }
 
@@ -182,6 +183,7 @@ fn map_4k_single(c: &mut Criterion) {
     let mut g = c.benchmark_group("map_4k_single");
     {
         let arena = HvArena::new();
+        let arena = arena.mem();
         let mut frames = Stack::new();
         let mut pt = hv_table(&arena, &mut frames);
         // One page stays mapped so that the tables outlive every unmap.
@@ -237,6 +239,7 @@ fn map_1g_of_4k(c: &mut Criterion) {
     g.sample_size(10);
     {
         let arena = HvArena::new();
+        let arena = arena.mem();
         g.bench_function("hvmem-pagetable", |b| {
             b.iter_batched(
                 || {
@@ -284,6 +287,7 @@ fn unmap_1g_of_4k(c: &mut Criterion) {
     g.sample_size(10);
     {
         let arena = HvArena::new();
+        let arena = arena.mem();
         g.bench_function("hvmem-pagetable", |b| {
             b.iter_batched(
                 || {
@@ -351,6 +355,7 @@ fn protect_1g_of_4k(c: &mut Criterion) {
     g.sample_size(10);
     {
         let arena = HvArena::new();
+        let arena = arena.mem();
         let mut frames = Stack::new();
         let mut pt = hv_table(&arena, &mut frames);
         let _ = pt
@@ -417,6 +422,7 @@ fn translate_random(c: &mut Criterion) {
     let addrs: Vec<u64> = (0..4096).map(|_| REGION + rng.below(GIB)).collect();
     {
         let arena = HvArena::new();
+        let arena = arena.mem();
         let mut frames = Stack::new();
         let mut pt = hv_table(&arena, &mut frames);
         let _ = pt
@@ -475,6 +481,7 @@ fn map_2m_single(c: &mut Criterion) {
     let opts = MapOptions::new().sizes(LeafSizes::only(PageSize::Size2M));
     {
         let arena = HvArena::new();
+        let arena = arena.mem();
         let mut frames = Stack::new();
         let mut pt = hv_table(&arena, &mut frames);
         let _ = pt

@@ -3,6 +3,8 @@
 //! in for physical memory, 4 KiB-aligned tables, frames handed out in order.
 //! Both use EL1&0 tables with the 4 KiB granule and 48-bit VAs (root at
 //! level 0), normal write-back memory, an inactive table (no TLB work).
+//! Both reach a table from its physical address with a bounds check
+//! (hvmem: the crate's `SliceMem`).
 //!
 //! | group | one iteration |
 //! |---|---|
@@ -34,7 +36,7 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use hvmem_benches::rng::XorShift64;
 use hvmem_pagetable::aarch64::{Granule, LargeAddresses, Regime, Stage1};
 use hvmem_pagetable::{
-    Attributes, Break, BreakBeforeMake, LeafSizes, MapOptions, PageTable, PhysMem, TableAllocator,
+    Attributes, Break, BreakBeforeMake, LeafSizes, MapOptions, PageTable, SliceMem, TableAllocator,
 };
 use hvmem_types::{PhysAddr, VirtAddr};
 
@@ -65,16 +67,18 @@ impl Arena {
 
 // ---- hvmem side --------------------------------------------------------
 
-impl PhysMem for Arena {
-    fn table(&self, table: PhysAddr, entries: usize) -> Option<&[AtomicU64]> {
-        let offset = table.get().checked_sub(PHYS_BASE)?;
-        if offset % 4096 != 0 {
-            return None;
-        }
-        self.frames
-            .get(usize::try_from(offset / 4096).ok()?)?
-            .0
-            .get(..entries)
+impl Arena {
+    /// The arena as hvmem sees physical memory: the crate's own
+    /// [`SliceMem`], physical address `PHYS_BASE` at the first frame.
+    fn mem(&self) -> SliceMem<'_> {
+        // SAFETY: `Frame` is `repr(C)` and exactly 512 atomics (4096 bytes,
+        // so no padding between frames): the vector's frames are
+        // `FRAMES * 512` initialised atomics in a row, borrowed for as long
+        // as the arena is.
+        let words = unsafe {
+            std::slice::from_raw_parts(self.frames.as_ptr().cast::<AtomicU64>(), FRAMES * 512)
+        };
+        SliceMem::new(PhysAddr::new(PHYS_BASE), words)
     }
 }
 
@@ -113,7 +117,7 @@ fn stage1() -> Stage1 {
     Stage1::new(Regime::El1And0, Granule::Size4KiB, 48, LargeAddresses::None).unwrap()
 }
 
-fn hv_table(arena: &Arena, frames: &mut Stack) -> PageTable<Stage1> {
+fn hv_table(arena: &SliceMem<'_>, frames: &mut Stack) -> PageTable<Stage1> {
     PageTable::new(stage1(), arena, frames).expect("root")
 }
 
@@ -123,7 +127,7 @@ fn four_k() -> MapOptions {
 
 fn hv_map(
     pt: &mut PageTable<Stage1>,
-    arena: &Arena,
+    arena: &SliceMem<'_>,
     frames: &mut Stack,
     va: u64,
     pa: u64,
@@ -215,6 +219,7 @@ fn map_4k_single(c: &mut Criterion) {
     let mut g = c.benchmark_group("a64_map_4k_single");
     {
         let arena = Arena::new();
+        let arena = arena.mem();
         let mut frames = Stack::new();
         let mut pt = hv_table(&arena, &mut frames);
         // One page stays mapped so that the tables outlive every unmap.
@@ -253,6 +258,7 @@ fn map_1g_of_4k(c: &mut Criterion) {
     g.sample_size(10);
     {
         let arena = Arena::new();
+        let arena = arena.mem();
         g.bench_function("hvmem-pagetable", |b| {
             b.iter_batched(
                 || {
@@ -290,6 +296,7 @@ fn translate_random(c: &mut Criterion) {
     let addrs: Vec<u64> = (0..4096).map(|_| REGION + rng.below(GIB)).collect();
     {
         let arena = Arena::new();
+        let arena = arena.mem();
         let mut frames = Stack::new();
         let mut pt = hv_table(&arena, &mut frames);
         hv_map(&mut pt, &arena, &mut frames, REGION, 0, GIB);
@@ -344,6 +351,7 @@ fn protect_1g(c: &mut Criterion) {
     g.sample_size(10);
     {
         let arena = Arena::new();
+        let arena = arena.mem();
         let mut frames = Stack::new();
         let mut pt = hv_table(&arena, &mut frames);
         hv_map(&mut pt, &arena, &mut frames, REGION, 0, GIB);
