@@ -25,6 +25,8 @@ pub(crate) trait Shape: Copy {
     fn bits(self) -> u32;
     /// Levels, the root's counted (`format.levels()`).
     fn levels(self) -> u8;
+    /// `format.level_shift(level)`.
+    fn level_shift<F: Format>(self, format: &F, level: u8) -> u32;
 }
 
 /// 4 KiB tables of 512 entries at every level, the root included, and
@@ -32,13 +34,20 @@ pub(crate) trait Shape: Copy {
 #[derive(Clone, Copy)]
 pub(crate) struct Tables512<const LEVELS: u8>;
 
-/// Whether `format`'s tables are all 512 entries of 8 bytes.
+/// Whether `format`'s tables are all 512 entries of 8 bytes, each level
+/// resolving 9 bits above a 4 KiB page.
 #[inline(always)]
 pub(crate) fn all_512<F: Format>(format: &F) -> bool {
-    format.granule_shift() == 12 && format.root_entries() == 512
+    format.granule_shift() == 12
+        && format.root_entries() == 512
+        && (0..format.levels()).all(|l| format.level_shift(l) == 12 + 9 * u32::from(l))
 }
 
 impl<const LEVELS: u8> Shape for Tables512<LEVELS> {
+    #[inline(always)]
+    fn level_shift<F: Format>(self, _: &F, level: u8) -> u32 {
+        12 + 9 * u32::from(level)
+    }
     #[inline(always)]
     fn levels(self) -> u8 {
         LEVELS
@@ -95,6 +104,10 @@ impl Shape for AnyShape {
     #[inline(always)]
     fn levels(self) -> u8 {
         self.levels
+    }
+    #[inline(always)]
+    fn level_shift<F: Format>(self, format: &F, level: u8) -> u32 {
+        format.level_shift(level)
     }
 }
 

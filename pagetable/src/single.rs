@@ -129,7 +129,7 @@ impl<F: Format> PageTable<F> {
         let mut table = self.root;
         let mut l = shape.levels() - 1;
         let bits = shape.bits();
-        let mut shift = self.format.level_shift(l);
+        let mut shift = shape.level_shift(&self.format, l);
         // Walk down to the table that holds the leaf, or to an invalid entry.
         let mut missing_at = None;
         while l > level {
@@ -284,7 +284,7 @@ impl<F: Format> PageTable<F> {
         let mut table = self.root;
         let mut l = top;
         let bits = shape.bits();
-        let mut shift = self.format.level_shift(l);
+        let mut shift = shape.level_shift(&self.format, l);
         let (leaf, leaf_table) = loop {
             let entries = table_at(mem, table, entries_per_table)?;
             let Some(entry) = slot_at(entries, index, shift) else {

@@ -179,7 +179,7 @@ fn walk_shaped<const OUT_OF_LINE: bool, F: Format>(
     let mut table = root;
     let mut level = shape.levels().saturating_sub(1);
     let mut entries_per_table = shape.root_entries();
-    let mut shift = format.level_shift(level);
+    let mut shift = shape.level_shift(format, level);
     loop {
         let Some(raw) = read_entry(mem, table, entries_per_table, index, shift) else {
             return Err(not_accessible(table));
