@@ -143,23 +143,21 @@ impl ShapeTag {
 /// copy of `$body`.
 macro_rules! with_shape {
     ($tag:expr, $format:expr, |$shape:ident| $body:expr) => {{
-        match $tag {
-            crate::shape::ShapeTag::Tables512x4 => {
-                let $shape = crate::shape::Tables512::<4>;
-                $body
-            }
-            crate::shape::ShapeTag::Tables512x5 => {
-                let $shape = crate::shape::Tables512::<5>;
-                $body
-            }
-            crate::shape::ShapeTag::Tables512x3 => {
-                let $shape = crate::shape::Tables512::<3>;
-                $body
-            }
-            crate::shape::ShapeTag::Any => {
-                let $shape = crate::shape::AnyShape::of($format);
-                $body
-            }
+        // Tested in turn, the most common first (a jump table would cost
+        // an indirect branch on every operation).
+        let tag = $tag;
+        if tag == crate::shape::ShapeTag::Tables512x4 {
+            let $shape = crate::shape::Tables512::<4>;
+            $body
+        } else if tag == crate::shape::ShapeTag::Tables512x5 {
+            let $shape = crate::shape::Tables512::<5>;
+            $body
+        } else if tag == crate::shape::ShapeTag::Tables512x3 {
+            let $shape = crate::shape::Tables512::<3>;
+            $body
+        } else {
+            let $shape = crate::shape::AnyShape::of($format);
+            $body
         }
     }};
 }

@@ -26,11 +26,30 @@ const AP_TABLE_NO_WRITE: u64 = 1 << 62;
 /// only from 0 to 1.
 const SAFE: u64 = AP_READ_ONLY | AF | DBM | PXN | UXN | SOFTWARE;
 
-/// The AttrIndx values that name a slot of `mair` in use (bit n = index n).
-fn used_slots(mair: &Mair) -> u8 {
-    (0..8u8)
-        .filter(|&i| mair.memory_type(i).is_some())
-        .fold(0, |m, i| m | 1 << i)
+/// Which values of a page's AttrIndx and SH fields decode, as a table of
+/// 32 bits for [`page_fields_index`]: AttrIndx must name a slot of `mair`
+/// in use, and SH must not be the reserved 0b01 unless the descriptor holds
+/// output address bits there (LPA2).
+fn page_fields_ok(mair: &Mair, geometry: &Geometry) -> u32 {
+    let sh_is_address = matches!(geometry.large, LargeAddresses::Lpa2 { .. });
+    let mut ok = 0u32;
+    for slot in 0..8u8 {
+        for sh in 0..4u64 {
+            if mair.memory_type(slot).is_some() && (sh_is_address || sh != 0b01) {
+                let raw = u64::from(slot) << ATTR_INDEX_SHIFT | sh << SH_SHIFT;
+                ok |= 1 << page_fields_index(raw);
+            }
+        }
+    }
+    ok
+}
+
+/// The index of a descriptor's AttrIndx (bits 4:2) and SH (bits 9:8)
+/// fields in the table [`page_fields_ok`] builds: AttrIndx in bits 2:0, SH
+/// in bits 4:3.
+#[inline(always)]
+fn page_fields_index(raw: u64) -> u32 {
+    (((raw >> ATTR_INDEX_SHIFT) & 0b111) | ((raw >> (SH_SHIFT - 3)) & 0b11000)) as u32
 }
 
 /// The translation regime whose stage-1 tables these are.
@@ -72,8 +91,9 @@ pub struct Stage1 {
     regime: Regime,
     va_range: VaRange,
     mair: Mair,
-    /// The MAIR slots in use (bit n = AttrIndx n), for `last_level_leaf`.
-    used_slots: u8,
+    /// Which AttrIndx and SH values decode, for `last_level_leaf`
+    /// ([`page_fields_ok`]).
+    page_fields_ok: u32,
 }
 
 impl Stage1 {
@@ -92,12 +112,13 @@ impl Stage1 {
         input_bits: u8,
         large: LargeAddresses,
     ) -> Result<Self, ConfigError> {
+        let geometry = Geometry::new(granule, input_bits, large, false)?;
         Ok(Self {
-            geometry: Geometry::new(granule, input_bits, large, false)?,
+            geometry,
             regime,
             va_range: VaRange::Lower,
             mair: Mair::LINUX,
-            used_slots: used_slots(&Mair::LINUX),
+            page_fields_ok: page_fields_ok(&Mair::LINUX, &geometry),
         })
     }
 
@@ -122,6 +143,7 @@ impl Stage1 {
     /// without LPA/LPA2.
     pub fn with_output_bits(mut self, bits: u8) -> Result<Self, ConfigError> {
         self.geometry = self.geometry.with_output_bits(bits)?;
+        self.page_fields_ok = page_fields_ok(&self.mair, &self.geometry);
         Ok(self)
     }
 
@@ -129,7 +151,7 @@ impl Stage1 {
     #[must_use]
     pub fn with_mair(mut self, mair: Mair) -> Self {
         self.mair = mair;
-        self.used_slots = used_slots(&mair);
+        self.page_fields_ok = page_fields_ok(&mair, &self.geometry);
         self
     }
 
@@ -295,10 +317,7 @@ impl Format for Stage1 {
         // address field. Then the attribute fields: a used MAIR slot and,
         // where the descriptor holds it (not LPA2), a non-reserved SH.
         let pattern = self.geometry.table_pattern();
-        let slot = (raw >> ATTR_INDEX_SHIFT) & 0b111;
-        let sh_ok = matches!(self.geometry.large, LargeAddresses::Lpa2 { .. })
-            || (raw >> SH_SHIFT) & 0b11 != 0b01;
-        (pattern.matches(raw) && (self.used_slots >> slot) & 1 != 0 && sh_ok)
+        (pattern.matches(raw) && (self.page_fields_ok >> page_fields_index(raw)) & 1 != 0)
             .then_some(pattern.address(raw))
     }
 
