@@ -285,33 +285,38 @@ impl<F: Format> PageTable<F> {
         let mut l = top;
         let bits = shape.bits();
         let mut shift = shape.level_shift(&self.format, l);
-        let (leaf, leaf_table) = loop {
+        // Down through the tables the pattern recognises to the leaf, if it
+        // is a plain page; anything else is classified out of line.
+        let found = loop {
             let entries = table_at(mem, table, entries_per_table)?;
             let Some(entry) = slot_at(entries, index, shift) else {
                 return Ok(Single::General);
             };
             let raw = entry.load(Ordering::Acquire);
-            if l > level && pattern.matches(raw) {
-                table = pattern.address(raw);
-            } else if l == 0
-                && self.format.last_level_leaf(raw).is_some()
-                && !self.format.is_contiguous(raw)
-            {
-                break (entry, entries);
-            } else {
-                match self.format.kind(raw, l) {
-                    EntryKind::Invalid => return Ok(Single::Done),
-                    EntryKind::Table(next) if l > level => table = next,
-                    EntryKind::Leaf(_) if l == level && !self.format.is_contiguous(raw) => {
-                        break (entry, entries);
-                    }
-                    _ => return Ok(Single::General),
-                }
+            if l == level {
+                let page = level == 0
+                    && self.format.last_level_leaf(raw).is_some()
+                    && !self.format.is_contiguous(raw);
+                break page.then_some((entry, entries));
             }
+            if !pattern.matches(raw) {
+                break None;
+            }
+            table = pattern.address(raw);
             l -= 1;
             shift -= bits;
             debug_assert_eq!(shift, self.format.level_shift(l));
             entries_per_table = below_root;
+        };
+        let (leaf, leaf_table) = match found {
+            Some(found) => found,
+            None => {
+                match self.unmap_descend(shape, mem, table, entries_per_table, l, index, level)? {
+                    Descent::Leaf(entry, entries) => (entry, entries),
+                    Descent::Done => return Ok(Single::Done),
+                    Descent::General => return Ok(Single::General),
+                }
+            }
         };
         // From here on nothing may fail: the leaf goes, and each table on
         // the path that is left empty is unlinked and freed, bottom up.
@@ -324,6 +329,50 @@ impl<F: Format> PageTable<F> {
             self.free_emptied_path(mem, alloc, index, level, flush);
         }
         Ok(Single::Done)
+    }
+
+    /// [`unmap_single_in`](Self::unmap_single_in)'s walk from the table at
+    /// `table` (level `l`, `entries` entries) on, classifying every entry
+    /// with `Format::kind`: entries the fast descent does not recognise.
+    #[allow(clippy::too_many_arguments)]
+    #[cold]
+    #[inline(never)]
+    fn unmap_descend<'m>(
+        &self,
+        shape: impl Shape,
+        mem: &'m impl PhysMem,
+        mut table: u64,
+        mut entries_per_table: usize,
+        mut l: u8,
+        index: u64,
+        level: u8,
+    ) -> Result<Descent<'m>, SingleError> {
+        let mut shift = shape.level_shift(&self.format, l);
+        loop {
+            let entries = table_at(mem, table, entries_per_table)?;
+            let Some(entry) = slot_at(entries, index, shift) else {
+                return Ok(Descent::General);
+            };
+            let raw = entry.load(Ordering::Acquire);
+            if l == 0
+                && level == 0
+                && self.format.last_level_leaf(raw).is_some()
+                && !self.format.is_contiguous(raw)
+            {
+                return Ok(Descent::Leaf(entry, entries));
+            }
+            match self.format.kind(raw, l) {
+                EntryKind::Invalid => return Ok(Descent::Done),
+                EntryKind::Table(next) if l > level => table = next,
+                EntryKind::Leaf(_) if l == level && !self.format.is_contiguous(raw) => {
+                    return Ok(Descent::Leaf(entry, entries));
+                }
+                _ => return Ok(Descent::General),
+            }
+            l -= 1;
+            shift -= shape.bits();
+            entries_per_table = shape.entries();
+        }
     }
 
     /// Whether every entry of `entries` (a table at `level`) is invalid.
@@ -424,6 +473,16 @@ fn table_at(mem: &impl PhysMem, table: u64, entries: usize) -> Result<&[AtomicU6
         .ok_or(TableError::NotAccessible {
             table: PhysAddr::new(table),
         })
+}
+
+/// Where [`PageTable::unmap_descend`] ended.
+enum Descent<'m> {
+    /// At the leaf to remove: its entry and the table holding it.
+    Leaf(&'m AtomicU64, &'m [AtomicU64]),
+    /// Nothing mapped there: nothing to do.
+    Done,
+    /// Not a case for the fast path.
+    General,
 }
 
 /// Why the fast path refused.
