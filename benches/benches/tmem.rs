@@ -15,7 +15,8 @@
 //! |---|---|
 //! | `put_100k` | 100k puts into an empty pool / map / array (emptying it again is not timed) |
 //! | `get_100k` | 100k gets (copies out) from a full pool / map / array |
-//! | `flush_100k` | 100k flush_page / `remove` from a full pool / map (refilling is not timed) |
+//! | `flush_100k` | 100k flush_page / `remove` from a full pool / map, in the order the keys were put (refilling is not timed) |
+//! | `flush_100k_shuffled` | the same 100k flushes in a shuffled order (one fixed permutation): no contender gains from the order the keys were put in |
 //!
 //! ```text
 //! cargo bench -p hvmem-benches --bench tmem -- --warm-up-time 1 --measurement-time 5
@@ -33,6 +34,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use hvmem_benches::rng::XorShift64;
 use hvmem_tmem_pool::{
     ClientConfig, ClientId, GetOutcome, Oid, OwnedMemory, PAGE_BYTES, PoolId, SliceStore,
     StoreMemory, Tmem, TmemConfig, TmemLayout, Uuid, abi,
@@ -272,58 +274,69 @@ fn benches(c: &mut Criterion) {
     });
     group.finish();
 
-    let mut group = c.benchmark_group("flush_100k");
-    group.sample_size(10);
-    group.bench_function("hashmap", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                for i in 0..N {
-                    map.insert(map_key(i), Box::new(src[i as usize % SOURCES]));
+    let in_order: Vec<u32> = (0..N).collect();
+    let mut shuffled = in_order.clone();
+    let mut rng = XorShift64::new(0x7e_3e);
+    for i in (1..shuffled.len()).rev() {
+        shuffled.swap(i, rng.index(i + 1));
+    }
+    for (name, order) in [
+        ("flush_100k", &in_order),
+        ("flush_100k_shuffled", &shuffled),
+    ] {
+        let mut group = c.benchmark_group(name);
+        group.sample_size(10);
+        group.bench_function("hashmap", |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    for i in 0..N {
+                        map.insert(map_key(i), Box::new(src[i as usize % SOURCES]));
+                    }
+                    let start = Instant::now();
+                    for &i in order {
+                        black_box(map.remove(black_box(&map_key(i))));
+                    }
+                    total += start.elapsed();
                 }
-                let start = Instant::now();
-                for i in 0..N {
-                    black_box(map.remove(black_box(&map_key(i))));
-                }
-                total += start.elapsed();
-            }
-            total
+                total
+            });
         });
-    });
-    group.bench_function("slab_fxhash", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                for i in 0..N {
-                    slab.put(map_key(i), &src[i as usize % SOURCES])
-                        .expect("a free slot");
+        group.bench_function("slab_fxhash", |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    for i in 0..N {
+                        slab.put(map_key(i), &src[i as usize % SOURCES])
+                            .expect("a free slot");
+                    }
+                    let start = Instant::now();
+                    for &i in order {
+                        black_box(slab.remove(black_box(&map_key(i))));
+                    }
+                    total += start.elapsed();
                 }
-                let start = Instant::now();
-                for i in 0..N {
-                    black_box(slab.remove(black_box(&map_key(i))));
-                }
-                total += start.elapsed();
-            }
-            total
+                total
+            });
         });
-    });
-    group.bench_function("hvmem-tmem-pool", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                empty(&mut t, client, pool);
-                fill(&mut t, client, pool, &src);
-                let start = Instant::now();
-                for i in 0..N {
-                    let (oid, index) = key(black_box(i));
-                    black_box(t.flush_page(client, pool, oid, index).expect("flush"));
+        group.bench_function("hvmem-tmem-pool", |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    empty(&mut t, client, pool);
+                    fill(&mut t, client, pool, &src);
+                    let start = Instant::now();
+                    for &i in order {
+                        let (oid, index) = key(black_box(i));
+                        black_box(t.flush_page(client, pool, oid, index).expect("flush"));
+                    }
+                    total += start.elapsed();
                 }
-                total += start.elapsed();
-            }
-            total
+                total
+            });
         });
-    });
-    group.finish();
+        group.finish();
+    }
 }
 
 criterion_group! {
