@@ -135,46 +135,66 @@ struct Leaf {
     size: u64,
 }
 
+/// Where the fast walk ([`walk_fast`]) left off without a plain leaf.
+enum Detour {
+    /// `mem` gives no table at this address.
+    NotAccessible(u64),
+    /// The entry `raw` at `level` (mapping `1 << shift` bytes) is not one
+    /// the shortcuts recognise: [`walk_on`] classifies it and goes on.
+    Classify { raw: u64, level: u8, shift: u32 },
+}
+
 /// Walks to the leaf covering `index`, passing every table entry on the way
 /// to `on_table`. At most one entry per level is read, so any table contents
 /// terminate.
 ///
-/// The per-walk constants (entries per table, bits per level, the format's
-/// [`TablePattern`](crate::TablePattern)) are read once. An entry above the
-/// last level that matches the pattern is a table, and a last-level entry
-/// [`Format::last_level_leaf`] recognises is a page, without further
-/// classification; at the first entry they do not recognise, the walk goes
-/// on out of line ([`walk_on`]), classifying every entry with
-/// `Format::kind` (no attributes built). Either way it accepts and refuses
-/// exactly what a walk classifying every entry with `kind` would.
-///
-/// `OUT_OF_LINE` chooses whether that continuation is a call (the address
-/// walk, whose fast loop then stays smallest) or inlined (the walk with
-/// attributes, whose leaf decode is cheaper with the level known).
+/// The fast part ([`walk_fast`]) reads the per-walk constants once and
+/// recognises the common entries with one mask test each; at the first
+/// entry it does not recognise, [`walk_on`] goes on, classifying every
+/// entry with `Format::kind` (no attributes built). Either way it accepts
+/// and refuses exactly what a walk classifying every entry with `kind`
+/// would. [`translate_addr`] calls the fast part itself and leaves the rest
+/// out of line.
 #[inline(always)]
-fn walk_to_leaf<const OUT_OF_LINE: bool, F: Format>(
+fn walk_to_leaf<F: Format>(
     format: &F,
     tag: ShapeTag,
     mem: &impl PhysMem,
     root: u64,
     index: u64,
-    on_table: impl FnMut(u64, u8),
+    mut on_table: impl FnMut(u64, u8),
 ) -> Result<Leaf, TranslateError> {
-    with_shape!(tag, format, |shape| walk_shaped::<OUT_OF_LINE, F>(
-        format, shape, mem, root, index, on_table
-    ))
+    let fast = with_shape!(tag, format, |shape| walk_fast::<F>(
+        format,
+        shape,
+        mem,
+        root,
+        index,
+        &mut on_table
+    ));
+    match fast {
+        Ok(leaf) => Ok(leaf),
+        Err(Detour::NotAccessible(table)) => Err(not_accessible(table)),
+        Err(Detour::Classify { raw, level, shift }) => {
+            walk_on(format, mem, index, raw, level, shift, &mut on_table)
+        }
+    }
 }
 
-/// [`walk_to_leaf`] for tables of the given shape.
+/// The part of [`walk_to_leaf`] that follows the entries the format's
+/// [`TablePattern`](crate::TablePattern) and
+/// [`Format::last_level_leaf`] recognise, for tables of the given shape:
+/// an entry above the last level that matches the pattern is a table, and a
+/// last-level entry `last_level_leaf` recognises is a page.
 #[inline(always)]
-fn walk_shaped<const OUT_OF_LINE: bool, F: Format>(
+fn walk_fast<F: Format>(
     format: &F,
     shape: impl Shape,
     mem: &impl PhysMem,
     root: u64,
     index: u64,
-    mut on_table: impl FnMut(u64, u8),
-) -> Result<Leaf, TranslateError> {
+    on_table: &mut impl FnMut(u64, u8),
+) -> Result<Leaf, Detour> {
     let pattern = format.table_pattern();
     let mut table = root;
     let mut level = shape.levels().saturating_sub(1);
@@ -182,7 +202,7 @@ fn walk_shaped<const OUT_OF_LINE: bool, F: Format>(
     let mut shift = shape.level_shift(format, level);
     loop {
         let Some(raw) = read_entry(mem, table, entries_per_table, index, shift) else {
-            return Err(not_accessible(table));
+            return Err(Detour::NotAccessible(table));
         };
         if level == 0 {
             if let Some(pa) = format.last_level_leaf(raw) {
@@ -193,18 +213,10 @@ fn walk_shaped<const OUT_OF_LINE: bool, F: Format>(
                     size: 1u64 << shift,
                 });
             }
-            return if OUT_OF_LINE {
-                walk_on(format, mem, index, raw, level, shift, &mut on_table)
-            } else {
-                walk_on_inline(format, mem, index, raw, level, shift, &mut on_table)
-            };
+            return Err(Detour::Classify { raw, level, shift });
         }
         if !pattern.matches(raw) {
-            return if OUT_OF_LINE {
-                walk_on(format, mem, index, raw, level, shift, &mut on_table)
-            } else {
-                walk_on_inline(format, mem, index, raw, level, shift, &mut on_table)
-            };
+            return Err(Detour::Classify { raw, level, shift });
         }
         on_table(raw, level);
         level -= 1;
@@ -242,25 +254,9 @@ fn not_accessible(table: u64) -> TranslateError {
 
 /// [`walk_to_leaf`] from the entry `raw` at `level` on, classifying every
 /// entry with `Format::kind`: holes, blocks, malformed entries, and the
-/// entries of formats without shortcuts. Out of line, so that the fast loop
-/// carries none of its constants.
-#[cold]
-#[inline(never)]
-fn walk_on<F: Format>(
-    format: &F,
-    mem: &impl PhysMem,
-    index: u64,
-    raw: u64,
-    level: u8,
-    shift: u32,
-    on_table: &mut impl FnMut(u64, u8),
-) -> Result<Leaf, TranslateError> {
-    walk_on_inline(format, mem, index, raw, level, shift, on_table)
-}
-
-/// [`walk_on`], inlined.
+/// entries of formats without shortcuts.
 #[inline(always)]
-fn walk_on_inline<F: Format>(
+fn walk_on<F: Format>(
     format: &F,
     mem: &impl PhysMem,
     index: u64,
@@ -315,7 +311,7 @@ pub(crate) fn translate<F: Format>(
     index: u64,
 ) -> Result<Translation, TranslateError> {
     let mut limits = Access::all();
-    let leaf = walk_to_leaf::<false, F>(format, tag, mem, root, index, |raw, level| {
+    let leaf = walk_to_leaf::<F>(format, tag, mem, root, index, |raw, level| {
         limits &= format.table_limits(raw, level);
     })?;
     // `kind` agrees with `decode`, so the leaf decodes as a leaf. (The
@@ -352,12 +348,48 @@ pub(crate) fn translate_addr<F: Format>(
     root: u64,
     index: u64,
 ) -> Result<OutputAddr, TranslateError> {
-    let leaf = walk_to_leaf::<true, F>(format, tag, mem, root, index, |_, _| {})?;
-    Ok(OutputAddr {
+    let fast = with_shape!(tag, format, |shape| walk_fast::<F>(
+        format,
+        shape,
+        mem,
+        root,
+        index,
+        &mut |_, _| {}
+    ));
+    // The common case returns from registers; the rest, with its larger
+    // result, out of line.
+    match fast {
+        Ok(leaf) => Ok(output_addr(&leaf, index)),
+        Err(detour) => translate_addr_detour(format, mem, index, detour),
+    }
+}
+
+/// [`translate_addr`] past the entries [`walk_fast`] recognises.
+#[cold]
+#[inline(never)]
+fn translate_addr_detour<F: Format>(
+    format: &F,
+    mem: &impl PhysMem,
+    index: u64,
+    detour: Detour,
+) -> Result<OutputAddr, TranslateError> {
+    match detour {
+        Detour::NotAccessible(table) => Err(not_accessible(table)),
+        Detour::Classify { raw, level, shift } => {
+            walk_on(format, mem, index, raw, level, shift, &mut |_, _| {})
+                .map(|leaf| output_addr(&leaf, index))
+        }
+    }
+}
+
+/// The output address of `index` through `leaf`.
+#[inline(always)]
+fn output_addr(leaf: &Leaf, index: u64) -> OutputAddr {
+    OutputAddr {
         output: PhysAddr::new(leaf.pa | (index & (leaf.size - 1))),
         level: leaf.level,
         size: leaf.size,
-    })
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
