@@ -47,17 +47,17 @@ impl<'a> SliceMem<'a> {
 impl PhysMem for SliceMem<'_> {
     #[inline]
     fn table(&self, table: PhysAddr, entries: usize) -> Option<&[AtomicU64]> {
-        // One compare refuses all three bad cases: below the base the
-        // offset wraps to a huge value; an offset between entries has low
-        // bits set, which the rotation moves to the top; and a table that
-        // would run past the end starts after `last`.
+        // Below the base the offset wraps to a huge value, and an offset
+        // between entries has low bits set, which the rotation moves to the
+        // top: then `end` either lies past the end or wraps below `first`,
+        // and the slice refuses both, as it does a table past the end.
         let first = table.get().wrapping_sub(self.base).rotate_right(3);
         let first = usize::try_from(first).ok()?;
-        let last = self.words.len().checked_sub(entries)?;
-        if first > last {
+        let end = first.wrapping_add(entries);
+        if end > self.words.len() || end < first {
             return None;
         }
-        self.words.get(first..first + entries)
+        self.words.get(first..end)
     }
 }
 
