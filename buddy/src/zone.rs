@@ -256,12 +256,21 @@ impl<'m> Zone<'m> {
         // the callers that ask for it.
         let mut dirty = !clean_only && self.nonempty[DIRTY] & (1 << k) != 0;
         let i = *self.heads.get(usize::from(dirty))?.get(usize::from(k))?;
+        self.unlink_free(i, k, dirty);
+        if k == order {
+            // The common case: a block of the size asked for, whose
+            // `first_dirty` is not needed (it is read only to split).
+            self.meta.set_state(i, FrameState::allocated(order));
+            self.free_frames -= 1 << order;
+            return Some((i, dirty));
+        }
+        // `i + 1` is inside the block, never a list neighbour, so the
+        // unlink left it alone.
         let mut first_dirty = if dirty {
             self.meta.first_dirty(i, k)
         } else {
             0
         };
-        self.unlink_free(i, k, dirty);
         // Keep the lower half, give the upper halves back.
         while k > order {
             k -= 1;
@@ -295,9 +304,34 @@ impl<'m> Zone<'m> {
         self.alloc_from_lists(order)
     }
 
-    /// [`alloc`](Self::alloc) past the hot lists: split a free block.
+    /// [`alloc`](Self::alloc) past the hot lists: a free block of the size
+    /// asked for if there is one, taken as [`take_block`](Self::take_block)
+    /// would (a dirty one first), else a split.
     #[inline(never)]
     fn alloc_from_lists(&mut self, order: u8) -> Option<Mfn> {
+        let bit = 1u32.checked_shl(u32::from(order)).unwrap_or(0);
+        let dirty = self.nonempty[DIRTY] & bit != 0;
+        if !dirty && self.nonempty[CLEAN] & bit == 0 {
+            return self.alloc_split(order);
+        }
+        // The common case, kept small (no split loop, few registers).
+        let i = *self
+            .heads
+            .get(usize::from(dirty))?
+            .get(usize::from(order))?;
+        self.unlink_free(i, order, dirty);
+        self.meta.set_state(i, FrameState::allocated(order));
+        self.free_frames -= 1 << order;
+        if dirty {
+            self.dirty_frames -= u64::from(self.meta.clean_block(i, order));
+        }
+        Some(self.mfn(i))
+    }
+
+    /// [`alloc_from_lists`](Self::alloc_from_lists) with no free block of
+    /// the order asked for: split a larger one, or merge the hot lists.
+    #[inline(never)]
+    fn alloc_split(&mut self, order: u8) -> Option<Mfn> {
         let (i, dirty) = match self.take_block_inline(order, false) {
             Some(taken) => taken,
             None if self.any_hot() => {
@@ -452,6 +486,29 @@ impl<'m> Zone<'m> {
         // As `merge_freed`, inlined: this is every free when hot lists are
         // off, and every free that finds its hot list full.
         self.meta.set_block_dirty(i, k);
+        if self.buddy_is_free(i, k) {
+            self.merge_dirty(i, k);
+        } else {
+            // The common case: nothing to merge, so the merge loop and its
+            // registers stay out of this path.
+            self.push_free(i, k, true, 0);
+        }
+    }
+
+    /// Whether the buddy of block `(i, k)` is a free block of order `k` that
+    /// it may merge with.
+    #[inline(always)]
+    fn buddy_is_free(&self, i: u32, k: u8) -> bool {
+        k < self.max_order
+            && self
+                .buddy_of(i, k)
+                .is_some_and(|b| self.meta.state(b).is_free_of_order(k))
+    }
+
+    /// Inserts the freed block `(i, k)`, all dirty, merging it with its
+    /// buddies.
+    #[inline(never)]
+    fn merge_dirty(&mut self, i: u32, k: u8) {
         self.merge_and_insert(i, k, true, 0);
     }
 
