@@ -486,8 +486,8 @@ impl<'m> Zone<'m> {
         // As `merge_freed`, inlined: this is every free when hot lists are
         // off, and every free that finds its hot list full.
         self.meta.set_block_dirty(i, k);
-        if self.buddy_is_free(i, k) {
-            self.merge_dirty(i, k);
+        if let Some((b, bstate)) = self.free_buddy(i, k) {
+            self.merge_dirty(i, k, b, bstate);
         } else {
             // The common case: nothing to merge, so the merge loop and its
             // registers stay out of this path.
@@ -495,21 +495,50 @@ impl<'m> Zone<'m> {
         }
     }
 
-    /// Whether the buddy of block `(i, k)` is a free block of order `k` that
-    /// it may merge with.
+    /// The buddy of block `(i, k)` and its state, if it is a free block of
+    /// order `k` that the block may merge with.
     #[inline(always)]
-    fn buddy_is_free(&self, i: u32, k: u8) -> bool {
-        k < self.max_order
-            && self
-                .buddy_of(i, k)
-                .is_some_and(|b| self.meta.state(b).is_free_of_order(k))
+    fn free_buddy(&self, i: u32, k: u8) -> Option<(u32, FrameState)> {
+        if k >= self.max_order {
+            return None;
+        }
+        let b = self.buddy_of(i, k)?;
+        let bstate = self.meta.state(b);
+        bstate.is_free_of_order(k).then_some((b, bstate))
     }
 
-    /// Inserts the freed block `(i, k)`, all dirty, merging it with its
-    /// buddies.
+    /// Inserts the freed block `(i, k)`, every frame dirty, merging it with
+    /// its free buddy `b` (state `bstate`) and then up, as
+    /// [`merge_and_insert`](Self::merge_and_insert) with the first buddy
+    /// already found.
     #[inline(never)]
-    fn merge_dirty(&mut self, i: u32, k: u8) {
-        self.merge_and_insert(i, k, true, 0);
+    fn merge_dirty(&mut self, mut i: u32, mut k: u8, mut b: u32, mut bstate: FrameState) {
+        // The merged block stays on the dirty list; `first_dirty` is 0 while
+        // the freed block is the lower half and moves down when a buddy
+        // below joins.
+        let mut first_dirty = 0;
+        loop {
+            let bdirty = bstate.on_dirty_list();
+            let bfirst = if bdirty {
+                self.meta.first_dirty(b, k)
+            } else {
+                0
+            };
+            self.unlink_free(b, k, bdirty);
+            if b < i {
+                first_dirty = if bdirty { bfirst } else { (1 << k) + first_dirty };
+                self.meta.set_state(i, FrameState::TAIL);
+                i = b;
+            } else {
+                self.meta.set_state(b, FrameState::TAIL);
+            }
+            k += 1;
+            match self.free_buddy(i, k) {
+                Some((next, state)) => (b, bstate) = (next, state),
+                None => break,
+            }
+        }
+        self.push_free(i, k, true, first_dirty);
     }
 
     /// Why freeing `(i, k)` with head state `state` is refused: out of
