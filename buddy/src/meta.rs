@@ -341,8 +341,10 @@ impl<'m> FrameMeta<'m> {
     #[inline]
     fn block_words(&mut self, i: u32, k: u8) -> Option<&mut [u64]> {
         let first = i as usize / 64;
-        let count = 1usize.checked_shl(u32::from(k).checked_sub(6)?)?;
-        self.dirty.get_mut(first..first.checked_add(count)?)
+        // Orders are at most 30 (the state byte's five bits), so the shift
+        // is below 32 and the sum far from overflowing.
+        let count = 1usize << (u32::from(k).checked_sub(6)? & 31);
+        self.dirty.get_mut(first..first + count)
     }
 
     /// How many of the frames `[i, i + n)` are dirty (for debug checks).

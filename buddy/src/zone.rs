@@ -526,7 +526,11 @@ impl<'m> Zone<'m> {
             };
             self.unlink_free(b, k, bdirty);
             if b < i {
-                first_dirty = if bdirty { bfirst } else { (1 << k) + first_dirty };
+                first_dirty = if bdirty {
+                    bfirst
+                } else {
+                    (1 << k) + first_dirty
+                };
                 self.meta.set_state(i, FrameState::TAIL);
                 i = b;
             } else {
