@@ -534,7 +534,7 @@ fn fill_words(words: &mut [u64], value: u64) {
 /// orders 6 to 9 (1 to 8 words) as fixed-size code whose common case, a
 /// block freed whole (every bit set), is one AND over the words rather than
 /// a test per word.
-#[inline]
+#[inline(always)]
 fn take_words(words: &mut [u64]) -> u32 {
     #[inline(always)]
     fn fixed<const N: usize>(w: &mut [u64; N]) -> u32 {
