@@ -4,7 +4,7 @@
 //!
 //! | part   | words      | per frame | holds |
 //! |--------|------------|-----------|-------|
-//! | links  | `n`        | 8 bytes   | free-list `next` and `prev` of a free block's head, as two `u32` halves (setting one is a plain store); for the frame after the head of a free block of order >= 1, the block's `first_dirty` offset |
+//! | links  | `n`        | 8 bytes   | free-list `next` and `prev` of a free block's head, as two `u32` halves (setting one is a plain store); for the frame after the head of a free dirty block of order >= 1, the block's `first_dirty` offset, or the mark of a lazy block |
 //! | state  | `ceil(n/8)`| 1 byte    | [`FrameState`] |
 //! | dirty  | `ceil(n/64)`| 1 bit    | the frame holds data of its last user and must be scrubbed before anyone who asked for clean memory gets it |
 //!
@@ -33,6 +33,10 @@ use zerocopy::{FromBytes, IntoBytes};
 
 /// The sentinel for "no frame" in free-list links.
 pub(crate) const NIL: u32 = u32::MAX;
+
+/// The `first_dirty` of a lazy dirty block (see [`FrameMeta::is_lazy`]):
+/// no offset into a block of at most `2^30` frames.
+const LAZY: u32 = u32::MAX;
 
 /// Words of metadata a zone of `frames` frames needs: see the module docs.
 ///
@@ -231,11 +235,43 @@ impl<'m> FrameMeta<'m> {
         }
     }
 
+    /// Records `offset` as the `first_dirty` of the free dirty block of
+    /// order `k >= 1` at `i`, whose dirty bits are the truth (not
+    /// [lazy](Self::is_lazy)).
     #[inline]
     pub(crate) fn set_first_dirty(&mut self, i: u32, k: u8, offset: u32) {
         if k != 0 {
             self.set_next(i.wrapping_add(1), offset);
         }
+    }
+
+    /// Whether the free dirty block of order `k` at `i` is *lazy*: every
+    /// frame dirty, but its dirty bits not set (all clear). Marked by a
+    /// `first_dirty` of [`LAZY`], so on the line the block's links are on;
+    /// order-0 blocks are never lazy.
+    #[inline]
+    pub(crate) fn is_lazy(&self, i: u32, k: u8) -> bool {
+        k != 0 && self.next(i.wrapping_add(1)) == LAZY
+    }
+
+    /// The `first_dirty` offset of the free dirty block of order `k` at `i`
+    /// and whether it is [lazy](Self::is_lazy) (then the offset is 0), in
+    /// one read.
+    #[inline]
+    pub(crate) fn dirty_word(&self, i: u32, k: u8) -> (u32, bool) {
+        let first = self.first_dirty(i, k);
+        if first == LAZY {
+            (0, true)
+        } else {
+            (first, false)
+        }
+    }
+
+    /// Makes the free dirty block of order `k >= 1` at `i`, whose dirty
+    /// bits are all clear, lazy: every frame counts as dirty from its first.
+    #[inline]
+    pub(crate) fn set_lazy(&mut self, i: u32, k: u8) {
+        self.set_first_dirty(i, k, LAZY);
     }
 
     #[cfg(test)]
