@@ -26,6 +26,14 @@
 //! dirty one gives a dirty block; the per-frame bits are untouched, so no dirty
 //! mark is lost and clean frames are never scrubbed twice.
 //!
+//! A block of order 1 or more freed whole goes on the dirty list *lazily*:
+//! every frame of it is dirty, but its bits are not set (they stay clear, as
+//! an allocated block's are), and its `first_dirty` word holds a mark instead
+//! of an offset. Taken whole or split for an allocation, it needs no bitmap
+//! work at all (its halves stay lazy); two lazy buddies merge into a lazy
+//! block. Its bits are set only when something reads them: a merge with a
+//! buddy whose bits are the truth, the scrubber, a reservation cutting it.
+//!
 //! ## Hot lists
 //!
 //! Optionally (a limit set by the embedder, off by default), a freed block of
