@@ -534,7 +534,12 @@ impl<'m> Zone<'m> {
             self.meta.set_dirty(i, 1);
         }
         if let Some((b, bstate)) = self.free_buddy(i, k) {
-            self.merge_dirty(i, k, b, bstate);
+            if k == 0 {
+                // A single frame has its bit: no lazy merge to try.
+                self.merge_bits(i, 0, true, 0, b, bstate);
+            } else {
+                self.merge_dirty(i, k, b, bstate);
+            }
         } else {
             // The common case: nothing to merge, so the merge loop and its
             // registers stay out of this path.
