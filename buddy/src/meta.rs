@@ -4,7 +4,7 @@
 //!
 //! | part   | words      | per frame | holds |
 //! |--------|------------|-----------|-------|
-//! | links  | `n`        | 8 bytes   | free-list `next` and `prev` of a free block's head, as two `u32` halves (setting one is a plain store); for the frame after the head of a free block of order >= 1, the block's `first_dirty` offset |
+//! | links  | `n`        | 8 bytes   | free-list `next` and `prev` of a free block's head, as two `u32` halves (setting one is a plain store); for the frame after the head of a free dirty block of order >= 1, the block's `first_dirty` offset, or the mark of a lazy block |
 //! | state  | `ceil(n/8)`| 1 byte    | [`FrameState`] |
 //! | dirty  | `ceil(n/64)`| 1 bit    | the frame holds data of its last user and must be scrubbed before anyone who asked for clean memory gets it |
 //!
@@ -33,6 +33,10 @@ use zerocopy::{FromBytes, IntoBytes};
 
 /// The sentinel for "no frame" in free-list links.
 pub(crate) const NIL: u32 = u32::MAX;
+
+/// The `first_dirty` of a lazy dirty block (see [`FrameMeta::is_lazy`]):
+/// no offset into a block of at most `2^30` frames.
+const LAZY: u32 = u32::MAX;
 
 /// Words of metadata a zone of `frames` frames needs: see the module docs.
 ///
@@ -231,11 +235,43 @@ impl<'m> FrameMeta<'m> {
         }
     }
 
+    /// Records `offset` as the `first_dirty` of the free dirty block of
+    /// order `k >= 1` at `i`, whose dirty bits are the truth (not
+    /// [lazy](Self::is_lazy)).
     #[inline]
     pub(crate) fn set_first_dirty(&mut self, i: u32, k: u8, offset: u32) {
         if k != 0 {
             self.set_next(i.wrapping_add(1), offset);
         }
+    }
+
+    /// Whether the free dirty block of order `k` at `i` is *lazy*: every
+    /// frame dirty, but its dirty bits not set (all clear). Marked by a
+    /// `first_dirty` of [`LAZY`], so on the line the block's links are on;
+    /// order-0 blocks are never lazy.
+    #[inline]
+    pub(crate) fn is_lazy(&self, i: u32, k: u8) -> bool {
+        k != 0 && self.next(i.wrapping_add(1)) == LAZY
+    }
+
+    /// The `first_dirty` offset of the free dirty block of order `k` at `i`
+    /// and whether it is [lazy](Self::is_lazy) (then the offset is 0), in
+    /// one read.
+    #[inline]
+    pub(crate) fn dirty_word(&self, i: u32, k: u8) -> (u32, bool) {
+        let first = self.first_dirty(i, k);
+        if first == LAZY {
+            (0, true)
+        } else {
+            (first, false)
+        }
+    }
+
+    /// Makes the free dirty block of order `k >= 1` at `i`, whose dirty
+    /// bits are all clear, lazy: every frame counts as dirty from its first.
+    #[inline]
+    pub(crate) fn set_lazy(&mut self, i: u32, k: u8) {
+        self.set_first_dirty(i, k, LAZY);
     }
 
     #[cfg(test)]
@@ -317,7 +353,7 @@ impl<'m> FrameMeta<'m> {
     /// Marks the `2^k` frames at `i` clean; returns how many were dirty (as
     /// [`mark_clean`](Self::mark_clean), on the fast path of
     /// [`set_block_dirty`](Self::set_block_dirty) when `i` is aligned).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn clean_block(&mut self, i: u32, k: u8) -> u32 {
         if k == 0 || !bitmap_aligned(i, k) {
             return self.mark_clean(i, 1 << k);
@@ -334,20 +370,17 @@ impl<'m> FrameMeta<'m> {
         let Some(words) = self.block_words(i, k) else {
             return 0;
         };
-        let mut cleared = 0;
-        for w in words.iter() {
-            cleared += count_bits(*w, u64::MAX, 64);
-        }
-        fill_words(words, 0);
-        cleared
+        take_words(words)
     }
 
     /// The bitmap words of the aligned block of order `k >= 6` at `i`.
     #[inline]
     fn block_words(&mut self, i: u32, k: u8) -> Option<&mut [u64]> {
         let first = i as usize / 64;
-        let count = 1usize.checked_shl(u32::from(k).checked_sub(6)?)?;
-        self.dirty.get_mut(first..first.checked_add(count)?)
+        // Orders are at most 30 (the state byte's five bits), so the shift
+        // is below 32 and the sum far from overflowing.
+        let count = 1usize << (u32::from(k).checked_sub(6)? & 31);
+        self.dirty.get_mut(first..first + count)
     }
 
     /// How many of the frames `[i, i + n)` are dirty (for debug checks).
@@ -533,6 +566,41 @@ fn fill_words(words: &mut [u64], value: u64) {
     }
 }
 
+/// Clears `words` and returns how many bits were set; the block sizes of
+/// orders 6 to 9 (1 to 8 words) as fixed-size code whose common case, a
+/// block freed whole (every bit set), is one AND over the words rather than
+/// a test per word.
+#[inline(always)]
+fn take_words(words: &mut [u64]) -> u32 {
+    #[inline(always)]
+    fn fixed<const N: usize>(w: &mut [u64; N]) -> u32 {
+        let all = w.iter().fold(u64::MAX, |acc, &x| acc & x);
+        let set = if all == u64::MAX {
+            64 * N as u32
+        } else {
+            w.iter().map(|&x| count_bits(x, u64::MAX, 64)).sum()
+        };
+        *w = [0; N];
+        set
+    }
+    if let Ok(w) = <&mut [u64; 1]>::try_from(&mut *words) {
+        fixed(w)
+    } else if let Ok(w) = <&mut [u64; 2]>::try_from(&mut *words) {
+        fixed(w)
+    } else if let Ok(w) = <&mut [u64; 4]>::try_from(&mut *words) {
+        fixed(w)
+    } else if let Ok(w) = <&mut [u64; 8]>::try_from(&mut *words) {
+        fixed(w)
+    } else {
+        let mut set = 0;
+        for w in words.iter_mut() {
+            set += count_bits(*w, u64::MAX, 64);
+            *w = 0;
+        }
+        set
+    }
+}
+
 /// Whether `2^k` frames at `i` start on a multiple of their size, or of a
 /// whole bitmap word for 64 frames or more.
 #[inline]
@@ -650,6 +718,29 @@ mod tests {
                 assert_eq!(a.count_dirty(0, 1024), b.count_dirty(0, 1024));
                 assert_eq!(a.clean_block(i, k), n, "order {k} all dirty");
                 assert_eq!(b.mark_clean(i, n), n);
+            }
+        }
+    }
+
+    #[test]
+    fn cleaning_a_block_counts_its_dirty_frames_whether_all_some_or_none_are_dirty() {
+        let mut words = [0u64; 2400];
+        let mut m = FrameMeta::new(&mut words, 2048).unwrap();
+        // Orders 6 to 10: 1, 2, 4, 8 words (the fixed-size cases) and 16.
+        for k in 6..=10u8 {
+            let n = 1u32 << k;
+            for at in [0, n] {
+                assert_eq!(m.clean_block(at, k), 0, "order {k} all clean");
+                m.set_block_dirty(at, k);
+                assert_eq!(m.clean_block(at, k), n, "order {k} all dirty");
+                assert_eq!(m.count_dirty(0, 2048), 0);
+                // One clean frame in the last word, one dirty frame alone.
+                m.set_block_dirty(at, k);
+                assert_eq!(m.mark_clean(at + n - 1, 1), 1);
+                assert_eq!(m.clean_block(at, k), n - 1, "order {k} all but one");
+                m.set_dirty(at + n / 2, 1);
+                assert_eq!(m.clean_block(at, k), 1, "order {k} one dirty");
+                assert_eq!(m.count_dirty(0, 2048), 0);
             }
         }
     }

@@ -437,6 +437,62 @@ fn clean_and_dirty_buddies_merge_without_losing_dirty_marks() {
 }
 
 #[test]
+fn blocks_freed_whole_keep_every_dirty_mark_through_merge_split_reserve_and_scrub() {
+    // Blocks freed whole go on the lists without their dirty bits set
+    // (lazily); every path that needs the bits must still see every frame
+    // dirty, exactly once.
+    let zone = [range(0, 64)];
+    let mut meta = Meta::for_ranges(&zone);
+    let mut heap = meta.heap(6, &zone, Contents::Clean);
+    let blocks: Vec<Mfn> = (0..4).map(|_| heap.alloc(order(4)).unwrap()).collect();
+    let mut sorted = blocks.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, [0, 16, 32, 48].map(Mfn::new));
+    // Two freed buddies merge into one dirty order-5 block.
+    heap.free(Mfn::new(16), order(4)).unwrap();
+    heap.free(Mfn::new(0), order(4)).unwrap();
+    let stats = heap.stats();
+    assert_eq!((stats.free_blocks(order(5)), stats.dirty_frames), (1, 32));
+    // A split of it: the allocated eighth leaves the dirty count.
+    let a = heap.alloc(order(2)).unwrap();
+    assert_eq!((a, heap.stats().dirty_frames), (Mfn::new(0), 28));
+    // A clean allocation that has to take a dirty block scrubs all of it.
+    let mut scrubbed = Vec::new();
+    let c = heap
+        .alloc_clean(order(2), |m| scrubbed.push(m.get()))
+        .unwrap();
+    assert_eq!(scrubbed, (c.get()..c.get() + 4).collect::<Vec<_>>());
+    assert_eq!(heap.stats().dirty_frames, 24);
+    // A reservation inside a dirty block takes its frames out of the count.
+    heap.reserve(range(20, 4)).unwrap();
+    assert_eq!(heap.stats().dirty_frames, 20);
+    // The scrubber finds exactly the remaining dirty frames, once each.
+    let mut scrubbed = Vec::new();
+    let progress = heap.scrub(1000, |m| scrubbed.push(m.get()));
+    scrubbed.sort_unstable();
+    let expected: Vec<u64> = (0..32)
+        .filter(|f| !(0..4).contains(f) && !(c.get()..c.get() + 4).contains(f))
+        .filter(|f| !(20..24).contains(f))
+        .collect();
+    assert_eq!((scrubbed, progress.dirty_left), (expected, 0));
+    // Everything back: a clean block merging with a freed one keeps only
+    // the freed frames dirty.
+    heap.release(range(20, 4)).unwrap();
+    heap.free(a, order(2)).unwrap();
+    heap.free(c, order(2)).unwrap();
+    heap.free(Mfn::new(32), order(4)).unwrap();
+    heap.free(Mfn::new(48), order(4)).unwrap();
+    let stats = heap.stats();
+    assert_eq!(
+        (stats.free_blocks(order(6)), stats.dirty_frames),
+        (1, 4 + 4 + 4 + 32)
+    );
+    let mut scrubbed = 0;
+    heap.alloc_clean(order(6), |_| scrubbed += 1).unwrap();
+    assert_eq!(scrubbed, 44);
+}
+
+#[test]
 fn reused_dirty_memory_is_counted_exactly_and_scrubbed_once_per_dirty_frame() {
     // Reuse of dirty memory: its frames leave the dirty count when allocated
     // and come back to it when freed, and scrubbing sees each one once.

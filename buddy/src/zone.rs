@@ -26,6 +26,14 @@
 //! dirty one gives a dirty block; the per-frame bits are untouched, so no dirty
 //! mark is lost and clean frames are never scrubbed twice.
 //!
+//! A block of order 1 or more freed whole goes on the dirty list *lazily*:
+//! every frame of it is dirty, but its bits are not set (they stay clear, as
+//! an allocated block's are), and its `first_dirty` word holds a mark instead
+//! of an offset. Taken whole or split for an allocation, it needs no bitmap
+//! work at all (its halves stay lazy); two lazy buddies merge into a lazy
+//! block. Its bits are set only when something reads them: a merge with a
+//! buddy whose bits are the truth, the scrubber, a reservation cutting it.
+//!
 //! ## Hot lists
 //!
 //! Optionally (a limit set by the embedder, off by default), a freed block of
@@ -129,7 +137,7 @@ impl<'m> Zone<'m> {
             if dirty {
                 zone.dirty_frames += u64::from(zone.meta.mark_dirty(i, 1 << order.get()));
             }
-            zone.push_free(i, order.get(), dirty, 0);
+            zone.push_free(i, order.get(), dirty, 0, false);
         }
         Ok(zone)
     }
@@ -164,8 +172,11 @@ impl<'m> Zone<'m> {
         (rel + size <= u64::from(self.frames)).then_some(rel as u32)
     }
 
+    /// Pushes the free block `(i, k)` on the clean or dirty list of its
+    /// order. A dirty block records `first_dirty`, or is `lazy` (every frame
+    /// dirty, its bits all clear; orders 1 and up only).
     #[inline]
-    fn push_free(&mut self, i: u32, k: u8, dirty: bool, first_dirty: u32) {
+    fn push_free(&mut self, i: u32, k: u8, dirty: bool, first_dirty: u32, lazy: bool) {
         let list = usize::from(dirty);
         let Some(head) = self
             .heads
@@ -181,7 +192,13 @@ impl<'m> Zone<'m> {
             self.meta.set_prev(old, i);
         }
         self.meta.set_state(i, FrameState::free(k, dirty));
-        if dirty {
+        if lazy {
+            debug_assert!(
+                dirty && k != 0,
+                "only dirty blocks of order 1 and up are lazy"
+            );
+            self.meta.set_lazy(i, k);
+        } else if dirty {
             self.meta.set_first_dirty(i, k, first_dirty);
         }
         if let Some(n) = self.nonempty.get_mut(list) {
@@ -230,17 +247,18 @@ impl<'m> Zone<'m> {
     }
 
     /// Takes a free block of `order` off the lists, splitting a larger one if
-    /// needed. Returns its index and whether it may hold dirty frames. With
+    /// needed. Returns its index, whether it may hold dirty frames, and
+    /// whether it is lazy (every frame dirty, its bits clear). With
     /// `clean_only`, dirty blocks are not considered.
     #[inline]
-    pub(crate) fn take_block(&mut self, order: u8, clean_only: bool) -> Option<(u32, bool)> {
+    pub(crate) fn take_block(&mut self, order: u8, clean_only: bool) -> Option<(u32, bool, bool)> {
         self.take_block_inline(order, clean_only)
     }
 
     /// [`take_block`](Self::take_block), always inlined: for the allocation
     /// path, where a call and its register saves are a tenth of the work.
     #[inline(always)]
-    fn take_block_inline(&mut self, order: u8, clean_only: bool) -> Option<(u32, bool)> {
+    fn take_block_inline(&mut self, order: u8, clean_only: bool) -> Option<(u32, bool, bool)> {
         let above = u32::MAX << order;
         let clean = self.nonempty[CLEAN] & above;
         let candidates = if clean_only {
@@ -256,30 +274,62 @@ impl<'m> Zone<'m> {
         // the callers that ask for it.
         let mut dirty = !clean_only && self.nonempty[DIRTY] & (1 << k) != 0;
         let i = *self.heads.get(usize::from(dirty))?.get(usize::from(k))?;
-        let mut first_dirty = if dirty {
-            self.meta.first_dirty(i, k)
-        } else {
-            0
-        };
         self.unlink_free(i, k, dirty);
+        // `i + 1` is inside the block, never a list neighbour, so the
+        // unlink left its `first_dirty` word alone.
+        let (mut first_dirty, lazy) = if dirty {
+            self.meta.dirty_word(i, k)
+        } else {
+            (0, false)
+        };
+        if k == order {
+            // The common case: a block of the size asked for, whose
+            // `first_dirty` is not needed (it is read only to split).
+            self.meta.set_state(i, FrameState::allocated(order));
+            self.free_frames -= 1 << order;
+            return Some((i, dirty, lazy));
+        }
         // Keep the lower half, give the upper halves back.
+        if lazy {
+            // Both halves are every frame dirty, bits clear: the upper ones
+            // stay lazy, except a single frame, which gets its bit.
+            while k > order {
+                k -= 1;
+                let half = 1u32 << k;
+                if k == 0 {
+                    self.meta.set_dirty(i + half, 1);
+                }
+                self.push_free(i + half, k, true, 0, k != 0);
+            }
+        }
         while k > order {
             k -= 1;
             let half = 1u32 << k;
             if dirty && first_dirty >= half {
                 // Every dirty frame is in the upper half: the lower one is clean.
-                self.push_free(i + half, k, true, first_dirty - half);
+                self.push_free(i + half, k, true, first_dirty - half, false);
                 dirty = false;
                 first_dirty = 0;
             } else {
                 // The upper half may or may not hold dirty frames; the scrubber
                 // (or a later split) finds out from the per-frame bits.
-                self.push_free(i + half, k, dirty, 0);
+                self.push_free(i + half, k, dirty, 0, false);
             }
         }
         self.meta.set_state(i, FrameState::allocated(order));
         self.free_frames -= 1 << order;
-        Some((i, dirty))
+        Some((i, dirty, lazy))
+    }
+
+    /// Counts the block `(i, order)` just taken off the lists out of the
+    /// dirty frames, clearing its dirty bits (none to clear when lazy).
+    #[inline(always)]
+    fn clean_taken(&mut self, i: u32, order: u8, dirty: bool, lazy: bool) {
+        if lazy {
+            self.dirty_frames -= 1 << order;
+        } else if dirty {
+            self.dirty_frames -= u64::from(self.meta.clean_block(i, order));
+        }
     }
 
     /// Allocates a block; its frames may hold a previous user's data.
@@ -295,10 +345,34 @@ impl<'m> Zone<'m> {
         self.alloc_from_lists(order)
     }
 
-    /// [`alloc`](Self::alloc) past the hot lists: split a free block.
+    /// [`alloc`](Self::alloc) past the hot lists: a free block of the size
+    /// asked for if there is one, taken as [`take_block`](Self::take_block)
+    /// would (a dirty one first), else a split.
     #[inline(never)]
     fn alloc_from_lists(&mut self, order: u8) -> Option<Mfn> {
-        let (i, dirty) = match self.take_block_inline(order, false) {
+        let bit = 1u32.checked_shl(u32::from(order)).unwrap_or(0);
+        let dirty = self.nonempty[DIRTY] & bit != 0;
+        if !dirty && self.nonempty[CLEAN] & bit == 0 {
+            return self.alloc_split(order);
+        }
+        // The common case, kept small (no split loop, few registers).
+        let i = *self
+            .heads
+            .get(usize::from(dirty))?
+            .get(usize::from(order))?;
+        self.unlink_free(i, order, dirty);
+        self.meta.set_state(i, FrameState::allocated(order));
+        self.free_frames -= 1 << order;
+        let lazy = dirty && self.meta.is_lazy(i, order);
+        self.clean_taken(i, order, dirty, lazy);
+        Some(self.mfn(i))
+    }
+
+    /// [`alloc_from_lists`](Self::alloc_from_lists) with no free block of
+    /// the order asked for: split a larger one, or merge the hot lists.
+    #[inline(never)]
+    fn alloc_split(&mut self, order: u8) -> Option<Mfn> {
+        let (i, dirty, lazy) = match self.take_block_inline(order, false) {
             Some(taken) => taken,
             None if self.any_hot() => {
                 self.flush_hot();
@@ -306,9 +380,7 @@ impl<'m> Zone<'m> {
             }
             None => return None,
         };
-        if dirty {
-            self.dirty_frames -= u64::from(self.meta.clean_block(i, order));
-        }
+        self.clean_taken(i, order, dirty, lazy);
         Some(self.mfn(i))
     }
 
@@ -400,8 +472,15 @@ impl<'m> Zone<'m> {
             self.flush_hot();
             taken = self.take_block(order, false);
         }
-        let (i, dirty) = taken?;
-        if dirty {
+        let (i, dirty, lazy) = taken?;
+        if lazy {
+            // Every frame is dirty and has no bit to clear.
+            let base = self.range.start().get();
+            for j in i..i + (1 << order) {
+                scrub(Mfn::new(base + u64::from(j)));
+            }
+            self.dirty_frames -= 1 << order;
+        } else if dirty {
             let base = self.range.start();
             let mut budget = u64::MAX;
             let (cleared, _) = self
@@ -451,8 +530,152 @@ impl<'m> Zone<'m> {
         self.dirty_frames += 1 << k;
         // As `merge_freed`, inlined: this is every free when hot lists are
         // off, and every free that finds its hot list full.
+        if k == 0 {
+            self.meta.set_dirty(i, 1);
+        }
+        if let Some((b, bstate)) = self.free_buddy(i, k) {
+            if k == 0 {
+                // A single frame has its bit: no lazy merge to try.
+                self.merge_bits(i, 0, true, 0, b, bstate);
+            } else {
+                self.merge_dirty(i, k, b, bstate);
+            }
+        } else {
+            // The common case: nothing to merge, so the merge loop and its
+            // registers stay out of this path.
+            self.push_free(i, k, true, 0, k != 0);
+        }
+    }
+
+    /// The buddy of block `(i, k)` and its state, if it is a free block of
+    /// order `k` that the block may merge with.
+    #[inline(always)]
+    fn free_buddy(&self, i: u32, k: u8) -> Option<(u32, FrameState)> {
+        if k >= self.max_order {
+            return None;
+        }
+        let b = self.buddy_of(i, k)?;
+        let bstate = self.meta.state(b);
+        bstate.is_free_of_order(k).then_some((b, bstate))
+    }
+
+    /// Inserts the freed block `(i, k)` (lazy from order 1, its one bit set
+    /// at order 0), merging it with its free buddy `b` (state `bstate`) and
+    /// then up: [`merge_and_insert`](Self::merge_and_insert) with the first
+    /// buddy already found.
+    #[inline(never)]
+    fn merge_dirty(&mut self, i: u32, k: u8, b: u32, bstate: FrameState) {
+        self.merge_from(i, k, true, 0, k != 0, b, bstate);
+    }
+
+    /// Merges the free block `(i, k)` (dirty from `first_dirty` if `dirty`,
+    /// or `lazy`) with its free buddy `b` of state `bstate`, then with the
+    /// buddies of the merged blocks, and inserts the result.
+    ///
+    /// Two lazy buddies make a lazy block, bits still unset. Once a lazy
+    /// block meets a buddy that is not lazy, its bits are set, and from
+    /// there on the merged block's bits are the truth: a lazy buddy met
+    /// later gets its bits set before it joins.
+    #[inline(always)]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the merge state, kept in registers"
+    )]
+    fn merge_from(
+        &mut self,
+        mut i: u32,
+        mut k: u8,
+        dirty: bool,
+        first_dirty: u32,
+        lazy: bool,
+        mut b: u32,
+        mut bstate: FrameState,
+    ) {
+        if lazy {
+            loop {
+                let blazy = bstate.on_dirty_list() && self.meta.is_lazy(b, k);
+                if !blazy {
+                    // Every frame of `(i, k)` is dirty: from its first.
+                    self.meta.set_block_dirty(i, k);
+                    return self.merge_bits(i, k, true, 0, b, bstate);
+                }
+                self.unlink_free(b, k, true);
+                if b < i {
+                    self.meta.set_state(i, FrameState::TAIL);
+                    i = b;
+                } else {
+                    self.meta.set_state(b, FrameState::TAIL);
+                }
+                k += 1;
+                match self.free_buddy(i, k) {
+                    Some((next, state)) => (b, bstate) = (next, state),
+                    None => {
+                        self.push_free(i, k, true, 0, true);
+                        return;
+                    }
+                }
+            }
+        }
+        self.merge_bits(i, k, dirty, first_dirty, b, bstate);
+    }
+
+    /// [`merge_from`](Self::merge_from) of a block whose dirty bits are the
+    /// truth (not lazy).
+    #[inline(never)]
+    fn merge_bits(
+        &mut self,
+        mut i: u32,
+        mut k: u8,
+        mut dirty: bool,
+        mut first_dirty: u32,
+        mut b: u32,
+        mut bstate: FrameState,
+    ) {
+        'merge: loop {
+            // No call in this loop, so the arrays stay in registers; a lazy
+            // buddy leaves it to get its bits, then comes back.
+            loop {
+                let bdirty = bstate.on_dirty_list();
+                let (bfirst, blazy) = if bdirty {
+                    self.meta.dirty_word(b, k)
+                } else {
+                    (0, false)
+                };
+                if blazy {
+                    break;
+                }
+                self.unlink_free(b, k, bdirty);
+                let half = 1u32 << k;
+                if b < i {
+                    first_dirty = if bdirty { bfirst } else { half + first_dirty };
+                    self.meta.set_state(i, FrameState::TAIL);
+                    i = b;
+                } else {
+                    first_dirty = if dirty { first_dirty } else { half + bfirst };
+                    self.meta.set_state(b, FrameState::TAIL);
+                }
+                dirty |= bdirty;
+                k += 1;
+                match self.free_buddy(i, k) {
+                    Some((next, state)) => (b, bstate) = (next, state),
+                    None => break 'merge,
+                }
+            }
+            // Every frame of the lazy buddy is dirty: set its bits, and it is
+            // a dirty block from its first frame.
+            self.set_lazy_bits(b, k);
+        }
+        self.push_free(i, k, dirty, if dirty { first_dirty } else { 0 }, false);
+    }
+
+    /// Sets the dirty bits of the free lazy block `(i, k)` (all of them) and
+    /// makes it an ordinary dirty block; out of line, so that the merge loop
+    /// stays small.
+    #[cold]
+    #[inline(never)]
+    fn set_lazy_bits(&mut self, i: u32, k: u8) {
         self.meta.set_block_dirty(i, k);
-        self.merge_and_insert(i, k, true, 0);
+        self.meta.set_first_dirty(i, k, 0);
     }
 
     /// Why freeing `(i, k)` with head state `state` is refused: out of
@@ -475,8 +698,9 @@ impl<'m> Zone<'m> {
     }
 
     /// Merges a freed (or formerly hot) block whose dirty bits are clear and
-    /// already counted in `dirty_frames`: set them, then merge. Out of line,
-    /// so that the hot-list path stays small.
+    /// already counted in `dirty_frames`: lazy from order 1 (its bits stay
+    /// unset), its one bit set at order 0. Out of line, so that the hot-list
+    /// path stays small.
     #[inline(never)]
     fn merge_freed(&mut self, i: u32, k: u8) {
         debug_assert_eq!(
@@ -484,39 +708,20 @@ impl<'m> Zone<'m> {
             0,
             "an allocated block had dirty bits"
         );
-        self.meta.set_block_dirty(i, k);
-        self.merge_and_insert(i, k, true, 0);
+        if k == 0 {
+            self.meta.set_dirty(i, 1);
+        }
+        self.merge_and_insert(i, k, true, 0, k != 0);
     }
 
-    /// Inserts the free block `(i, k)`, first merging it with its buddies.
+    /// Inserts the free block `(i, k)` (dirty from `first_dirty` if `dirty`,
+    /// or `lazy`), first merging it with its buddies.
     #[inline(always)]
-    fn merge_and_insert(&mut self, mut i: u32, mut k: u8, mut dirty: bool, mut first_dirty: u32) {
-        while k < self.max_order {
-            let Some(b) = self.buddy_of(i, k) else { break };
-            let bstate = self.meta.state(b);
-            if !bstate.is_free_of_order(k) {
-                break;
-            }
-            let bdirty = bstate.on_dirty_list();
-            let bfirst = if bdirty {
-                self.meta.first_dirty(b, k)
-            } else {
-                0
-            };
-            self.unlink_free(b, k, bdirty);
-            let half = 1u32 << k;
-            if b < i {
-                first_dirty = if bdirty { bfirst } else { half + first_dirty };
-                self.meta.set_state(i, FrameState::TAIL);
-                i = b;
-            } else {
-                first_dirty = if dirty { first_dirty } else { half + bfirst };
-                self.meta.set_state(b, FrameState::TAIL);
-            }
-            dirty |= bdirty;
-            k += 1;
+    fn merge_and_insert(&mut self, i: u32, k: u8, dirty: bool, first_dirty: u32, lazy: bool) {
+        match self.free_buddy(i, k) {
+            Some((b, bstate)) => self.merge_from(i, k, dirty, first_dirty, lazy, b, bstate),
+            None => self.push_free(i, k, dirty, if dirty { first_dirty } else { 0 }, lazy),
         }
-        self.push_free(i, k, dirty, if dirty { first_dirty } else { 0 });
     }
 
     /// The head and state of the block holding frame `f` (see the invariant in
@@ -560,6 +765,10 @@ impl<'m> Zone<'m> {
                 break;
             };
             let (k, dirty) = (state.order(), state.on_dirty_list());
+            if dirty && self.meta.is_lazy(head, k) {
+                // The pieces below are cut by the bits: set them.
+                self.meta.set_block_dirty(head, k);
+            }
             self.unlink_free(head, k, dirty);
             let block_end = head + (1 << k);
             let (lo, hi) = (head.max(start), block_end.min(end));
@@ -598,6 +807,7 @@ impl<'m> Zone<'m> {
                 order.get(),
                 first_dirty.is_some(),
                 first_dirty.unwrap_or(0),
+                false,
             );
         }
     }
@@ -620,7 +830,7 @@ impl<'m> Zone<'m> {
             self.dirty_frames += u64::from(self.meta.mark_dirty(i, n));
             self.reserved_frames -= u64::from(n);
             self.free_frames += u64::from(n);
-            self.merge_and_insert(i, order.get(), true, 0);
+            self.merge_and_insert(i, order.get(), true, 0, false);
         }
         Ok(())
     }
@@ -640,6 +850,11 @@ impl<'m> Zone<'m> {
             let Some(&i) = self.heads[DIRTY].get(usize::from(k)) else {
                 break;
             };
+            if self.meta.is_lazy(i, k) {
+                // The scrubber goes by the bits: set them.
+                self.meta.set_block_dirty(i, k);
+                self.meta.set_first_dirty(i, k, 0);
+            }
             let first = self.meta.first_dirty(i, k);
             let end = i + (1 << k);
             let (cleared, resume) =
@@ -653,7 +868,7 @@ impl<'m> Zone<'m> {
                 Some(at) => self.meta.set_first_dirty(i, k, at - i),
                 None => {
                     self.unlink_free(i, k, true);
-                    self.push_free(i, k, false, 0);
+                    self.push_free(i, k, false, 0, false);
                 }
             }
         }
