@@ -172,17 +172,21 @@ impl<'m> Zone<'m> {
         (rel + size <= u64::from(self.frames)).then_some(rel as u32)
     }
 
+    /// The head of the free list of order `k`, dirty or clean.
+    #[inline(always)]
+    fn head_mut(&mut self, dirty: bool, k: u8) -> Option<&mut u32> {
+        self.heads
+            .get_mut(usize::from(dirty))
+            .and_then(|h| h.get_mut(usize::from(k)))
+    }
+
     /// Pushes the free block `(i, k)` on the clean or dirty list of its
     /// order. A dirty block records `first_dirty`, or is `lazy` (every frame
     /// dirty, its bits all clear; orders 1 and up only).
     #[inline]
     fn push_free(&mut self, i: u32, k: u8, dirty: bool, first_dirty: u32, lazy: bool) {
         let list = usize::from(dirty);
-        let Some(head) = self
-            .heads
-            .get_mut(list)
-            .and_then(|h| h.get_mut(usize::from(k)))
-        else {
+        let Some(head) = self.head_mut(dirty, k) else {
             return;
         };
         let old = *head;
@@ -221,11 +225,7 @@ impl<'m> Zone<'m> {
     fn unlink_free(&mut self, i: u32, k: u8, dirty: bool) {
         let list = usize::from(dirty);
         let (next, prev) = self.meta.links(i);
-        let Some(head) = self
-            .heads
-            .get_mut(list)
-            .and_then(|h| h.get_mut(usize::from(k)))
-        else {
+        let Some(head) = self.head_mut(dirty, k) else {
             return;
         };
         if *head == i {

@@ -164,14 +164,7 @@ fn walk_to_leaf<F: Format>(
     index: u64,
     mut on_table: impl FnMut(u64, u8),
 ) -> Result<Leaf, TranslateError> {
-    let fast = with_shape!(tag, format, |shape| walk_fast::<F>(
-        format,
-        shape,
-        mem,
-        root,
-        index,
-        &mut on_table
-    ));
+    let fast = walk_fast_shaped(format, tag, mem, root, index, &mut on_table);
     match fast {
         Ok(leaf) => Ok(leaf),
         Err(Detour::NotAccessible(table)) => Err(not_accessible(table)),
@@ -179,6 +172,21 @@ fn walk_to_leaf<F: Format>(
             walk_on(format, mem, index, raw, level, shift, &mut on_table)
         }
     }
+}
+
+/// [`walk_fast`] compiled for the shape `tag` names.
+#[inline(always)]
+fn walk_fast_shaped<F: Format>(
+    format: &F,
+    tag: ShapeTag,
+    mem: &impl PhysMem,
+    root: u64,
+    index: u64,
+    on_table: &mut impl FnMut(u64, u8),
+) -> Result<Leaf, Detour> {
+    with_shape!(tag, format, |shape| walk_fast::<F>(
+        format, shape, mem, root, index, on_table
+    ))
 }
 
 /// The part of [`walk_to_leaf`] that follows the entries the format's
@@ -348,14 +356,7 @@ pub(crate) fn translate_addr<F: Format>(
     root: u64,
     index: u64,
 ) -> Result<OutputAddr, TranslateError> {
-    let fast = with_shape!(tag, format, |shape| walk_fast::<F>(
-        format,
-        shape,
-        mem,
-        root,
-        index,
-        &mut |_, _| {}
-    ));
+    let fast = walk_fast_shaped(format, tag, mem, root, index, &mut |_, _| {});
     // The common case returns from registers; the rest, with its larger
     // result, out of line.
     match fast {
