@@ -1,16 +1,19 @@
 //! `hvmem-pagetable` side by side with the `x86_64` crate's
 //! `OffsetPageTable`, over the same kind of arena: host memory standing in
 //! for physical memory, 4 KiB-aligned tables, a stack of free table frames.
-//! `x86_64` reaches a table at a fixed offset from its physical address;
-//! hvmem through the crate's `SliceMem`, which also bounds-checks it.
+//! Both reach a table at a fixed offset from its physical address: `x86_64`
+//! with no check, hvmem through the crate's `DirectMap`, which also checks
+//! the address against the arena. `map_4k_single` and `translate_random`
+//! also run hvmem through `SliceMem` (`hvmem-pagetable+slicemem`), the safe
+//! arena whose borrowed slice is checked on every table step.
 //!
 //! | group | one iteration |
 //! |---|---|
-//! | `map_4k_single` | map one 4 KiB page into existing tables, then unmap it (time per map+unmap pair) |
+//! | `map_4k_single` | map one 4 KiB page into existing tables, then unmap it (time per map+unmap pair; hvmem through `DirectMap`, and as `hvmem-pagetable+slicemem` through `SliceMem`) |
 //! | `map_1g_of_4k` | map 1 GiB as 262144 4 KiB pages into an empty table (hvmem: one call; x86_64: one `map_to` per page) |
 //! | `unmap_1g_of_4k` | unmap that 1 GiB again (hvmem: one call, freeing the tables; x86_64: one `unmap` per page) |
 //! | `protect_1g_of_4k` | make 1 GiB of 4 KiB pages read-only, then writable again on the next iteration (hvmem: one `protect` call; x86_64: one `update_flags` per page) |
-//! | `translate_random` | translate one random address in a 1 GiB region of 4 KiB pages to its output address (hvmem: `translate_addr`, and `translate` with the attributes as `hvmem-pagetable+attributes`; x86_64: `translate_addr`) |
+//! | `translate_random` | translate one random address in a 1 GiB region of 4 KiB pages to its output address (hvmem: `translate_addr`, through `DirectMap` and as `hvmem-pagetable+slicemem` through `SliceMem`, and `translate` with the attributes as `hvmem-pagetable+attributes`; x86_64: `translate_addr`) |
 //! | `map_2m_single` | map one 2 MiB leaf, then unmap it |
 //!
 //! ```text
@@ -29,7 +32,8 @@ use std::sync::atomic::AtomicU64;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use hvmem_benches::rng::XorShift64;
 use hvmem_pagetable::{
-    Attributes, LeafSizes, MapOptions, PageTable, SliceMem, TableAllocator, X86Paging,
+    Attributes, DirectMap, LeafSizes, MapOptions, PageTable, PhysMem, SliceMem, TableAllocator,
+    X86Paging,
 };
 use hvmem_types::{PageSize, PhysAddr, VirtAddr};
 use x86::{FrameAllocator, Mapper, OffsetPageTable, Translate};
@@ -63,9 +67,24 @@ impl HvArena {
 }
 
 impl HvArena {
-    /// The arena as hvmem sees physical memory: the crate's own
-    /// [`SliceMem`], physical address `PHYS_BASE` at the first frame.
-    fn mem(&self) -> SliceMem<'_> {
+    /// The arena as hvmem sees physical memory in a hypervisor: a
+    /// [`DirectMap`], physical address `PHYS_BASE` at the first frame.
+    fn mem(&self) -> DirectMap {
+        // SAFETY: the frames are `FRAMES * 4096` bytes of 8-aligned atomics
+        // in a row (`Frame` is `repr(C)`, 4096 bytes, no padding), owned by
+        // the arena, which every bench keeps alive (and unmoved: the vector's
+        // buffer does not move) for as long as it uses the map.
+        unsafe {
+            DirectMap::new(
+                PhysAddr::new(PHYS_BASE),
+                self.frames.as_ptr().cast::<u8>().cast_mut(),
+                (FRAMES * 4096) as u64,
+            )
+        }
+    }
+
+    /// The same arena as the crate's safe [`SliceMem`].
+    fn slice(&self) -> SliceMem<'_> {
         // SAFETY: `Frame` is `repr(C)` and exactly 512 atomics (4096 bytes,
         // so no padding between frames): the vector's frames are
         // `FRAMES * 512` initialised atomics in a row, borrowed for as long
@@ -101,7 +120,7 @@ impl TableAllocator for Stack {
     }
 }
 
-fn hv_table(arena: &SliceMem<'_>, frames: &mut Stack) -> PageTable<X86Paging> {
+fn hv_table(arena: &impl PhysMem, frames: &mut Stack) -> PageTable<X86Paging> {
     PageTable::new(X86Paging::four_level(), arena, frames).expect("root")
 }
 
@@ -179,44 +198,57 @@ fn x86_unmap_4k(m: &mut OffsetPageTable<'_>, va: u64) {
 
 // ---- the workloads -------------------------------------------------------
 
-fn map_4k_single(c: &mut Criterion) {
-    let mut g = c.benchmark_group("map_4k_single");
-    {
-        let arena = HvArena::new();
-        let arena = arena.mem();
-        let mut frames = Stack::new();
-        let mut pt = hv_table(&arena, &mut frames);
-        // One page stays mapped so that the tables outlive every unmap.
-        let _ = pt
-            .map(
+/// hvmem's `map_4k_single` loop, through the physical memory `mem` gives.
+fn hv_map_4k_single<'a, M: PhysMem>(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    arena: &'a HvArena,
+    mem: impl Fn(&'a HvArena) -> M,
+) {
+    let arena = mem(arena);
+    let mut frames = Stack::new();
+    let mut pt = hv_table(&arena, &mut frames);
+    // One page stays mapped so that the tables outlive every unmap.
+    let _ = pt
+        .map(
+            &arena,
+            &mut frames,
+            VirtAddr::new(REGION),
+            PhysAddr::new(0),
+            4096,
+            &Attributes::DATA,
+            four_k(),
+        )
+        .unwrap();
+    let mut i = 0u64;
+    g.bench_function(name, |b| {
+        b.iter(|| {
+            i = i % 511 + 1;
+            let va = VirtAddr::new(REGION + i * 4096);
+            let f = pt.map(
                 &arena,
                 &mut frames,
-                VirtAddr::new(REGION),
-                PhysAddr::new(0),
+                va,
+                PhysAddr::new(i * 4096),
                 4096,
                 &Attributes::DATA,
                 four_k(),
-            )
-            .unwrap();
-        let mut i = 0u64;
-        g.bench_function("hvmem-pagetable", |b| {
-            b.iter(|| {
-                i = i % 511 + 1;
-                let va = VirtAddr::new(REGION + i * 4096);
-                let f = pt.map(
-                    &arena,
-                    &mut frames,
-                    va,
-                    PhysAddr::new(i * 4096),
-                    4096,
-                    &Attributes::DATA,
-                    four_k(),
-                );
-                let _ = black_box(f.unwrap());
-                let _ = black_box(pt.unmap(&arena, &mut frames, va, 4096).unwrap());
-            });
+            );
+            let _ = black_box(f.unwrap());
+            let _ = black_box(pt.unmap(&arena, &mut frames, va, 4096).unwrap());
         });
-    }
+    });
+}
+
+fn map_4k_single(c: &mut Criterion) {
+    let mut g = c.benchmark_group("map_4k_single");
+    hv_map_4k_single(&mut g, "hvmem-pagetable", &HvArena::new(), HvArena::mem);
+    hv_map_4k_single(
+        &mut g,
+        "hvmem-pagetable+slicemem",
+        &HvArena::new(),
+        HvArena::slice,
+    );
     {
         let mut arena = X86Arena::new();
         let mut frames = X86Frames::new();
@@ -416,48 +448,72 @@ fn protect_1g_of_4k(c: &mut Criterion) {
     g.finish();
 }
 
-fn translate_random(c: &mut Criterion) {
-    let mut g = c.benchmark_group("translate_random");
-    let mut rng = XorShift64::new(0x7ab1e);
-    let addrs: Vec<u64> = (0..4096).map(|_| REGION + rng.below(GIB)).collect();
-    {
-        let arena = HvArena::new();
-        let arena = arena.mem();
-        let mut frames = Stack::new();
-        let mut pt = hv_table(&arena, &mut frames);
-        let _ = pt
-            .map(
-                &arena,
-                &mut frames,
-                VirtAddr::new(REGION),
-                PhysAddr::new(0),
-                GIB,
-                &Attributes::DATA,
-                four_k(),
+/// hvmem's `translate_random` loops, through the physical memory `mem`
+/// gives; `name_attrs` names the `translate` loop, if it runs.
+fn hv_translate_random<'a, M: PhysMem>(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    addrs: &[u64],
+    (name, name_attrs): (&str, Option<&str>),
+    arena: &'a HvArena,
+    mem: impl Fn(&'a HvArena) -> M,
+) {
+    let arena = mem(arena);
+    let mut frames = Stack::new();
+    let mut pt = hv_table(&arena, &mut frames);
+    let _ = pt
+        .map(
+            &arena,
+            &mut frames,
+            VirtAddr::new(REGION),
+            PhysAddr::new(0),
+            GIB,
+            &Attributes::DATA,
+            four_k(),
+        )
+        .unwrap();
+    // Address only, as the peer's walk gives it.
+    let mut i = 0;
+    g.bench_function(name, |b| {
+        b.iter(|| {
+            i = (i + 1) % addrs.len();
+            black_box(
+                pt.translate_addr(&arena, VirtAddr::new(addrs[i]))
+                    .unwrap()
+                    .output,
             )
-            .unwrap();
-        // Address only, as the peer's walk gives it.
-        let mut i = 0;
-        g.bench_function("hvmem-pagetable", |b| {
-            b.iter(|| {
-                i = (i + 1) % addrs.len();
-                black_box(
-                    pt.translate_addr(&arena, VirtAddr::new(addrs[i]))
-                        .unwrap()
-                        .output,
-                )
-            });
         });
-        // With the leaf's attributes decoded and the tables' rights
-        // combined over the walk (more than the peer gives).
+    });
+    // With the leaf's attributes decoded and the tables' rights combined
+    // over the walk (more than the peer gives).
+    if let Some(name) = name_attrs {
         let mut i = 0;
-        g.bench_function("hvmem-pagetable+attributes", |b| {
+        g.bench_function(name, |b| {
             b.iter(|| {
                 i = (i + 1) % addrs.len();
                 black_box(pt.translate(&arena, VirtAddr::new(addrs[i])).unwrap())
             });
         });
     }
+}
+
+fn translate_random(c: &mut Criterion) {
+    let mut g = c.benchmark_group("translate_random");
+    let mut rng = XorShift64::new(0x7ab1e);
+    let addrs: Vec<u64> = (0..4096).map(|_| REGION + rng.below(GIB)).collect();
+    hv_translate_random(
+        &mut g,
+        &addrs,
+        ("hvmem-pagetable", Some("hvmem-pagetable+attributes")),
+        &HvArena::new(),
+        HvArena::mem,
+    );
+    hv_translate_random(
+        &mut g,
+        &addrs,
+        ("hvmem-pagetable+slicemem", None),
+        &HvArena::new(),
+        HvArena::slice,
+    );
     {
         let mut arena = X86Arena::new();
         let mut frames = X86Frames::new();

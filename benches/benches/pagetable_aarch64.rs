@@ -4,13 +4,16 @@
 //! Both use EL1&0 tables with the 4 KiB granule and 48-bit VAs (root at
 //! level 0), normal write-back memory, an inactive table (no TLB work).
 //! Both reach a table from its physical address with a bounds check
-//! (hvmem: the crate's `SliceMem`).
+//! (hvmem: the crate's `DirectMap`). `a64_map_4k_single` and
+//! `a64_translate_random` also run hvmem through `SliceMem`
+//! (`hvmem-pagetable+slicemem`), the safe arena whose borrowed slice is
+//! checked on every table step.
 //!
 //! | group | one iteration |
 //! |---|---|
-//! | `a64_map_4k_single` | map one 4 KiB page into existing tables, then unmap it (time per pair) |
+//! | `a64_map_4k_single` | map one 4 KiB page into existing tables, then unmap it (time per pair; hvmem through `DirectMap`, and as `hvmem-pagetable+slicemem` through `SliceMem`) |
 //! | `a64_map_1g_of_4k` | map 1 GiB as 262144 4 KiB pages into an empty table, one call each |
-//! | `a64_translate_random` | translate one random address in a 1 GiB region of 4 KiB pages to its output address (hvmem: `translate_addr`, and `translate` with the attributes as `hvmem-pagetable+attributes`; aarch64-paging: `walk_range` over that address) |
+//! | `a64_translate_random` | translate one random address in a 1 GiB region of 4 KiB pages to its output address (hvmem: `translate_addr`, through `DirectMap` and as `hvmem-pagetable+slicemem` through `SliceMem`, and `translate` with the attributes as `hvmem-pagetable+attributes`; aarch64-paging: `walk_range` over that address) |
 //! | `a64_protect_1g` | make a 1 GiB region of 4 KiB pages read-only, or writable again (aarch64-paging: `modify_range`) |
 //!
 //! ```text
@@ -36,7 +39,8 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use hvmem_benches::rng::XorShift64;
 use hvmem_pagetable::aarch64::{Granule, LargeAddresses, Regime, Stage1};
 use hvmem_pagetable::{
-    Attributes, Break, BreakBeforeMake, LeafSizes, MapOptions, PageTable, SliceMem, TableAllocator,
+    Attributes, Break, BreakBeforeMake, DirectMap, LeafSizes, MapOptions, PageTable, PhysMem,
+    SliceMem, TableAllocator,
 };
 use hvmem_types::{PhysAddr, VirtAddr};
 
@@ -68,9 +72,24 @@ impl Arena {
 // ---- hvmem side --------------------------------------------------------
 
 impl Arena {
-    /// The arena as hvmem sees physical memory: the crate's own
-    /// [`SliceMem`], physical address `PHYS_BASE` at the first frame.
-    fn mem(&self) -> SliceMem<'_> {
+    /// The arena as hvmem sees physical memory in a hypervisor: a
+    /// [`DirectMap`], physical address `PHYS_BASE` at the first frame.
+    fn mem(&self) -> DirectMap {
+        // SAFETY: the frames are `FRAMES * 4096` bytes of 8-aligned atomics
+        // in a row (`Frame` is `repr(C)`, 4096 bytes, no padding), owned by
+        // the arena, which every bench keeps alive (and unmoved: the vector's
+        // buffer does not move) for as long as it uses the map.
+        unsafe {
+            DirectMap::new(
+                PhysAddr::new(PHYS_BASE),
+                self.frames.as_ptr().cast::<u8>().cast_mut(),
+                (FRAMES * 4096) as u64,
+            )
+        }
+    }
+
+    /// The same arena as the crate's safe [`SliceMem`].
+    fn slice(&self) -> SliceMem<'_> {
         // SAFETY: `Frame` is `repr(C)` and exactly 512 atomics (4096 bytes,
         // so no padding between frames): the vector's frames are
         // `FRAMES * 512` initialised atomics in a row, borrowed for as long
@@ -117,7 +136,7 @@ fn stage1() -> Stage1 {
     Stage1::new(Regime::El1And0, Granule::Size4KiB, 48, LargeAddresses::None).unwrap()
 }
 
-fn hv_table(arena: &SliceMem<'_>, frames: &mut Stack) -> PageTable<Stage1> {
+fn hv_table(arena: &impl PhysMem, frames: &mut Stack) -> PageTable<Stage1> {
     PageTable::new(stage1(), arena, frames).expect("root")
 }
 
@@ -127,7 +146,7 @@ fn four_k() -> MapOptions {
 
 fn hv_map(
     pt: &mut PageTable<Stage1>,
-    arena: &SliceMem<'_>,
+    arena: &impl PhysMem,
     frames: &mut Stack,
     va: u64,
     pa: u64,
@@ -215,26 +234,40 @@ fn ap_map(m: &mut Mapping<ApFrames, El1And0>, va: u64, pa: u64, len: u64, flags:
 
 // ---- the workloads -------------------------------------------------------
 
+/// hvmem's `a64_map_4k_single` loop, through the physical memory `mem`
+/// gives.
+fn hv_map_4k_single<'a, M: PhysMem>(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    arena: &'a Arena,
+    mem: impl Fn(&'a Arena) -> M,
+) {
+    let arena = mem(arena);
+    let mut frames = Stack::new();
+    let mut pt = hv_table(&arena, &mut frames);
+    // One page stays mapped so that the tables outlive every unmap.
+    hv_map(&mut pt, &arena, &mut frames, REGION, 0, 4096);
+    let mut i = 0u64;
+    g.bench_function(name, |b| {
+        b.iter(|| {
+            i = i % 511 + 1;
+            let va = REGION + i * 4096;
+            hv_map(&mut pt, &arena, &mut frames, va, i * 4096, 4096);
+            let f = pt.unmap_live(&arena, &mut frames, &mut Inactive, VirtAddr::new(va), 4096);
+            let _ = black_box(f.unwrap());
+        });
+    });
+}
+
 fn map_4k_single(c: &mut Criterion) {
     let mut g = c.benchmark_group("a64_map_4k_single");
-    {
-        let arena = Arena::new();
-        let arena = arena.mem();
-        let mut frames = Stack::new();
-        let mut pt = hv_table(&arena, &mut frames);
-        // One page stays mapped so that the tables outlive every unmap.
-        hv_map(&mut pt, &arena, &mut frames, REGION, 0, 4096);
-        let mut i = 0u64;
-        g.bench_function("hvmem-pagetable", |b| {
-            b.iter(|| {
-                i = i % 511 + 1;
-                let va = REGION + i * 4096;
-                hv_map(&mut pt, &arena, &mut frames, va, i * 4096, 4096);
-                let f = pt.unmap_live(&arena, &mut frames, &mut Inactive, VirtAddr::new(va), 4096);
-                let _ = black_box(f.unwrap());
-            });
-        });
-    }
+    hv_map_4k_single(&mut g, "hvmem-pagetable", &Arena::new(), Arena::mem);
+    hv_map_4k_single(
+        &mut g,
+        "hvmem-pagetable+slicemem",
+        &Arena::new(),
+        Arena::slice,
+    );
     {
         let mut arena = Arena::new();
         let mut m = ap_mapping(&mut arena);
@@ -290,38 +323,62 @@ fn map_1g_of_4k(c: &mut Criterion) {
     g.finish();
 }
 
-fn translate_random(c: &mut Criterion) {
-    let mut g = c.benchmark_group("a64_translate_random");
-    let mut rng = XorShift64::new(0x7ab1e);
-    let addrs: Vec<u64> = (0..4096).map(|_| REGION + rng.below(GIB)).collect();
-    {
-        let arena = Arena::new();
-        let arena = arena.mem();
-        let mut frames = Stack::new();
-        let mut pt = hv_table(&arena, &mut frames);
-        hv_map(&mut pt, &arena, &mut frames, REGION, 0, GIB);
-        // Address only, as the peer's walk gives it.
-        let mut i = 0;
-        g.bench_function("hvmem-pagetable", |b| {
-            b.iter(|| {
-                i = (i + 1) % addrs.len();
-                black_box(
-                    pt.translate_addr(&arena, VirtAddr::new(addrs[i]))
-                        .unwrap()
-                        .output,
-                )
-            });
+/// hvmem's `a64_translate_random` loops, through the physical memory `mem`
+/// gives; `name_attrs` names the `translate` loop, if it runs.
+fn hv_translate_random<'a, M: PhysMem>(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    addrs: &[u64],
+    (name, name_attrs): (&str, Option<&str>),
+    arena: &'a Arena,
+    mem: impl Fn(&'a Arena) -> M,
+) {
+    let arena = mem(arena);
+    let mut frames = Stack::new();
+    let mut pt = hv_table(&arena, &mut frames);
+    hv_map(&mut pt, &arena, &mut frames, REGION, 0, GIB);
+    // Address only, as the peer's walk gives it.
+    let mut i = 0;
+    g.bench_function(name, |b| {
+        b.iter(|| {
+            i = (i + 1) % addrs.len();
+            black_box(
+                pt.translate_addr(&arena, VirtAddr::new(addrs[i]))
+                    .unwrap()
+                    .output,
+            )
         });
-        // With the leaf's attributes decoded and the tables' rights
-        // combined over the walk (more than the peer gives).
+    });
+    // With the leaf's attributes decoded and the tables' rights combined
+    // over the walk (more than the peer gives).
+    if let Some(name) = name_attrs {
         let mut i = 0;
-        g.bench_function("hvmem-pagetable+attributes", |b| {
+        g.bench_function(name, |b| {
             b.iter(|| {
                 i = (i + 1) % addrs.len();
                 black_box(pt.translate(&arena, VirtAddr::new(addrs[i])).unwrap())
             });
         });
     }
+}
+
+fn translate_random(c: &mut Criterion) {
+    let mut g = c.benchmark_group("a64_translate_random");
+    let mut rng = XorShift64::new(0x7ab1e);
+    let addrs: Vec<u64> = (0..4096).map(|_| REGION + rng.below(GIB)).collect();
+    hv_translate_random(
+        &mut g,
+        &addrs,
+        ("hvmem-pagetable", Some("hvmem-pagetable+attributes")),
+        &Arena::new(),
+        Arena::mem,
+    );
+    hv_translate_random(
+        &mut g,
+        &addrs,
+        ("hvmem-pagetable+slicemem", None),
+        &Arena::new(),
+        Arena::slice,
+    );
     {
         let mut arena = Arena::new();
         let mut m = ap_mapping(&mut arena);

@@ -17,7 +17,8 @@
 //! - **Atomics, no `&mut` to live tables.** Tables are reached through
 //!   [`PhysMem`], which hands out `&[AtomicU64]`: the same code edits live
 //!   tables, a guest's tables in guest memory, and a test arena
-//!   ([`SliceMem`]).
+//!   ([`SliceMem`]); a hypervisor's own tables go through its direct map
+//!   ([`DirectMap`], the one `unsafe` constructor in the crate).
 //! - **TLB work is returned**, as a `#[must_use]` [`TlbFlush`] of ranges (or
 //!   "flush all"), never performed inside the crate.
 //! - **Every input is checked**: alignment, canonical form, output width,
@@ -96,7 +97,7 @@ pub use flush::TlbFlush;
 pub use format::{
     Descriptor, EntryKind, Format, InputAddress, TablePattern, WithoutBreakBeforeMake,
 };
-pub use mem::{PhysMem, SliceMem};
+pub use mem::{DirectMap, PhysMem, SliceMem};
 pub use table::{LeafSizes, MapOptions, PageTable};
 pub use walk::{OutputAddr, Translation, Visit};
 pub use x86::{Ept, X86Paging};

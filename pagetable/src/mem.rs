@@ -61,6 +61,97 @@ impl PhysMem for SliceMem<'_> {
     }
 }
 
+/// Physical memory reached through a direct map: physical address
+/// `base + x` is at virtual address `virt + x`, for `x < len`.
+///
+/// This is how a hypervisor or a host kernel reaches its own tables (Xen's
+/// directmap, Linux's `__va`), and what `x86_64`'s `OffsetPageTable` assumes.
+/// Unlike [`SliceMem`] it does not hold a Rust borrow of the memory, so it
+/// can cover memory the Rust program does not own (all of RAM); the price is
+/// an `unsafe` constructor. A table address is still checked against the
+/// window and for alignment, so a corrupt entry cannot send the editor
+/// outside the mapped range; the checks are compares on the side, and the
+/// address of the next table is one addition away from the entry.
+#[derive(Debug)]
+pub struct DirectMap {
+    base: u64,
+    len: u64,
+    /// `virt`'s address minus `base`: the virtual address of physical 0.
+    delta: usize,
+    virt: *const AtomicU64,
+}
+
+// SAFETY: a `DirectMap` only hands out `&[AtomicU64]`, which are `Send` and
+// `Sync`; `new`'s contract keeps the memory valid for as long as the value
+// lives, on any thread.
+#[allow(unsafe_code)]
+unsafe impl Send for DirectMap {}
+// SAFETY: as for `Send`: shared access is through atomics only.
+#[allow(unsafe_code)]
+unsafe impl Sync for DirectMap {}
+
+impl DirectMap {
+    /// Physical `[base, base + len)` mapped at virtual `virt`.
+    ///
+    /// # Safety
+    ///
+    /// For as long as the returned value (and any reference it hands out)
+    /// lives, every byte of `[virt, virt + len)` must be mapped, readable and
+    /// writable, aligned to 8 bytes at `virt`, and accessed by others only
+    /// atomically (hardware page walks and A/D updates are atomic); and it
+    /// must be the memory the tables' physical addresses name, or the editor
+    /// edits the wrong memory. `virt + len` must not wrap.
+    #[allow(unsafe_code)]
+    #[must_use]
+    pub unsafe fn new(base: PhysAddr, virt: *mut u8, len: u64) -> Self {
+        let virt = virt.cast::<AtomicU64>().cast_const();
+        Self {
+            base: base.get(),
+            len,
+            delta: (virt as usize).wrapping_sub(base.get() as usize),
+            virt,
+        }
+    }
+
+    /// The physical address just past the window.
+    #[must_use]
+    pub fn end(&self) -> PhysAddr {
+        PhysAddr::new(self.base.saturating_add(self.len))
+    }
+}
+
+impl PhysMem for DirectMap {
+    #[inline]
+    fn table(&self, table: PhysAddr, entries: usize) -> Option<&[AtomicU64]> {
+        let table = table.get();
+        // The offset in words. Below the base the offset wraps to a huge
+        // value, and an offset between entries has low bits set, which the
+        // rotation moves to the top: both then lie past `last`, the last
+        // word a table of `entries` words may start at.
+        let first = table.wrapping_sub(self.base).rotate_right(3);
+        let last = (self.len >> 3).checked_sub(entries as u64)?;
+        if first > last {
+            return None;
+        }
+        // The address is computed from `table` (one addition, as a direct
+        // map does), the provenance comes from `virt`.
+        let first = self
+            .virt
+            .with_addr((table as usize).wrapping_add(self.delta));
+        // SAFETY: the table's `entries` words lie inside the window, so
+        // `first` is `virt` plus a multiple of 8 bytes, and the words from
+        // it are mapped memory that `new`'s contract keeps valid and
+        // atomically accessed for the lifetime of `self`. Inside the window
+        // the address is not null.
+        #[allow(unsafe_code)]
+        let entries = unsafe {
+            core::hint::assert_unchecked(!first.is_null());
+            core::slice::from_raw_parts(first, entries)
+        };
+        Some(entries)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,5 +176,47 @@ mod tests {
         );
         assert!(mem.table(PhysAddr::new(u64::MAX), 1).is_none());
         assert_eq!(mem.end(), PhysAddr::new(0x10_2000));
+    }
+
+    #[test]
+    fn direct_map_gives_the_same_tables_as_a_slice_and_refuses_the_same_addresses() {
+        let words: [AtomicU64; 1024] = core::array::from_fn(|i| AtomicU64::new(i as u64));
+        let slice = SliceMem::new(PhysAddr::new(0x10_0000), &words);
+        // SAFETY: `words` outlives `direct`, is 8-aligned, 8 KiB long, and
+        // only ever accessed through atomics.
+        #[allow(unsafe_code)]
+        let direct = unsafe {
+            DirectMap::new(
+                PhysAddr::new(0x10_0000),
+                words.as_ptr().cast::<u8>().cast_mut(),
+                8 * 1024,
+            )
+        };
+        assert_eq!(direct.end(), slice.end());
+        for table in [
+            0x10_0000,
+            0x10_0008,
+            0x10_0ff8,
+            0x10_1000,
+            0x10_1008,
+            0x10_1ff8,
+            0x10_2000,
+            0x10_0004,
+            0xf_f000,
+            0xf_fff8,
+            0,
+            u64::MAX,
+            u64::MAX - 7,
+        ] {
+            for entries in [0, 1, 2, 512, 1024, usize::MAX / 8 + 1, usize::MAX] {
+                let a = slice.table(PhysAddr::new(table), entries);
+                let b = direct.table(PhysAddr::new(table), entries);
+                assert_eq!(
+                    a.map(|t| (t.as_ptr(), t.len())),
+                    b.map(|t| (t.as_ptr(), t.len())),
+                    "table {table:#x}, {entries} entries"
+                );
+            }
+        }
     }
 }

@@ -2470,3 +2470,81 @@ fn translation_is_the_same_whatever_shape_the_walk_is_compiled_for() {
         check(f);
     });
 }
+
+/// A hypervisor's direct map and the safe slice reach the same memory in
+/// the same way: the same edits through either give the same results and
+/// leave the same words in the same table frames.
+#[test]
+fn editing_through_a_direct_map_matches_editing_through_a_slice() {
+    use std::format;
+    use std::string::String;
+
+    fn run(mem: &impl PhysMem, frames: &mut Frames) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut pt = PageTable::new(X86Paging::four_level(), mem, frames).unwrap();
+        let base = 0x7f00_0000_0000;
+        let attrs = Attributes::DATA;
+        let mut log = |s: String| out.push(s);
+        log(format!(
+            "{:?}",
+            pt.map(
+                mem,
+                frames,
+                va(base),
+                pa(0),
+                MIB2 + 3 * KIB4,
+                &attrs,
+                MapOptions::new()
+            )
+        ));
+        log(format!(
+            "{:?}",
+            pt.map(
+                mem,
+                frames,
+                va(base),
+                pa(0),
+                KIB4,
+                &attrs,
+                MapOptions::new()
+            )
+        ));
+        log(format!(
+            "{:?}",
+            pt.protect(mem, frames, va(base + KIB4), MIB2, &Attributes::READ_ONLY)
+        ));
+        log(format!(
+            "{:?}",
+            pt.unmap(mem, frames, va(base + 2 * KIB4), KIB4)
+        ));
+        for off in [0, KIB4, 2 * KIB4, MIB2 - 8, MIB2 + KIB4, 4 * MIB2] {
+            log(format!("{:?}", pt.translate(mem, va(base + off))));
+            log(format!("{:?}", pt.translate_addr(mem, va(base + off))));
+        }
+        log(format!("{:?}", pt.unmap(mem, frames, va(base), 4 * MIB2)));
+        out
+    }
+
+    let mut a = Machine::new(16);
+    let mut b = Machine::new(16);
+    let slice = SliceMem::new(pa(ARENA_BASE), &a.words);
+    // SAFETY: `b.words` is 8-aligned, `len * 8` bytes long, outlives
+    // `direct` (both live to the end of the test, and the vector is never
+    // resized), and is only ever accessed through atomics.
+    #[allow(unsafe_code)]
+    let direct = unsafe {
+        crate::DirectMap::new(
+            pa(ARENA_BASE),
+            b.words.as_ptr().cast::<u8>().cast_mut(),
+            (b.words.len() * 8) as u64,
+        )
+    };
+    let through_slice = run(&slice, &mut a.frames);
+    let through_direct = run(&direct, &mut b.frames);
+    assert_eq!(through_slice, through_direct);
+    assert!(through_slice.iter().any(|r| r.contains("Ok")));
+    assert_eq!(a.frames.live, b.frames.live);
+    let words =
+        |m: &Machine| -> Vec<u64> { m.words.iter().map(|w| w.load(Ordering::Relaxed)).collect() };
+    assert_eq!(words(&a), words(&b));
+}
