@@ -82,7 +82,7 @@ impl Arena {
         unsafe {
             DirectMap::new(
                 PhysAddr::new(PHYS_BASE),
-                self.frames.as_ptr().cast::<u8>().cast_mut(),
+                std::ptr::NonNull::from(self.frames.as_slice()).cast::<u8>(),
                 (FRAMES * 4096) as u64,
             )
         }

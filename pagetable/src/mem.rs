@@ -1,5 +1,6 @@
 //! How the editor reaches table memory.
 
+use core::ptr::NonNull;
 use core::sync::atomic::AtomicU64;
 
 use hvmem_types::PhysAddr;
@@ -69,16 +70,44 @@ impl PhysMem for SliceMem<'_> {
 /// Unlike [`SliceMem`] it does not hold a Rust borrow of the memory, so it
 /// can cover memory the Rust program does not own (all of RAM); the price is
 /// an `unsafe` constructor. A table address is still checked against the
-/// window and for alignment, so a corrupt entry cannot send the editor
-/// outside the mapped range; the checks are compares on the side, and the
-/// address of the next table is one addition away from the entry.
+/// window and for alignment (one rotation and one compare, as
+/// [`SliceMem`] does), so a corrupt entry cannot send the editor outside
+/// the mapped range; what it saves over [`SliceMem`] is the slice: no
+/// borrow to keep, and no reload of its bounds between the atomic loads
+/// of a walk.
+///
+/// ```
+/// use core::ptr::NonNull;
+/// use core::sync::atomic::AtomicU64;
+/// use hvmem_pagetable::{DirectMap, PageTable, TableAllocator, X86Paging};
+/// use hvmem_types::{PhysAddr, VirtAddr};
+///
+/// # struct Frames(Vec<u64>);
+/// # impl TableAllocator for Frames {
+/// #     fn alloc_table(&mut self) -> Option<PhysAddr> { self.0.pop().map(PhysAddr::new) }
+/// #     fn free_table(&mut self, table: PhysAddr) { self.0.push(table.get()) }
+/// # }
+/// // Stand-in for RAM: 16 frames at physical 1 MiB.
+/// let ram: Vec<AtomicU64> = (0..16 * 512).map(|_| AtomicU64::new(0)).collect();
+/// // SAFETY: `ram` outlives `mem`, is 8-aligned, 64 KiB long, and is only
+/// // accessed through atomics.
+/// let mem = unsafe {
+///     DirectMap::new(PhysAddr::new(0x10_0000), NonNull::from(ram.as_slice()).cast(), 16 * 4096)
+/// };
+/// let mut frames = Frames((0..16).map(|i| 0x10_0000 + i * 4096).collect());
+/// let pt = PageTable::new(X86Paging::four_level(), &mem, &mut frames).unwrap();
+/// assert!(pt.translate_addr(&mem, VirtAddr::new(0x4000_0000)).is_err());
+/// ```
 #[derive(Debug)]
 pub struct DirectMap {
     base: u64,
     len: u64,
-    /// `virt`'s address minus `base`: the virtual address of physical 0.
-    delta: usize,
-    virt: *const AtomicU64,
+    /// The window's length in words.
+    words: u64,
+    /// How many words a table of 512 entries (every x86 table, AArch64's
+    /// with the 4 KiB granule) may start at: the common check, precomputed.
+    starts_512: u64,
+    virt: NonNull<AtomicU64>,
 }
 
 // SAFETY: a `DirectMap` only hands out `&[AtomicU64]`, which are `Send` and
@@ -103,12 +132,14 @@ impl DirectMap {
     /// edits the wrong memory. `virt + len` must not wrap.
     #[allow(unsafe_code)]
     #[must_use]
-    pub unsafe fn new(base: PhysAddr, virt: *mut u8, len: u64) -> Self {
-        let virt = virt.cast::<AtomicU64>().cast_const();
+    pub unsafe fn new(base: PhysAddr, virt: NonNull<u8>, len: u64) -> Self {
+        let virt = virt.cast::<AtomicU64>();
+        let words = len >> 3;
         Self {
             base: base.get(),
             len,
-            delta: (virt as usize).wrapping_sub(base.get() as usize),
+            words,
+            starts_512: Self::starts(words, 512),
             virt,
         }
     }
@@ -118,6 +149,13 @@ impl DirectMap {
     pub fn end(&self) -> PhysAddr {
         PhysAddr::new(self.base.saturating_add(self.len))
     }
+
+    /// How many of a window's `words` a table of `entries` words may start
+    /// at (none if it does not fit).
+    const fn starts(words: u64, entries: u64) -> u64 {
+        // `words` is at most 2^61: no overflow.
+        (words + 1).saturating_sub(entries)
+    }
 }
 
 impl PhysMem for DirectMap {
@@ -126,28 +164,24 @@ impl PhysMem for DirectMap {
         let table = table.get();
         // The offset in words. Below the base the offset wraps to a huge
         // value, and an offset between entries has low bits set, which the
-        // rotation moves to the top: both then lie past `last`, the last
-        // word a table of `entries` words may start at.
+        // rotation moves to the top: both then lie past the words a table
+        // of `entries` words may start at.
         let first = table.wrapping_sub(self.base).rotate_right(3);
-        let last = (self.len >> 3).checked_sub(entries as u64)?;
-        if first > last {
+        let starts = if entries == 512 {
+            self.starts_512
+        } else {
+            Self::starts(self.words, entries as u64)
+        };
+        if first >= starts {
             return None;
         }
-        // The address is computed from `table` (one addition, as a direct
-        // map does), the provenance comes from `virt`.
-        let first = self
-            .virt
-            .with_addr((table as usize).wrapping_add(self.delta));
-        // SAFETY: the table's `entries` words lie inside the window, so
-        // `first` is `virt` plus a multiple of 8 bytes, and the words from
-        // it are mapped memory that `new`'s contract keeps valid and
-        // atomically accessed for the lifetime of `self`. Inside the window
-        // the address is not null.
+        // SAFETY: the table's `entries` words lie inside the window (and so
+        // does `first`, which fits in `usize`): `new`'s contract makes them
+        // mapped memory, valid and accessed only atomically for the
+        // lifetime of `self`, and `virt` is 8-aligned.
         #[allow(unsafe_code)]
-        let entries = unsafe {
-            core::hint::assert_unchecked(!first.is_null());
-            core::slice::from_raw_parts(first, entries)
-        };
+        let entries =
+            unsafe { core::slice::from_raw_parts(self.virt.add(first as usize).as_ptr(), entries) };
         Some(entries)
     }
 }
@@ -188,7 +222,7 @@ mod tests {
         let direct = unsafe {
             DirectMap::new(
                 PhysAddr::new(0x10_0000),
-                words.as_ptr().cast::<u8>().cast_mut(),
+                NonNull::from(&words).cast::<u8>(),
                 8 * 1024,
             )
         };

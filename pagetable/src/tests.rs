@@ -2535,7 +2535,7 @@ fn editing_through_a_direct_map_matches_editing_through_a_slice() {
     let direct = unsafe {
         crate::DirectMap::new(
             pa(ARENA_BASE),
-            b.words.as_ptr().cast::<u8>().cast_mut(),
+            core::ptr::NonNull::from(b.words.as_slice()).cast::<u8>(),
             (b.words.len() * 8) as u64,
         )
     };
