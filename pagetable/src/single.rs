@@ -294,10 +294,14 @@ impl<F: Format> PageTable<F> {
             };
             let raw = entry.load(Ordering::Acquire);
             if l == level {
-                let page = level == 0
-                    && self.format.last_level_leaf(raw).is_some()
-                    && !self.format.is_contiguous(raw);
-                break page.then_some((entry, entries));
+                // A page by the shortcut, a block by its kind; a contiguous
+                // run, a hole or anything else goes out of line.
+                let leaf = if level == 0 {
+                    self.format.last_level_leaf(raw).is_some()
+                } else {
+                    matches!(self.format.kind(raw, level), EntryKind::Leaf(_))
+                };
+                break (leaf && !self.format.is_contiguous(raw)).then_some((entry, entries));
             }
             if !pattern.matches(raw) {
                 break None;
