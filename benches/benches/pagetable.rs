@@ -3,13 +3,13 @@
 //! for physical memory, 4 KiB-aligned tables, a stack of free table frames.
 //! Both reach a table at a fixed offset from its physical address: `x86_64`
 //! with no check, hvmem through the crate's `DirectMap`, which also checks
-//! the address against the arena. `map_4k_single` and `translate_random`
-//! also run hvmem through `SliceMem` (`hvmem-pagetable+slicemem`), the safe
-//! arena whose borrowed slice is checked on every table step.
+//! the address against the arena. `translate_random` also runs hvmem
+//! through `SliceMem` (`hvmem-pagetable+slicemem`), the safe arena whose
+//! borrowed slice is checked on every table step.
 //!
 //! | group | one iteration |
 //! |---|---|
-//! | `map_4k_single` | map one 4 KiB page into existing tables, then unmap it (time per map+unmap pair; hvmem through `DirectMap`, and as `hvmem-pagetable+slicemem` through `SliceMem`) |
+//! | `map_4k_single` | map one 4 KiB page into existing tables, then unmap it (time per map+unmap pair) |
 //! | `map_1g_of_4k` | map 1 GiB as 262144 4 KiB pages into an empty table (hvmem: one call; x86_64: one `map_to` per page) |
 //! | `unmap_1g_of_4k` | unmap that 1 GiB again (hvmem: one call, freeing the tables; x86_64: one `unmap` per page) |
 //! | `protect_1g_of_4k` | make 1 GiB of 4 KiB pages read-only, then writable again on the next iteration (hvmem: one `protect` call; x86_64: one `update_flags` per page) |
@@ -243,12 +243,6 @@ fn hv_map_4k_single<'a, M: PhysMem>(
 fn map_4k_single(c: &mut Criterion) {
     let mut g = c.benchmark_group("map_4k_single");
     hv_map_4k_single(&mut g, "hvmem-pagetable", &HvArena::new(), HvArena::mem);
-    hv_map_4k_single(
-        &mut g,
-        "hvmem-pagetable+slicemem",
-        &HvArena::new(),
-        HvArena::slice,
-    );
     {
         let mut arena = X86Arena::new();
         let mut frames = X86Frames::new();

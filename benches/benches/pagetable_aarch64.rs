@@ -4,14 +4,13 @@
 //! Both use EL1&0 tables with the 4 KiB granule and 48-bit VAs (root at
 //! level 0), normal write-back memory, an inactive table (no TLB work).
 //! Both reach a table from its physical address with a bounds check
-//! (hvmem: the crate's `DirectMap`). `a64_map_4k_single` and
-//! `a64_translate_random` also run hvmem through `SliceMem`
-//! (`hvmem-pagetable+slicemem`), the safe arena whose borrowed slice is
-//! checked on every table step.
+//! (hvmem: the crate's `DirectMap`). `a64_translate_random` also runs hvmem
+//! through `SliceMem` (`hvmem-pagetable+slicemem`), the safe arena whose
+//! borrowed slice is checked on every table step.
 //!
 //! | group | one iteration |
 //! |---|---|
-//! | `a64_map_4k_single` | map one 4 KiB page into existing tables, then unmap it (time per pair; hvmem through `DirectMap`, and as `hvmem-pagetable+slicemem` through `SliceMem`) |
+//! | `a64_map_4k_single` | map one 4 KiB page into existing tables, then unmap it (time per pair) |
 //! | `a64_map_1g_of_4k` | map 1 GiB as 262144 4 KiB pages into an empty table, one call each |
 //! | `a64_translate_random` | translate one random address in a 1 GiB region of 4 KiB pages to its output address (hvmem: `translate_addr`, through `DirectMap` and as `hvmem-pagetable+slicemem` through `SliceMem`, and `translate` with the attributes as `hvmem-pagetable+attributes`; aarch64-paging: `walk_range` over that address) |
 //! | `a64_protect_1g` | make a 1 GiB region of 4 KiB pages read-only, or writable again (aarch64-paging: `modify_range`) |
@@ -262,12 +261,6 @@ fn hv_map_4k_single<'a, M: PhysMem>(
 fn map_4k_single(c: &mut Criterion) {
     let mut g = c.benchmark_group("a64_map_4k_single");
     hv_map_4k_single(&mut g, "hvmem-pagetable", &Arena::new(), Arena::mem);
-    hv_map_4k_single(
-        &mut g,
-        "hvmem-pagetable+slicemem",
-        &Arena::new(),
-        Arena::slice,
-    );
     {
         let mut arena = Arena::new();
         let mut m = ap_mapping(&mut arena);
