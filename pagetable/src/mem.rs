@@ -129,7 +129,8 @@ impl DirectMap {
     /// writable, aligned to 8 bytes at `virt`, and accessed by others only
     /// atomically (hardware page walks and A/D updates are atomic); and it
     /// must be the memory the tables' physical addresses name, or the editor
-    /// edits the wrong memory. `virt + len` must not wrap.
+    /// edits the wrong memory. `len` must be at most `isize::MAX`, and
+    /// `virt + len` must not wrap.
     #[allow(unsafe_code)]
     #[must_use]
     pub unsafe fn new(base: PhysAddr, virt: NonNull<u8>, len: u64) -> Self {
@@ -175,13 +176,14 @@ impl PhysMem for DirectMap {
         if first >= starts {
             return None;
         }
-        // SAFETY: the table's `entries` words lie inside the window (and so
-        // does `first`, which fits in `usize`): `new`'s contract makes them
-        // mapped memory, valid and accessed only atomically for the
+        let first = usize::try_from(first).ok()?;
+        // SAFETY: the table's `entries` words lie inside the window:
+        // `new`'s contract makes them mapped memory (at most `isize::MAX`
+        // bytes from `virt`), valid and accessed only atomically for the
         // lifetime of `self`, and `virt` is 8-aligned.
         #[allow(unsafe_code)]
         let entries =
-            unsafe { core::slice::from_raw_parts(self.virt.add(first as usize).as_ptr(), entries) };
+            unsafe { core::slice::from_raw_parts(self.virt.add(first).as_ptr(), entries) };
         Some(entries)
     }
 }
