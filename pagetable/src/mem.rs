@@ -255,4 +255,45 @@ mod tests {
             }
         }
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            cases: if cfg!(miri) { 16 } else { 2048 },
+            failure_persistence: None,
+            ..proptest::test_runner::Config::default()
+        })]
+
+        /// Whatever address and size a corrupt or hostile entry names, a
+        /// direct map gives exactly the table a slice of the same memory
+        /// gives (the same words), or refuses it as the slice does.
+        #[test]
+        fn direct_map_agrees_with_slice_mem_on_any_address(
+            offset in proptest::prelude::any::<u64>(),
+            near in -0x3000i64..0x5000,
+            use_near in proptest::prelude::any::<bool>(),
+            entries in proptest::prop_oneof![0usize..1100, proptest::prelude::any::<usize>()],
+            words in 0usize..1100,
+        ) {
+            const BASE: u64 = 0x40_0000;
+            let memory: std::vec::Vec<AtomicU64> = (0..words).map(|_| AtomicU64::new(0)).collect();
+            let slice = SliceMem::new(PhysAddr::new(BASE), &memory);
+            // SAFETY: `memory` outlives `direct`, is 8-aligned and
+            // `words * 8` bytes long, and is only accessed through atomics.
+            #[allow(unsafe_code)]
+            let direct = unsafe {
+                DirectMap::new(
+                    PhysAddr::new(BASE),
+                    NonNull::from(memory.as_slice()).cast::<u8>(),
+                    (words * 8) as u64,
+                )
+            };
+            let table = if use_near { BASE.wrapping_add_signed(near) } else { offset };
+            let a = slice.table(PhysAddr::new(table), entries);
+            let b = direct.table(PhysAddr::new(table), entries);
+            proptest::prop_assert_eq!(
+                a.map(|t| (t.as_ptr(), t.len())),
+                b.map(|t| (t.as_ptr(), t.len()))
+            );
+        }
+    }
 }
