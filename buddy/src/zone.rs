@@ -51,7 +51,7 @@
 use hvmem_types::{FrameRange, Mfn, PageOrder};
 
 use crate::error::{AddZoneError, FreeError, ReleaseError, ReserveError};
-use crate::meta::{FrameMeta, FrameState, NIL};
+use crate::meta::{FrameMeta, FrameState, MAX_ZONE_FRAMES, NIL};
 use crate::{Contents, MAX_SUPPORTED_ORDER};
 
 /// Number of orders the fixed-size per-zone arrays cover.
@@ -105,10 +105,10 @@ impl<'m> Zone<'m> {
         if range.is_empty() {
             return Err(AddZoneError::Empty);
         }
-        // NIL is u32::MAX, and `index + 1` must stay representable.
+        // Every index, and `index + 1`, must fit a 28-bit link below NIL.
         let frames = u32::try_from(range.len())
             .ok()
-            .filter(|&n| n < u32::MAX)
+            .filter(|&n| u64::from(n) < MAX_ZONE_FRAMES)
             .ok_or(AddZoneError::TooLarge)?;
         let needed = crate::metadata_words(range.len());
         let given = storage.len();
@@ -191,11 +191,10 @@ impl<'m> Zone<'m> {
         };
         let old = *head;
         *head = i;
-        self.meta.set_links(i, old, NIL);
+        self.meta.set_head(i, old, NIL, FrameState::free(k, dirty));
         if old != NIL {
             self.meta.set_prev(old, i);
         }
-        self.meta.set_state(i, FrameState::free(k, dirty));
         if lazy {
             debug_assert!(
                 dirty && k != 0,
@@ -511,8 +510,7 @@ impl<'m> Zone<'m> {
         {
             // The common case, kept free of calls so that it needs no saved
             // registers: link the block at the head of its hot list.
-            self.meta.set_links(i, list.head, NIL);
-            self.meta.set_state(i, FrameState::hot(k));
+            self.meta.set_head(i, list.head, NIL, FrameState::hot(k));
             list.head = i;
             list.blocks += 1;
         } else {
