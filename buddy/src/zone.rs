@@ -331,6 +331,14 @@ impl<'m> Zone<'m> {
         }
     }
 
+    /// [`clean_taken`](Self::clean_taken) of a dirty block that is not
+    /// lazy, out of line: the bitmap code's registers would otherwise be
+    /// saved on every allocation from the lists, lazy blocks' too.
+    #[inline(never)]
+    fn clean_taken_bits(&mut self, i: u32, order: u8) {
+        self.dirty_frames -= u64::from(self.meta.clean_block(i, order));
+    }
+
     /// Allocates a block; its frames may hold a previous user's data.
     #[inline]
     pub(crate) fn alloc(&mut self, order: u8) -> Option<Mfn> {
@@ -362,8 +370,16 @@ impl<'m> Zone<'m> {
         self.unlink_free(i, order, dirty);
         self.meta.set_state(i, FrameState::allocated(order));
         self.free_frames -= 1 << order;
-        let lazy = dirty && self.meta.is_lazy(i, order);
-        self.clean_taken(i, order, dirty, lazy);
+        if dirty {
+            if order == 0 {
+                // Never lazy: one bit, inline (the default heap's common case).
+                self.dirty_frames -= u64::from(self.meta.mark_clean(i, 1));
+            } else if self.meta.is_lazy(i, order) {
+                self.dirty_frames -= 1 << order;
+            } else {
+                self.clean_taken_bits(i, order);
+            }
+        }
         Some(self.mfn(i))
     }
 
