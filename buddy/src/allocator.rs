@@ -126,7 +126,8 @@ impl<'m, const ZONES: usize> BuddyAllocator<'m, ZONES> {
     ///
     /// - [`AddZoneError::TooManyZones`] when all `ZONES` slots are used,
     /// - [`AddZoneError::Empty`] for an empty range,
-    /// - [`AddZoneError::TooLarge`] for `u32::MAX` frames or more,
+    /// - [`AddZoneError::TooLarge`] for [`MAX_ZONE_FRAMES`](crate::MAX_ZONE_FRAMES)
+    ///   frames or more,
     /// - [`AddZoneError::Overlaps`] if it shares a frame with another zone,
     /// - [`AddZoneError::MetadataTooSmall`] if `metadata` is too short.
     pub fn add_zone(

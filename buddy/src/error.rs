@@ -42,7 +42,8 @@ pub enum AddZoneError {
     TooManyZones,
     /// The range holds no frame.
     Empty,
-    /// The range has `u32::MAX` frames or more; split it into several zones.
+    /// The range has [`MAX_ZONE_FRAMES`](crate::MAX_ZONE_FRAMES) (`2^28 - 1`)
+    /// frames or more; split it into several zones.
     TooLarge,
     /// The range shares frames with an existing zone.
     Overlaps {
@@ -63,7 +64,7 @@ impl fmt::Display for AddZoneError {
         match self {
             Self::TooManyZones => f.write_str("every zone slot is in use"),
             Self::Empty => f.write_str("the zone has no frame"),
-            Self::TooLarge => f.write_str("the zone has u32::MAX frames or more"),
+            Self::TooLarge => f.write_str("the zone has 2^28 - 1 frames or more"),
             Self::Overlaps { existing } => write!(f, "the zone overlaps the zone {existing:?}"),
             Self::MetadataTooSmall { needed, given } => {
                 write!(f, "metadata of {given} words given, {needed} needed")

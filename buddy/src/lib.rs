@@ -11,8 +11,9 @@
 //!   and a bit mask of non-empty orders: an allocation finds its order with one
 //!   `trailing_zeros` and splits down; a free merges up with one byte read per
 //!   level. Nothing scans memory in proportion to its size.
-//! - **Caller-provided metadata**, 9.125 bytes per frame (0.223% of the
-//!   memory managed): [`metadata_words`] sizes it.
+//! - **Caller-provided metadata**, 8.125 bytes per frame (0.198% of the
+//!   memory managed): [`metadata_words`] sizes it. A zone has fewer than
+//!   [`MAX_ZONE_FRAMES`] frames (1 TiB of 4 KiB frames).
 //! - **Dirty frames.** A freed frame holds its last user's data until
 //!   scrubbed. [`BuddyAllocator::alloc_clean`] never returns such a frame; an
 //!   idle loop calls [`BuddyAllocator::scrub`] with a budget to clean free memory
@@ -75,7 +76,7 @@ mod tests;
 
 pub use allocator::{BuddyAllocator, ScrubProgress, ZoneId, ZonePolicy};
 pub use error::{AddZoneError, AllocError, ConfigError, FreeError, ReleaseError, ReserveError};
-pub use meta::{metadata_bytes, metadata_words};
+pub use meta::{MAX_ZONE_FRAMES, metadata_bytes, metadata_words};
 pub use percpu::FrameCache;
 pub use stats::Stats;
 

@@ -11,8 +11,8 @@ use hvmem_types::{FrameRange, Mfn, PageOrder};
 use proptest::prelude::*;
 
 use crate::{
-    AddZoneError, AllocError, BuddyAllocator, Contents, FreeError, ReleaseError, ReserveError,
-    ZoneId, ZonePolicy, metadata_words,
+    AddZoneError, AllocError, BuddyAllocator, Contents, FreeError, MAX_ZONE_FRAMES, ReleaseError,
+    ReserveError, ZoneId, ZonePolicy, metadata_words,
 };
 
 fn order(k: u8) -> PageOrder {
@@ -598,6 +598,26 @@ fn zones_are_checked_when_added() {
     assert_eq!(
         heap.add_zone(range(64, 32), m6, Contents::Clean),
         Err(AddZoneError::TooManyZones)
+    );
+}
+
+#[test]
+fn zones_of_max_zone_frames_or_more_are_too_large_for_the_28_bit_links() {
+    // The size is checked before the metadata, so no metadata is needed to
+    // see the limit; one frame less passes it and asks for metadata.
+    let mut empty: [u64; 0] = [];
+    let mut short: [u64; 0] = [];
+    let mut heap = BuddyAllocator::<2>::new(order(18)).unwrap();
+    assert_eq!(
+        heap.add_zone(range(0, MAX_ZONE_FRAMES), &mut empty, Contents::Clean),
+        Err(AddZoneError::TooLarge)
+    );
+    assert_eq!(
+        heap.add_zone(range(0, MAX_ZONE_FRAMES - 1), &mut short, Contents::Clean),
+        Err(AddZoneError::MetadataTooSmall {
+            needed: metadata_words(MAX_ZONE_FRAMES - 1),
+            given: 0
+        })
     );
 }
 

@@ -51,7 +51,7 @@
 use hvmem_types::{FrameRange, Mfn, PageOrder};
 
 use crate::error::{AddZoneError, FreeError, ReleaseError, ReserveError};
-use crate::meta::{FrameMeta, FrameState, NIL};
+use crate::meta::{FrameMeta, FrameState, MAX_ZONE_FRAMES, NIL};
 use crate::{Contents, MAX_SUPPORTED_ORDER};
 
 /// Number of orders the fixed-size per-zone arrays cover.
@@ -105,10 +105,10 @@ impl<'m> Zone<'m> {
         if range.is_empty() {
             return Err(AddZoneError::Empty);
         }
-        // NIL is u32::MAX, and `index + 1` must stay representable.
+        // Every index, and `index + 1`, must fit a 28-bit link below NIL.
         let frames = u32::try_from(range.len())
             .ok()
-            .filter(|&n| n < u32::MAX)
+            .filter(|&n| u64::from(n) < MAX_ZONE_FRAMES)
             .ok_or(AddZoneError::TooLarge)?;
         let needed = crate::metadata_words(range.len());
         let given = storage.len();
@@ -191,11 +191,10 @@ impl<'m> Zone<'m> {
         };
         let old = *head;
         *head = i;
-        self.meta.set_links(i, old, NIL);
+        self.meta.set_head(i, old, NIL, FrameState::free(k, dirty));
         if old != NIL {
             self.meta.set_prev(old, i);
         }
-        self.meta.set_state(i, FrameState::free(k, dirty));
         if lazy {
             debug_assert!(
                 dirty && k != 0,
@@ -332,6 +331,14 @@ impl<'m> Zone<'m> {
         }
     }
 
+    /// [`clean_taken`](Self::clean_taken) of a dirty block that is not
+    /// lazy, out of line: the bitmap code's registers would otherwise be
+    /// saved on every allocation from the lists, lazy blocks' too.
+    #[inline(never)]
+    fn clean_taken_bits(&mut self, i: u32, order: u8) {
+        self.dirty_frames -= u64::from(self.meta.clean_block(i, order));
+    }
+
     /// Allocates a block; its frames may hold a previous user's data.
     #[inline]
     pub(crate) fn alloc(&mut self, order: u8) -> Option<Mfn> {
@@ -363,8 +370,16 @@ impl<'m> Zone<'m> {
         self.unlink_free(i, order, dirty);
         self.meta.set_state(i, FrameState::allocated(order));
         self.free_frames -= 1 << order;
-        let lazy = dirty && self.meta.is_lazy(i, order);
-        self.clean_taken(i, order, dirty, lazy);
+        if dirty {
+            if order == 0 {
+                // Never lazy: one bit, inline (the default heap's common case).
+                self.dirty_frames -= u64::from(self.meta.mark_clean(i, 1));
+            } else if self.meta.is_lazy(i, order) {
+                self.dirty_frames -= 1 << order;
+            } else {
+                self.clean_taken_bits(i, order);
+            }
+        }
         Some(self.mfn(i))
     }
 
@@ -511,8 +526,7 @@ impl<'m> Zone<'m> {
         {
             // The common case, kept free of calls so that it needs no saved
             // registers: link the block at the head of its hot list.
-            self.meta.set_links(i, list.head, NIL);
-            self.meta.set_state(i, FrameState::hot(k));
+            self.meta.set_head(i, list.head, NIL, FrameState::hot(k));
             list.head = i;
             list.blocks += 1;
         } else {
