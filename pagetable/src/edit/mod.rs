@@ -152,14 +152,13 @@ fn store_stepped(entries: &[AtomicU64], first: u64, step: u64, leaf: impl Fn(u64
     let mut at = first;
     let mut groups = entries.chunks_exact(STORE_GROUP);
     for group in &mut groups {
+        // Always a whole group: `chunks_exact` yields nothing shorter.
         if let Ok(group) = <&[AtomicU64; STORE_GROUP]>::try_from(group) {
-            let mut each = at;
             for e in group {
-                e.store(leaf(each), Ordering::Relaxed);
-                each = each.wrapping_add(step);
+                e.store(leaf(at), Ordering::Relaxed);
+                at = at.wrapping_add(step);
             }
         }
-        at = at.wrapping_add(step.wrapping_mul(STORE_GROUP as u64));
     }
     for e in groups.remainder() {
         e.store(leaf(at), Ordering::Relaxed);
