@@ -35,6 +35,8 @@ use crate::mem::PhysMem;
 use crate::table::LeafSizes;
 
 mod protect;
+#[cfg(test)]
+mod tests;
 
 /// What an update does to each slot of its range.
 #[derive(Clone, Copy, Debug)]
@@ -133,6 +135,35 @@ fn steps_in_place(field: u64, template: u64, first: u64, len: usize, step: u64) 
         && lowest <= step
         && template & field == 0
         && last.is_some_and(|last| (first ^ last) & !field == 0)
+}
+
+/// How many entries [`store_stepped`] writes per loop turn.
+const STORE_GROUP: usize = 8;
+
+/// Stores `leaf(first + i * step)` in entry `i` of `entries` (relaxed: the
+/// table is not linked yet), eight entries a turn with the eight values
+/// computed from one running address. A one-entry loop (the trip count is
+/// not known, so the compiler does not unroll it) spends more on its counter
+/// and branch than on the store: 7 instructions a leaf on x86, against 3.5
+/// grouped, and the bulk map of 1 GiB of 4 KiB pages then ran at about
+/// twice the time of plain grouped stores to the same frames.
+#[inline(always)]
+fn store_stepped(entries: &[AtomicU64], first: u64, step: u64, leaf: impl Fn(u64) -> u64) {
+    let mut at = first;
+    let mut groups = entries.chunks_exact(STORE_GROUP);
+    for group in &mut groups {
+        // Always a whole group: `chunks_exact` yields nothing shorter.
+        if let Ok(group) = <&[AtomicU64; STORE_GROUP]>::try_from(group) {
+            for e in group {
+                e.store(leaf(at), Ordering::Relaxed);
+                at = at.wrapping_add(step);
+            }
+        }
+    }
+    for e in groups.remainder() {
+        e.store(leaf(at), Ordering::Relaxed);
+        at = at.wrapping_add(step);
+    }
 }
 
 /// The slots of the table at `base` (level `level`) that `[start, end)` covers.
@@ -926,19 +957,14 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
             if in_place.is_some_and(|f| steps_in_place(f, template, first, stretch.len(), step)) {
                 // Each next leaf holds the next page's address in place: the
                 // first one, stepped.
-                let mut leaf = self.format.with_output_address(template, first, 0);
-                for entry in stretch {
-                    entry.store(leaf, Ordering::Relaxed);
-                    leaf = leaf.wrapping_add(step);
-                }
-                offset += step * stretch.len() as u64;
-                continue;
+                let leaf = self.format.with_output_address(template, first, 0);
+                store_stepped(stretch, leaf, step, |leaf| leaf);
+            } else {
+                store_stepped(stretch, first, step, |at| {
+                    self.format.with_output_address(template, at, 0)
+                });
             }
-            for entry in stretch {
-                let leaf = self.format.with_output_address(template, pa + offset, 0);
-                entry.store(leaf, Ordering::Relaxed);
-                offset += step;
-            }
+            offset += step * stretch.len() as u64;
         }
     }
 
