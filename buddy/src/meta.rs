@@ -43,8 +43,8 @@ pub(crate) const NIL: u32 = (1 << LINK_BITS) - 1;
 const LINK_BITS: u32 = 28;
 
 /// A zone has fewer frames than this (`2^28 - 1`, 1 TiB of 4 KiB frames):
-/// every frame index and the index one past it fit a link field and differ
-/// from [`NIL`].
+/// every frame index and the index one past it fit a 28-bit free-list link
+/// and differ from its "no frame" value.
 pub const MAX_ZONE_FRAMES: u64 = NIL as u64;
 
 /// The `first_dirty` of a lazy dirty block (see [`FrameMeta::is_lazy`]):
