@@ -131,11 +131,11 @@ impl MapOptions {
 pub struct PageTable<F: Format> {
     pub(crate) format: F,
     pub(crate) root: u64,
-    /// The leaf encoding (at address 0) of the attributes and level the
-    /// last one-leaf map used: the format never changes, so it stays valid,
-    /// and repeated one-leaf maps with the same attributes and size skip
+    /// The last-level leaf encoding (at address 0) of the attributes the
+    /// last one-page map used: the format never changes, so it stays valid,
+    /// and repeated one-page maps with the same attributes skip
     /// `Format::encode_leaf`.
-    last_leaf_template: Option<(Attributes, u8, u64)>,
+    last_page_template: Option<(Attributes, u64)>,
     /// The shape of the format's tables, for the fast loops.
     pub(crate) shape: ShapeTag,
 }
@@ -165,7 +165,7 @@ impl<F: Format> PageTable<F> {
                 shape: ShapeTag::of(&format),
                 format,
                 root,
-                last_leaf_template: None,
+                last_page_template: None,
             });
         }
         // A concatenated root: contiguous tables, aligned to their total size.
@@ -188,7 +188,7 @@ impl<F: Format> PageTable<F> {
             shape: ShapeTag::of(&format),
             format,
             root: root.get(),
-            last_leaf_template: None,
+            last_page_template: None,
         })
     }
 
@@ -201,7 +201,7 @@ impl<F: Format> PageTable<F> {
             shape: ShapeTag::of(&format),
             format,
             root: root.get(),
-            last_leaf_template: None,
+            last_page_template: None,
         }
     }
 
@@ -342,9 +342,12 @@ impl<F: Format> PageTable<F> {
         }
         if let Some(level) = self.single_leaf_level(start, len, options.sizes) {
             if pa.get() & (len - 1) == 0 && !options.merge {
-                let template = self
-                    .leaf_template(attrs, level)
-                    .map_err(MapError::Attributes)?;
+                let template = if level == 0 {
+                    self.page_template(attrs)
+                } else {
+                    self.format.encode_leaf(0, attrs, level)
+                }
+                .map_err(MapError::Attributes)?;
                 let leaf = self.format.with_output_address(template, pa.get(), level);
                 let mut flush = TlbFlush::NONE;
                 match self.map_single(
@@ -368,17 +371,17 @@ impl<F: Format> PageTable<F> {
         self.map_general(mem, alloc, bbm, start, end, pa, attrs, options)
     }
 
-    /// `Format::encode_leaf(0, attrs, level)`, remembered for the next call
-    /// with the same attributes and level (errors are not remembered).
+    /// `Format::encode_leaf(0, attrs, 0)`, remembered for the next call with
+    /// the same attributes (errors are not remembered).
     #[inline]
-    fn leaf_template(&mut self, attrs: &Attributes, level: u8) -> Result<u64, crate::AttrError> {
-        if let Some((last, last_level, template)) = self.last_leaf_template {
-            if last_level == level && last == *attrs {
+    fn page_template(&mut self, attrs: &Attributes) -> Result<u64, crate::AttrError> {
+        if let Some((last, template)) = self.last_page_template {
+            if last == *attrs {
                 return Ok(template);
             }
         }
-        let template = self.format.encode_leaf(0, attrs, level)?;
-        self.last_leaf_template = Some((*attrs, level, template));
+        let template = self.format.encode_leaf(0, attrs, 0)?;
+        self.last_page_template = Some((*attrs, template));
         Ok(template)
     }
 
