@@ -27,98 +27,16 @@
 )]
 
 use std::hint::black_box;
-use std::sync::atomic::AtomicU64;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use hvmem_benches::arena::{Arena as HvArena, FRAMES, GIB, PHYS_BASE, REGION, Stack};
 use hvmem_benches::rng::XorShift64;
-use hvmem_pagetable::{
-    Attributes, DirectMap, LeafSizes, MapOptions, PageTable, PhysMem, SliceMem, TableAllocator,
-    X86Paging,
-};
+use hvmem_pagetable::{Attributes, LeafSizes, MapOptions, PageTable, PhysMem, X86Paging};
 use hvmem_types::{PageSize, PhysAddr, VirtAddr};
 use x86::{FrameAllocator, Mapper, OffsetPageTable, Translate};
 use x86_64::structures::paging as x86;
 
-/// Table frames in each arena: enough for 1 GiB of 4 KiB pages (515) and more.
-const FRAMES: usize = 1024;
-/// The physical address of frame 0 of each arena.
-const PHYS_BASE: u64 = 0x1_0000_0000;
-const GIB: u64 = 1 << 30;
-const REGION: u64 = 0x0000_4000_0000_0000;
-
 // ---- hvmem side --------------------------------------------------------
-
-/// A 4 KiB table frame of atomics.
-#[repr(C, align(4096))]
-struct Frame([AtomicU64; 512]);
-
-struct HvArena {
-    frames: Vec<Frame>,
-}
-
-impl HvArena {
-    fn new() -> Self {
-        Self {
-            frames: (0..FRAMES)
-                .map(|_| Frame(std::array::from_fn(|_| AtomicU64::new(0))))
-                .collect(),
-        }
-    }
-}
-
-impl HvArena {
-    /// The arena as hvmem sees physical memory in a hypervisor: a
-    /// [`DirectMap`], physical address `PHYS_BASE` at the first frame.
-    fn mem(&self) -> DirectMap {
-        // SAFETY: the frames are `FRAMES * 4096` bytes of 8-aligned atomics
-        // in a row (`Frame` is `repr(C)`, 4096 bytes, no padding), owned by
-        // the arena, which every bench keeps alive (and unmoved: the vector's
-        // buffer does not move) for as long as it uses the map.
-        unsafe {
-            DirectMap::new(
-                PhysAddr::new(PHYS_BASE),
-                std::ptr::NonNull::from(self.frames.as_slice()).cast::<u8>(),
-                (FRAMES * 4096) as u64,
-            )
-        }
-    }
-
-    /// The same arena as the crate's safe [`SliceMem`].
-    fn slice(&self) -> SliceMem<'_> {
-        // SAFETY: `Frame` is `repr(C)` and exactly 512 atomics (4096 bytes,
-        // so no padding between frames): the vector's frames are
-        // `FRAMES * 512` initialised atomics in a row, borrowed for as long
-        // as the arena is.
-        let words = unsafe {
-            std::slice::from_raw_parts(self.frames.as_ptr().cast::<AtomicU64>(), FRAMES * 512)
-        };
-        SliceMem::new(PhysAddr::new(PHYS_BASE), words)
-    }
-}
-
-/// A stack of free frame numbers: the same allocator on both sides.
-struct Stack(Vec<u64>);
-
-impl Stack {
-    fn new() -> Self {
-        Self(
-            (0..FRAMES as u64)
-                .rev()
-                .map(|i| PHYS_BASE + i * 4096)
-                .collect(),
-        )
-    }
-}
-
-impl TableAllocator for Stack {
-    fn alloc_table(&mut self) -> Option<PhysAddr> {
-        self.0.pop().map(PhysAddr::new)
-    }
-
-    fn free_table(&mut self, table: PhysAddr) {
-        self.0.push(table.get());
-    }
-}
 
 fn hv_table(arena: &impl PhysMem, frames: &mut Stack) -> PageTable<X86Paging> {
     PageTable::new(X86Paging::four_level(), arena, frames).expect("root")
@@ -126,6 +44,22 @@ fn hv_table(arena: &impl PhysMem, frames: &mut Stack) -> PageTable<X86Paging> {
 
 fn four_k() -> MapOptions {
     MapOptions::new().sizes(LeafSizes::only(PageSize::Size4K))
+}
+
+/// Setup (not timed): maps `len` bytes at `REGION` to physical 0 as 4 KiB
+/// data pages.
+fn hv_premap(pt: &mut PageTable<X86Paging>, arena: &impl PhysMem, frames: &mut Stack, len: u64) {
+    let _ = pt
+        .map(
+            arena,
+            frames,
+            VirtAddr::new(REGION),
+            PhysAddr::new(0),
+            len,
+            &Attributes::DATA,
+            four_k(),
+        )
+        .unwrap();
 }
 
 // ---- x86_64 side -------------------------------------------------------
@@ -209,17 +143,7 @@ fn hv_map_4k_single<'a, M: PhysMem>(
     let mut frames = Stack::new();
     let mut pt = hv_table(&arena, &mut frames);
     // One page stays mapped so that the tables outlive every unmap.
-    let _ = pt
-        .map(
-            &arena,
-            &mut frames,
-            VirtAddr::new(REGION),
-            PhysAddr::new(0),
-            4096,
-            &Attributes::DATA,
-            four_k(),
-        )
-        .unwrap();
+    hv_premap(&mut pt, &arena, &mut frames, 4096);
     let mut i = 0u64;
     g.bench_function(name, |b| {
         b.iter(|| {
@@ -319,17 +243,7 @@ fn unmap_1g_of_4k(c: &mut Criterion) {
                 || {
                     let mut frames = Stack::new();
                     let mut pt = hv_table(&arena, &mut frames);
-                    let _ = pt
-                        .map(
-                            &arena,
-                            &mut frames,
-                            VirtAddr::new(REGION),
-                            PhysAddr::new(0),
-                            GIB,
-                            &Attributes::DATA,
-                            four_k(),
-                        )
-                        .unwrap();
+                    hv_premap(&mut pt, &arena, &mut frames, GIB);
                     (pt, frames)
                 },
                 |(mut pt, mut frames)| {
@@ -384,17 +298,7 @@ fn protect_1g_of_4k(c: &mut Criterion) {
         let arena = arena.mem();
         let mut frames = Stack::new();
         let mut pt = hv_table(&arena, &mut frames);
-        let _ = pt
-            .map(
-                &arena,
-                &mut frames,
-                VirtAddr::new(REGION),
-                PhysAddr::new(0),
-                GIB,
-                &Attributes::DATA,
-                four_k(),
-            )
-            .unwrap();
+        hv_premap(&mut pt, &arena, &mut frames, GIB);
         let mut writable = true;
         g.bench_function("hvmem-pagetable", |b| {
             b.iter(|| {
@@ -454,17 +358,7 @@ fn hv_translate_random<'a, M: PhysMem>(
     let arena = mem(arena);
     let mut frames = Stack::new();
     let mut pt = hv_table(&arena, &mut frames);
-    let _ = pt
-        .map(
-            &arena,
-            &mut frames,
-            VirtAddr::new(REGION),
-            PhysAddr::new(0),
-            GIB,
-            &Attributes::DATA,
-            four_k(),
-        )
-        .unwrap();
+    hv_premap(&mut pt, &arena, &mut frames, GIB);
     // Address only, as the peer's walk gives it.
     let mut i = 0;
     g.bench_function(name, |b| {

@@ -27,7 +27,6 @@
 
 use std::hint::black_box;
 use std::ptr::NonNull;
-use std::sync::atomic::AtomicU64;
 
 use aarch64_paging::Mapping;
 use aarch64_paging::descriptor::{El1Attributes, PhysicalAddress};
@@ -35,93 +34,13 @@ use aarch64_paging::paging::{
     Constraints, El1And0, MemoryRegion, PageTable as ApTable, Translation, VaRange as ApVaRange,
 };
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use hvmem_benches::arena::{Arena, FRAMES, Frame, GIB, PHYS_BASE, REGION, Stack};
 use hvmem_benches::rng::XorShift64;
 use hvmem_pagetable::aarch64::{Granule, LargeAddresses, Regime, Stage1};
 use hvmem_pagetable::{
-    Attributes, Break, BreakBeforeMake, DirectMap, LeafSizes, MapOptions, PageTable, PhysMem,
-    SliceMem, TableAllocator,
+    Attributes, Break, BreakBeforeMake, LeafSizes, MapOptions, PageTable, PhysMem,
 };
 use hvmem_types::{PhysAddr, VirtAddr};
-
-/// Table frames in each arena: enough for 1 GiB of 4 KiB pages (516) and more.
-const FRAMES: usize = 1024;
-/// The physical address of frame 0 of each arena.
-const PHYS_BASE: u64 = 0x1_0000_0000;
-const GIB: u64 = 1 << 30;
-const REGION: u64 = 0x0000_4000_0000_0000;
-
-/// A 4 KiB table frame of atomics.
-#[repr(C, align(4096))]
-struct Frame([AtomicU64; 512]);
-
-struct Arena {
-    frames: Vec<Frame>,
-}
-
-impl Arena {
-    fn new() -> Self {
-        Self {
-            frames: (0..FRAMES)
-                .map(|_| Frame(std::array::from_fn(|_| AtomicU64::new(0))))
-                .collect(),
-        }
-    }
-}
-
-// ---- hvmem side --------------------------------------------------------
-
-impl Arena {
-    /// The arena as hvmem sees physical memory in a hypervisor: a
-    /// [`DirectMap`], physical address `PHYS_BASE` at the first frame.
-    fn mem(&self) -> DirectMap {
-        // SAFETY: the frames are `FRAMES * 4096` bytes of 8-aligned atomics
-        // in a row (`Frame` is `repr(C)`, 4096 bytes, no padding), owned by
-        // the arena, which every bench keeps alive (and unmoved: the vector's
-        // buffer does not move) for as long as it uses the map.
-        unsafe {
-            DirectMap::new(
-                PhysAddr::new(PHYS_BASE),
-                std::ptr::NonNull::from(self.frames.as_slice()).cast::<u8>(),
-                (FRAMES * 4096) as u64,
-            )
-        }
-    }
-
-    /// The same arena as the crate's safe [`SliceMem`].
-    fn slice(&self) -> SliceMem<'_> {
-        // SAFETY: `Frame` is `repr(C)` and exactly 512 atomics (4096 bytes,
-        // so no padding between frames): the vector's frames are
-        // `FRAMES * 512` initialised atomics in a row, borrowed for as long
-        // as the arena is.
-        let words = unsafe {
-            std::slice::from_raw_parts(self.frames.as_ptr().cast::<AtomicU64>(), FRAMES * 512)
-        };
-        SliceMem::new(PhysAddr::new(PHYS_BASE), words)
-    }
-}
-
-struct Stack(Vec<u64>);
-
-impl Stack {
-    fn new() -> Self {
-        Self(
-            (0..FRAMES as u64)
-                .rev()
-                .map(|i| PHYS_BASE + i * 4096)
-                .collect(),
-        )
-    }
-}
-
-impl TableAllocator for Stack {
-    fn alloc_table(&mut self) -> Option<PhysAddr> {
-        self.0.pop().map(PhysAddr::new)
-    }
-
-    fn free_table(&mut self, table: PhysAddr) {
-        self.0.push(table.get());
-    }
-}
 
 /// An inactive table: nothing to invalidate (never asked, in these
 /// workloads).

@@ -1,5 +1,7 @@
 //! Shared setup for the hvmem criterion benches.
 //!
+//! - [`arena`]: the table arena and frame stack both page-table benches give
+//!   hvmem-pagetable.
 //! - [`rng`]: a tiny seeded xorshift generator, so that every bench replays the
 //!   same "random" workload without a dependency.
 //! - [`buddy`]: the frame heaps the `buddy` bench compares (`hvmem-buddy` and
@@ -12,6 +14,7 @@
     reason = "bench setup: a broken heap or workload must stop the bench loudly, not skew a number"
 )]
 
+pub mod arena;
 pub mod buddy;
 pub mod rng;
 
