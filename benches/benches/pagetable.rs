@@ -29,7 +29,9 @@
 use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use hvmem_benches::arena::{Arena as HvArena, FRAMES, GIB, PHYS_BASE, REGION, Stack};
+use hvmem_benches::arena::{
+    Arena as HvArena, FRAMES, GIB, PHYS_BASE, REGION, Stack, translate_loops,
+};
 use hvmem_benches::rng::XorShift64;
 use hvmem_pagetable::{Attributes, LeafSizes, MapOptions, PageTable, PhysMem, X86Paging};
 use hvmem_types::{PageSize, PhysAddr, VirtAddr};
@@ -347,11 +349,11 @@ fn protect_1g_of_4k(c: &mut Criterion) {
 }
 
 /// hvmem's `translate_random` loops, through the physical memory `mem`
-/// gives; `name_attrs` names the `translate` loop, if it runs.
+/// gives (see [`translate_loops`] for `names`).
 fn hv_translate_random<'a, M: PhysMem>(
     g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
     addrs: &[u64],
-    (name, name_attrs): (&str, Option<&str>),
+    names: (&str, Option<&str>),
     arena: &'a HvArena,
     mem: impl Fn(&'a HvArena) -> M,
 ) {
@@ -359,29 +361,7 @@ fn hv_translate_random<'a, M: PhysMem>(
     let mut frames = Stack::new();
     let mut pt = hv_table(&arena, &mut frames);
     hv_premap(&mut pt, &arena, &mut frames, GIB);
-    // Address only, as the peer's walk gives it.
-    let mut i = 0;
-    g.bench_function(name, |b| {
-        b.iter(|| {
-            i = (i + 1) % addrs.len();
-            black_box(
-                pt.translate_addr(&arena, VirtAddr::new(addrs[i]))
-                    .unwrap()
-                    .output,
-            )
-        });
-    });
-    // With the leaf's attributes decoded and the tables' rights combined
-    // over the walk (more than the peer gives).
-    if let Some(name) = name_attrs {
-        let mut i = 0;
-        g.bench_function(name, |b| {
-            b.iter(|| {
-                i = (i + 1) % addrs.len();
-                black_box(pt.translate(&arena, VirtAddr::new(addrs[i])).unwrap())
-            });
-        });
-    }
+    translate_loops(g, addrs, names, &pt, &arena);
 }
 
 fn translate_random(c: &mut Criterion) {

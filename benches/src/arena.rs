@@ -3,11 +3,14 @@
 //! a stack of free frames, read through the crate's `DirectMap` (as a
 //! hypervisor reads its own tables) or its safe `SliceMem`.
 
+use std::hint::black_box;
 use std::ptr::NonNull;
 use std::sync::atomic::AtomicU64;
 
-use hvmem_pagetable::{DirectMap, SliceMem, TableAllocator};
-use hvmem_types::PhysAddr;
+use criterion::BenchmarkGroup;
+use criterion::measurement::WallTime;
+use hvmem_pagetable::{DirectMap, Format, PageTable, PhysMem, SliceMem, TableAllocator};
+use hvmem_types::{PhysAddr, VirtAddr};
 
 /// Table frames in an arena: enough for 1 GiB of 4 KiB pages (515 on x86,
 /// 516 on AArch64) and more.
@@ -110,6 +113,53 @@ impl TableAllocator for Stack {
 
     fn free_table(&mut self, table: PhysAddr) {
         self.0.push(table.get());
+    }
+}
+
+/// The translation loops of both page-table benches: each iteration
+/// translates the next of `addrs`, round robin, through `pt` over `mem`.
+/// `name` times `translate_addr` (the address only, as the peers' walks
+/// give it); `name_attrs`, if given, times `translate` (the leaf's
+/// attributes decoded and the tables' rights combined over the walk, more
+/// than the peers give).
+///
+/// # Panics
+///
+/// If `addrs` is empty or an address does not translate: the bench's setup
+/// is broken.
+#[allow(
+    clippy::indexing_slicing,
+    reason = "the index is taken modulo the length"
+)]
+pub fn translate_loops<F: Format<Input = VirtAddr>>(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    addrs: &[u64],
+    (name, name_attrs): (&str, Option<&str>),
+    pt: &PageTable<F>,
+    mem: &impl PhysMem,
+) {
+    let mut i = 0;
+    g.bench_function(name, |b| {
+        b.iter(|| {
+            i = (i + 1) % addrs.len();
+            black_box(
+                pt.translate_addr(mem, VirtAddr::new(addrs[i]))
+                    .expect("a mapped address")
+                    .output,
+            )
+        });
+    });
+    if let Some(name) = name_attrs {
+        let mut i = 0;
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                i = (i + 1) % addrs.len();
+                black_box(
+                    pt.translate(mem, VirtAddr::new(addrs[i]))
+                        .expect("a mapped address"),
+                )
+            });
+        });
     }
 }
 

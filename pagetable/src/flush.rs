@@ -135,7 +135,10 @@ mod tests {
         f.add(0x1000, 0x2000, false);
         assert_eq!(f.range(), Some((0x1000, 0x3000)));
         f.add(0x10_0000, 0x10_1000, true);
-        assert_eq!(f.ranges().collect::<std::vec::Vec<_>>(), [(0x1000, 0x10_1000)]);
+        assert_eq!(
+            f.ranges().collect::<std::vec::Vec<_>>(),
+            [(0x1000, 0x10_1000)]
+        );
         assert!(f.covers(0x8000) && !f.covers(0x10_1000) && f.tables_changed());
         assert!(!f.is_flush_all());
     }
