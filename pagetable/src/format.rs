@@ -88,6 +88,10 @@ impl From<Descriptor> for EntryKind {
 /// be replaced by another in one store (AArch64 break-before-make; never on
 /// x86), and [`contiguous_run`](Self::contiguous_run) says where runs of
 /// entries may carry a contiguous hint (AArch64; none on x86).
+///
+/// The all-zero entry must decode as [`Descriptor::Invalid`] at every
+/// level: the editor clears an entry by writing zero, fills new tables with
+/// zeros, and takes a zero entry for a free slot without decoding it.
 pub trait Format {
     /// The kind of address this format translates.
     type Input: InputAddress;

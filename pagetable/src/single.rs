@@ -161,7 +161,14 @@ impl<F: Format> PageTable<F> {
                 return Ok(Single::General);
             };
             let raw = entry.load(Ordering::Acquire);
-            return Ok(match self.format.kind(raw, level) {
+            // The usual free slot, without classifying it: a zero entry is
+            // invalid in every format (unmapping writes zero).
+            let kind = if raw == 0 {
+                EntryKind::Invalid
+            } else {
+                self.format.kind(raw, level)
+            };
+            return Ok(match kind {
                 EntryKind::Invalid => {
                     self.traced_store(entry, raw, leaf, level, index);
                     Single::Done

@@ -1141,6 +1141,20 @@ fn kind_agrees_with_decode_on_every_branch() {
     });
 }
 
+/// The editor writes zero to clear an entry and takes a zero entry for a
+/// free slot without decoding it: every format must decode zero as invalid.
+#[test]
+fn the_zero_entry_is_invalid_at_every_level_of_every_format() {
+    fn check<F: crate::Format>(format: &F) {
+        for level in 0..format.levels() {
+            assert_eq!(format.decode(0, level), crate::Descriptor::Invalid);
+        }
+    }
+    for_each_configuration!(f => {
+        check(&f);
+    });
+}
+
 /// The PAT lookup the x86 encoder precomputes picks the first PAT slot that
 /// holds a memory type, as a search of the PAT would, and refuses types the
 /// PAT lacks.
