@@ -328,7 +328,7 @@ proptest! {
     /// flushes - evictions`, with frames held equal to the store's.
     #[test]
     fn tmem_matches_model(
-        ops in proptest::collection::vec(op(), 1..if cfg!(miri) { 16 } else { 200 }),
+        ops in proptest::collection::vec(op(), 1..if cfg!(miri) { 8 } else { 200 }),
         dedup in any::<bool>(),
         compress in any::<bool>(),
     ) {

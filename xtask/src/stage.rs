@@ -197,8 +197,8 @@ const MIRI_LANES: usize = 2;
 /// machine), so that the two lanes finish together; crates not named here
 /// run after these.
 const MIRI_LONGEST_FIRST: [&str; 6] = [
-    "hvmem-balloon-proto",
     "hvmem-pagetable",
+    "hvmem-balloon-proto",
     "hvmem-grant",
     "hvmem-buddy",
     "hvmem-tmem-pool",
@@ -206,9 +206,11 @@ const MIRI_LONGEST_FIRST: [&str; 6] = [
 ];
 
 /// Runs each library crate's unit tests under miri, isolation on, two crates
-/// at a time. Each lane has its own target directory (so the two cargo
-/// processes never wait on each other's build lock) and prints a crate's
-/// whole output when it finishes; after a failure no new crate starts.
+/// at a time. The lanes share one target directory, so each dependency is
+/// built once: cargo holds the directory's lock only while it builds, so a
+/// lane waits only while the other builds, never while it runs tests. Each
+/// lane prints a crate's whole output when it finishes; after a failure no
+/// new crate starts.
 fn miri(workspace: &Workspace) -> Result<(), String> {
     require_libraries(workspace)?;
     let root = workspace.root.as_path();
@@ -247,7 +249,7 @@ fn miri(workspace: &Workspace) -> Result<(), String> {
                     };
                     let Some(package) = next else { break };
                     let log = root.join(format!("target/miri-{lane}.log"));
-                    let done = miri_step(root, plus_nightly, package, lane).run_captured(&log);
+                    let done = miri_step(root, plus_nightly, package).run_captured(&log);
                     println!("$ {}\n{}", done.line, done.output);
                     if let Err(message) = done.result {
                         if let Ok(mut failures) = failures.lock() {
@@ -268,15 +270,15 @@ fn miri(workspace: &Workspace) -> Result<(), String> {
     }
 }
 
-/// The miri run of one crate's unit tests in `lane`'s target directory.
-fn miri_step(root: &Path, plus_nightly: &str, package: &str, lane: usize) -> Step {
+/// The miri run of one crate's unit tests.
+fn miri_step(root: &Path, plus_nightly: &str, package: &str) -> Step {
     let forward: Vec<String> = MIRI_TEST_ENV
         .iter()
         .map(|(key, _)| format!("-Zmiri-env-forward={key}"))
         .collect();
     let mut step = Step::cargo(root)
         .args([plus_nightly, "miri", "test", "-p", package, "--lib"])
-        .env("CARGO_TARGET_DIR", &format!("target/miri-{lane}"))
+        .env("CARGO_TARGET_DIR", "target/miri")
         .env_append("MIRIFLAGS", &forward.join(" "));
     for (key, value) in MIRI_TEST_ENV {
         step = step.env(key, value);

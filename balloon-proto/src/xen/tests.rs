@@ -581,7 +581,7 @@ proptest! {
     /// (never two of these), no domain exceeds its `max_pages`, and a refused
     /// operation changes nothing.
     #[test]
-    fn driver_and_hypervisor_books_agree_and_conserve_memory(ops in proptest::collection::vec(op(), 0..if cfg!(miri) { 10 } else { 80 })) {
+    fn driver_and_hypervisor_books_agree_and_conserve_memory(ops in proptest::collection::vec(op(), 0..if cfg!(miri) { 6 } else { 80 })) {
         let mut host: HostMemory<3> = HostMemory::new(200);
         for n in 0..3 {
             host.create_domain(dom(n), 100).unwrap();
