@@ -120,6 +120,27 @@ impl MapOptions {
     }
 }
 
+/// `attrs` as one word, one byte a field, so that the remembered page
+/// template is found with one compare (the derived `==` compares field by
+/// field). Every field is a byte or maps to one, so equal keys are equal
+/// attributes; the top byte stays zero.
+#[inline(always)]
+fn attributes_key(attrs: &Attributes) -> u64 {
+    u64::from_le_bytes([
+        attrs.access.bits(),
+        attrs.memory_type as u8,
+        u8::from(attrs.global),
+        attrs.protection_key,
+        u8::from(attrs.ignore_guest_pat),
+        attrs.shareability as u8,
+        attrs.tracking.bits(),
+        0,
+    ])
+}
+
+/// The key no attributes have (its top byte is not zero).
+const NO_KEY: u64 = u64::MAX;
+
 /// A page table of format `F`: its root table and the format.
 ///
 /// The handle holds no memory of its own: tables are reached through a
@@ -132,10 +153,11 @@ pub struct PageTable<F: Format> {
     pub(crate) format: F,
     pub(crate) root: u64,
     /// The last-level leaf encoding (at address 0) of the attributes the
-    /// last one-page map used: the format never changes, so it stays valid,
-    /// and repeated one-page maps with the same attributes skip
+    /// last one-page map used, with their [`attributes_key`] ([`NO_KEY`]
+    /// before the first): the format never changes, so it stays valid, and
+    /// repeated one-page maps with the same attributes skip
     /// `Format::encode_leaf`.
-    last_page_template: Option<(Attributes, u64)>,
+    last_page_template: (u64, u64),
     /// The shape of the format's tables, for the fast loops.
     pub(crate) shape: ShapeTag,
 }
@@ -165,7 +187,7 @@ impl<F: Format> PageTable<F> {
                 shape: ShapeTag::of(&format),
                 format,
                 root,
-                last_page_template: None,
+                last_page_template: (NO_KEY, 0),
             });
         }
         // A concatenated root: contiguous tables, aligned to their total size.
@@ -188,7 +210,7 @@ impl<F: Format> PageTable<F> {
             shape: ShapeTag::of(&format),
             format,
             root: root.get(),
-            last_page_template: None,
+            last_page_template: (NO_KEY, 0),
         })
     }
 
@@ -201,7 +223,7 @@ impl<F: Format> PageTable<F> {
             shape: ShapeTag::of(&format),
             format,
             root: root.get(),
-            last_page_template: None,
+            last_page_template: (NO_KEY, 0),
         }
     }
 
@@ -375,13 +397,13 @@ impl<F: Format> PageTable<F> {
     /// the same attributes (errors are not remembered).
     #[inline]
     fn page_template(&mut self, attrs: &Attributes) -> Result<u64, crate::AttrError> {
-        if let Some((last, template)) = self.last_page_template {
-            if last == *attrs {
-                return Ok(template);
-            }
+        let key = attributes_key(attrs);
+        let (last, template) = self.last_page_template;
+        if last == key {
+            return Ok(template);
         }
         let template = self.format.encode_leaf(0, attrs, 0)?;
-        self.last_page_template = Some((*attrs, template));
+        self.last_page_template = (key, template);
         Ok(template)
     }
 
