@@ -258,7 +258,7 @@ mod tests {
 
     proptest::proptest! {
         #![proptest_config(proptest::test_runner::Config {
-            cases: if cfg!(miri) { 16 } else { 2048 },
+            cases: if cfg!(miri) { 8 } else { 2048 },
             failure_persistence: None,
             ..proptest::test_runner::Config::default()
         })]
