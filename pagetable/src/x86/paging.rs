@@ -302,7 +302,9 @@ impl Format for X86Paging {
         crate::TablePattern {
             check: P | PS | self.reserved,
             value: P,
-            address: self.addr_mask & !0xfff,
+            // Already without bits 11:0; masking them again cost the walks
+            // an instruction or two.
+            address: self.addr_mask,
         }
     }
 
