@@ -80,6 +80,20 @@ impl TableAllocator for Frames {
     }
 }
 
+/// A stack of free table frames (physical addresses): the simplest
+/// `TableAllocator`, handing back the last frame freed first.
+pub(crate) struct FrameStack(pub(crate) Vec<u64>);
+
+impl crate::TableAllocator for FrameStack {
+    fn alloc_table(&mut self) -> Option<hvmem_types::PhysAddr> {
+        self.0.pop().map(hvmem_types::PhysAddr::new)
+    }
+
+    fn free_table(&mut self, table: hvmem_types::PhysAddr) {
+        self.0.push(table.get());
+    }
+}
+
 /// The caller's half of break-before-make: records what it was asked.
 #[derive(Default)]
 pub(crate) struct Recorder(pub(crate) Vec<Break>);

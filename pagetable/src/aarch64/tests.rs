@@ -572,27 +572,16 @@ fn contiguous_runs_per_granule_and_level() {
 use core::sync::atomic::AtomicU64;
 use std::vec::Vec;
 
-use crate::model_tests::Recorder;
-use crate::{MapOptions, PageTable, SliceMem, TableAllocator};
+use crate::model_tests::{FrameStack, Recorder};
+use crate::{MapOptions, PageTable, SliceMem};
 use hvmem_types::{GuestPhysAddr, PhysAddr, VirtAddr};
 
 const ARENA: u64 = 0x100_0000;
 
-struct Frames(Vec<u64>);
-
-impl TableAllocator for Frames {
-    fn alloc_table(&mut self) -> Option<PhysAddr> {
-        self.0.pop().map(PhysAddr::new)
-    }
-    fn free_table(&mut self, table: PhysAddr) {
-        self.0.push(table.get());
-    }
-}
-
-fn arena(frames: usize) -> (Vec<AtomicU64>, Frames) {
+fn arena(frames: usize) -> (Vec<AtomicU64>, FrameStack) {
     (
         (0..frames * 512).map(|_| AtomicU64::new(0)).collect(),
-        Frames(
+        FrameStack(
             (0..frames as u64)
                 .rev()
                 .map(|i| ARENA + i * 0x1000)

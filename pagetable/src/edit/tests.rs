@@ -10,10 +10,8 @@ use std::vec::Vec;
 use hvmem_types::{PageSize, PhysAddr, VirtAddr};
 
 use super::{STORE_GROUP, store_stepped};
-use crate::{
-    Attributes, LeafSizes, MapOptions, PageTable, SliceMem, TableAllocator, TranslateError,
-    X86Paging,
-};
+use crate::model_tests::FrameStack;
+use crate::{Attributes, LeafSizes, MapOptions, PageTable, SliceMem, TranslateError, X86Paging};
 
 #[test]
 fn store_stepped_writes_entry_i_from_address_first_plus_i_steps_for_any_length() {
@@ -34,18 +32,6 @@ fn store_stepped_writes_entry_i_from_address_first_plus_i_steps_for_any_length()
 }
 
 const BASE: u64 = 0x10_0000;
-
-struct Frames(Vec<u64>);
-
-impl TableAllocator for Frames {
-    fn alloc_table(&mut self) -> Option<PhysAddr> {
-        self.0.pop().map(PhysAddr::new)
-    }
-
-    fn free_table(&mut self, table: PhysAddr) {
-        self.0.push(table.get());
-    }
-}
 
 #[test]
 fn a_map_into_fresh_tables_writes_exactly_its_pages_for_any_length_and_offset() {
@@ -74,7 +60,7 @@ fn a_map_into_fresh_tables_writes_exactly_its_pages_for_any_length_and_offset() 
                 .map(|i| AtomicU64::new(0xdead_beef_0000_0001 ^ i))
                 .collect();
             let mem = SliceMem::new(PhysAddr::new(BASE), &words);
-            let mut frames = Frames((0..8).rev().map(|i| BASE + i * step).collect());
+            let mut frames = FrameStack((0..8).rev().map(|i| BASE + i * step).collect());
             let mut pt = PageTable::new(X86Paging::four_level(), &mem, &mut frames).unwrap();
             let start = 0x4000_0000 + first * step;
             let out = 0x8000_0000 + 0x30_0000;
