@@ -8,7 +8,8 @@
 //! a break-before-make invalidation (x86 never asks for one); a failed
 //! operation left every live table word as it was and asked for no
 //! invalidation; every contiguous hint marks a whole, aligned run of equal
-//! leaves; the allocator has out exactly the tables the tree holds.
+//! leaves; the allocator has out exactly the tables the tree holds; the
+//! update never held more new tables at once than `max_new_tables` said.
 
 use std::collections::BTreeSet;
 use std::ops::ControlFlow;
@@ -35,6 +36,10 @@ struct Frames {
     live: BTreeSet<u64>,
     budget: usize,
     root_out: bool,
+    /// Frames drawn during the current update and not returned unused, and
+    /// the most at any time: what a `FrameCache` would have had to hold.
+    drawn: usize,
+    peak: usize,
 }
 
 impl TableAllocator for Frames {
@@ -45,7 +50,14 @@ impl TableAllocator for Frames {
         self.budget -= 1;
         let f = self.free.pop()?;
         assert!(self.live.insert(f), "frame {f:#x} handed out twice");
+        self.drawn += 1;
+        self.peak = self.peak.max(self.drawn);
         Some(PhysAddr::new(f))
+    }
+
+    fn return_unused(&mut self, frame: PhysAddr) {
+        self.drawn -= 1;
+        self.free_table(frame);
     }
 
     fn free_table(&mut self, table: PhysAddr) {
@@ -179,6 +191,8 @@ fn run_format<F: Format + Copy>(
         live: BTreeSet::new(),
         budget: usize::MAX,
         root_out: false,
+        drawn: 0,
+        peak: 0,
     };
     let mut pt = PageTable::new(f, &mem, &mut frames).unwrap();
     let root_words = if f.root_tables() > 1 {
@@ -211,6 +225,8 @@ fn run_format<F: Format + Copy>(
         } else {
             usize::MAX
         };
+        let bound = pt.max_new_tables(at(page), len);
+        (frames.drawn, frames.peak) = (0, 0);
         let before_model = model.clone();
         let before = snapshot(&words, &frames.live, entries, root_words);
         let result = match tag % 5 {
@@ -285,6 +301,11 @@ fn run_format<F: Format + Copy>(
                 .merge_live(&mem, &mut frames, &mut bbm, at(page), len)
                 .ok(),
         };
+        assert!(
+            frames.peak <= bound,
+            "drew {} tables, max_new_tables said {bound}",
+            frames.peak
+        );
         match result {
             Some(flush) => {
                 for (i, (old, new)) in before_model.iter().zip(&model).enumerate() {

@@ -29,6 +29,14 @@ pub trait TableAllocator {
     /// the frame before then (queue it, as Linux defers table freeing).
     fn free_table(&mut self, table: PhysAddr);
 
+    /// A frame from [`alloc_table`](Self::alloc_table) that the editor gives
+    /// back without ever having made it reachable (an update that failed,
+    /// or a reservation it did not use up): it may be reused at once. The
+    /// default hands it to [`free_table`](Self::free_table).
+    fn return_unused(&mut self, frame: PhysAddr) {
+        self.free_table(frame);
+    }
+
     /// `tables` physically contiguous table frames aligned to their total
     /// size, for a concatenated root (AArch64 stage 2 starts with up to 16).
     /// The default gives a single table and nothing larger.
@@ -141,7 +149,7 @@ impl Reservation {
     /// Gives every frame still reserved back to the allocator.
     pub(crate) fn release(mut self, mem: &impl PhysMem, alloc: &mut impl TableAllocator) {
         while let Some((frame, _)) = self.unlink(mem) {
-            alloc.free_table(PhysAddr::new(frame));
+            alloc.return_unused(PhysAddr::new(frame));
         }
     }
 }

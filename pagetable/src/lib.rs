@@ -72,6 +72,7 @@ pub mod aarch64;
 mod alloc;
 mod attrs;
 mod bbm;
+mod cache;
 mod edit;
 mod error;
 mod flush;
@@ -92,6 +93,7 @@ mod tests;
 pub use alloc::TableAllocator;
 pub use attrs::{Access, AttrError, Attributes, MemoryType, Shareability, Tracking};
 pub use bbm::{Break, BreakBeforeMake};
+pub use cache::{FrameCache, TopUpError};
 pub use error::{MapError, ProtectError, RangeError, TableError, TranslateError, UnmapError};
 pub use flush::TlbFlush;
 pub use format::{

@@ -33,6 +33,10 @@ struct Frames {
     live: BTreeSet<u64>,
     root_out: bool,
     cap: usize,
+    /// Frames drawn during the current update and not returned unused, and
+    /// the most at any time: what a `FrameCache` would have had to hold.
+    drawn: usize,
+    peak: usize,
 }
 
 impl Frames {
@@ -45,6 +49,8 @@ impl Frames {
             live: BTreeSet::new(),
             root_out: false,
             cap: usize::MAX,
+            drawn: 0,
+            peak: 0,
         }
     }
 }
@@ -56,7 +62,14 @@ impl TableAllocator for Frames {
         }
         let f = self.free.pop()?;
         assert!(self.live.insert(f));
+        self.drawn += 1;
+        self.peak = self.peak.max(self.drawn);
         Some(hvmem_types::PhysAddr::new(f))
+    }
+
+    fn return_unused(&mut self, frame: hvmem_types::PhysAddr) {
+        self.drawn -= 1;
+        self.free_table(frame);
     }
 
     fn free_table(&mut self, table: hvmem_types::PhysAddr) {
@@ -371,6 +384,17 @@ pub(crate) fn run_model<F: Config>(f: F, window_pages: u64, ops: &[Op]) {
         let before_words = snapshot(&frames);
         let clip = |page: u64, pages: u64| (page, pages.min(window_pages - page));
         let at = |page: u64| F::Input::from_raw(f.index_to_input(window_index + page * page_size));
+        let bound = match *op {
+            Op::Starve(_) => 0,
+            Op::Map { page, pages, .. }
+            | Op::Unmap { page, pages }
+            | Op::Protect { page, pages, .. }
+            | Op::Merge { page, pages } => {
+                let (page, pages) = clip(page, pages);
+                pt.max_new_tables(at(page), pages * page_size)
+            }
+        };
+        (frames.drawn, frames.peak) = (0, 0);
         let result: Result<TlbFlush, ()> = match *op {
             Op::Starve(n) => {
                 starve = Some(n);
@@ -470,6 +494,12 @@ pub(crate) fn run_model<F: Config>(f: F, window_pages: u64, ops: &[Op]) {
                     .unwrap())
             }
         };
+        // A frame cache topped up to the bound would not have run dry.
+        assert!(
+            frames.peak <= bound,
+            "{op:?}: drew {} tables, bound {bound}",
+            frames.peak
+        );
         let events = trace::take();
         match result {
             Ok(flush) => {

@@ -232,7 +232,7 @@ impl<F: Format> PageTable<F> {
             });
             if filled.is_none() {
                 for &t in built.iter().take(taken) {
-                    alloc.free_table(PhysAddr::new(t));
+                    alloc.return_unused(PhysAddr::new(t));
                 }
                 reservation.release(mem, alloc);
                 return Ok(Single::General);

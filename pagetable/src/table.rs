@@ -239,6 +239,38 @@ impl<F: Format> PageTable<F> {
         &self.format
     }
 
+    /// The most table frames one update of `len` bytes at `input` can take
+    /// from its allocator, whatever the tables hold: [`map`](Self::map),
+    /// [`unmap`](Self::unmap), [`protect`](Self::protect),
+    /// [`merge`](Self::merge) or their live forms. An update needs at most
+    /// one new table (created, or made by splitting a large leaf) for each
+    /// region a table below the root covers that the range touches, so this
+    /// is the number of such regions. It reads no table: compute it before
+    /// taking the lock that serialises editors, to top up a
+    /// [`FrameCache`](crate::FrameCache). 0 for an empty range, or one
+    /// whose start the format cannot translate (the update refuses it).
+    ///
+    /// On 4-level x86, one 4 KiB page needs at most 3 (a PDPT, a PD and a
+    /// PT), and 1 GiB aligned to 1 GiB at most 514 (512 PTs, a PD, a PDPT).
+    #[must_use]
+    pub fn max_new_tables(&self, input: F::Input, len: u64) -> usize {
+        let Some(first) = self.format.input_to_index(input.raw()) else {
+            return 0;
+        };
+        let Some(last) = len.checked_sub(1).and_then(|l| first.checked_add(l)) else {
+            return 0;
+        };
+        // Tables below the root are referenced from levels 1 up to the root;
+        // one referenced from `level` covers `1 << level_shift(level)` bytes.
+        (1..self.format.levels())
+            .map(|level| {
+                let shift = self.format.level_shift(level);
+                let regions = (last >> shift) - (first >> shift) + 1;
+                usize::try_from(regions).unwrap_or(usize::MAX)
+            })
+            .fold(0, usize::saturating_add)
+    }
+
     /// Checks an input range and returns it in index space. `align` is a
     /// power of two.
     #[inline]

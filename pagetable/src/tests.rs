@@ -29,6 +29,10 @@ struct Frames {
     free: Vec<u64>,
     live: BTreeSet<u64>,
     cap: usize,
+    /// Frames drawn during the current update and not returned unused, and
+    /// the most at any time: what a `FrameCache` would have had to hold.
+    drawn: usize,
+    peak: usize,
 }
 
 impl Frames {
@@ -40,6 +44,8 @@ impl Frames {
                 .collect(),
             live: BTreeSet::new(),
             cap: usize::MAX,
+            drawn: 0,
+            peak: 0,
         }
     }
 }
@@ -52,7 +58,14 @@ impl TableAllocator for Frames {
         let f = self.free.pop()?;
         // Dirty the frame: the editor must clear what it takes.
         assert!(self.live.insert(f));
+        self.drawn += 1;
+        self.peak = self.peak.max(self.drawn);
         Some(PhysAddr::new(f))
+    }
+
+    fn return_unused(&mut self, frame: PhysAddr) {
+        self.drawn -= 1;
+        self.free_table(frame);
     }
 
     fn free_table(&mut self, table: PhysAddr) {
@@ -861,6 +874,17 @@ fn run_model(ops: &[Op]) {
         let before_model = model.clone();
         let before_words = m.snapshot();
         let clip = |page: u64, pages: u64| (page, pages.min(WINDOW_PAGES - page));
+        let bound = match *op {
+            Op::Starve(_) => 0,
+            Op::Map { page, pages, .. }
+            | Op::Unmap { page, pages }
+            | Op::Protect { page, pages, .. }
+            | Op::Merge { page, pages } => {
+                let (page, pages) = clip(page, pages);
+                pt.max_new_tables(va(WINDOW + page * KIB4), pages * KIB4)
+            }
+        };
+        (m.frames.drawn, m.frames.peak) = (0, 0);
         let result = match *op {
             Op::Starve(n) => {
                 starve = Some(n);
@@ -953,6 +977,12 @@ fn run_model(ops: &[Op]) {
                     .unwrap())
             }
         };
+        // A frame cache topped up to the bound would not have run dry.
+        assert!(
+            m.frames.peak <= bound,
+            "{op:?}: drew {} tables, bound {bound}",
+            m.frames.peak
+        );
         match result {
             Ok(flush) => {
                 // Every translation that changed or vanished is flushed.
@@ -1747,6 +1777,8 @@ fn clone_machine(m: &Machine) -> Machine {
             free: m.frames.free.clone(),
             live: m.frames.live.clone(),
             cap: m.frames.cap,
+            drawn: 0,
+            peak: 0,
         },
     }
 }
