@@ -39,7 +39,8 @@ pub trait TableAllocator {
 
     /// `tables` physically contiguous table frames aligned to their total
     /// size, for a concatenated root (AArch64 stage 2 starts with up to 16).
-    /// The default gives a single table and nothing larger.
+    /// The default gives a single table and nothing larger; override it
+    /// together with [`free_root`](Self::free_root).
     fn alloc_root(&mut self, tables: usize) -> Option<PhysAddr> {
         if tables == 1 {
             self.alloc_table()
@@ -50,7 +51,8 @@ pub trait TableAllocator {
 
     /// A root from [`alloc_root`](Self::alloc_root) the editor no longer
     /// uses (same reuse rule as [`free_table`](Self::free_table)). The
-    /// default frees a single table.
+    /// default frees a single table and nothing larger (the default
+    /// `alloc_root` never hands out more).
     fn free_root(&mut self, root: PhysAddr, tables: usize) {
         if tables == 1 {
             self.free_table(root);

@@ -98,7 +98,9 @@ pub struct Attributes {
 impl Attributes {
     /// Readable, writable, not executable, write-back, supervisor only.
     pub const DATA: Self = Self::new(Access::READ.union(Access::WRITE));
-    /// Readable and executable, write-back, supervisor only.
+    /// Readable and executable, write-back, supervisor only. A stage-2
+    /// table without FEAT_XNX refuses it (EL1 and EL0 execution must then
+    /// agree): use `READ | EXECUTE | USER_EXECUTE` there.
     pub const CODE: Self = Self::new(Access::READ.union(Access::EXECUTE));
     /// Read-only data.
     pub const READ_ONLY: Self = Self::new(Access::READ);

@@ -1,12 +1,10 @@
 //! Break-before-make: the step the editor cannot do itself.
 //!
-//! On AArch64 a valid descriptor may not be replaced by another valid one that
-//! differs in output address, block/table size, memory attributes or the
-//! contiguous bit: two TLB entries for one address could coexist, which the
-//! architecture leaves CONSTRAINED UNPREDICTABLE. The rule
-//! (paging-formats.md B.10) is to write an invalid entry, make that visible,
-//! invalidate every cached translation through it, and only then write the
-//! new entry.
+//! On AArch64 a valid descriptor may not be replaced by another valid one
+//! unless only "safe" fields differ: two TLB entries for one address could
+//! coexist, which the architecture leaves CONSTRAINED UNPREDICTABLE. The rule
+//! is to write an invalid entry, make that visible, invalidate every cached
+//! translation through it, and only then write the new entry.
 //!
 //! The `*_live` methods of [`PageTable`](crate::PageTable) follow it. Where a
 //! change needs a break ([`Format::needs_break`](crate::Format::needs_break)),
@@ -25,7 +23,10 @@ pub struct Break {
     pub start: u64,
     /// Input address just past them.
     pub end: u64,
-    /// Their level (0 = last-level table). Usable as a TLBI level hint.
+    /// Their level in this crate's numbering (0 = last-level table). The
+    /// architecture numbers from the root instead: its level is
+    /// `3 - level` (as a signed number: level -1 exists with LPA2), which
+    /// is what a TLBI TTL level hint wants.
     pub level: u8,
     /// Whether one of them pointed to a table, so that cached walks through
     /// it must go too (a non-last-level TLBI: `VAE1IS`, not `VALE1IS`).
@@ -34,8 +35,22 @@ pub struct Break {
 
 /// What the caller of a live edit does between breaking and making.
 ///
+/// # Which changes break
+///
+/// This crate follows the conservative reading that aarch64-paging uses
+/// (its `is_bbm_safe`), the one list the rest of the documentation
+/// refers to:
+///
+/// | | written in place | needs break-before-make |
+/// |---|---|---|
+/// | stage 1 | AP\[2\] (read-only), AF, DBM, PXN, UXN, software bits \[58:55\], setting nG | output address, block/table size, AttrIndx, SH, the contiguous bit, clearing nG, AP\[1\] (EL0 access), anything else |
+/// | stage 2 | S2AP, AF, XN, software bits | output address, block/table size, MemAttr, SH, the contiguous bit, anything else |
+///
+/// Splitting a live block or merging into one changes the size, so both
+/// break. FEAT_BBM's relaxations are not used.
+///
 /// `invalidate` must not return before no CPU can use a translation through
-/// the broken entries any more. The sequences of paging-formats.md B.10:
+/// the broken entries any more. The sequences (as KVM and Linux use them):
 ///
 /// - stage 1 (own EL2 or EL1&0 tables): `DSB ISHST`; `TLBI VAE2IS` /
 ///   `VAE1IS` (with the ASID; `VALE*` when [`Break::table`] is false) for

@@ -30,7 +30,8 @@ use crate::alloc::TableAllocator;
 /// The cache keeps its frames in a slice the caller provides, so it needs no
 /// allocation and its capacity is the slice's length. It hands out single
 /// tables only: a concatenated root (AArch64 stage 2,
-/// [`TableAllocator::alloc_root`]) comes from the frame allocator itself.
+/// [`TableAllocator::alloc_root`]) comes from the frame allocator itself,
+/// and goes back to it (destroy such a table with that allocator).
 ///
 /// Frames still in the cache when it is dropped are not freed anywhere: take
 /// them back with [`pop`](Self::pop) first.
@@ -67,6 +68,7 @@ use crate::alloc::TableAllocator;
 /// // Unmapping frees the three tables to `retire`, to reuse after the flush.
 /// let flush = pt.unmap(&mem, &mut cache, va, 0x1000).unwrap();
 /// assert!(flush.covers(0x7000_0000));
+/// drop(cache); // Ends the cache's borrow of `retired`.
 /// assert_eq!(retired.len(), 3);
 /// ```
 pub struct FrameCache<'s, R> {

@@ -11,7 +11,8 @@ use crate::attrs::AttrError;
 #[non_exhaustive]
 pub enum RangeError {
     /// An address or the length is not a multiple of the smallest leaf size
-    /// the operation may use.
+    /// the operation may use (or, from `PageTable::new`, a concatenated root
+    /// not aligned to its size).
     Misaligned,
     /// The input range is not translatable by the format: non-canonical,
     /// beyond the input size, crossing the canonical hole, or wrapping.
@@ -86,7 +87,9 @@ macro_rules! update_error_common {
     };
 }
 
-/// Why [`PageTable::map`](crate::PageTable::map) failed.
+/// Why [`PageTable::map`](crate::PageTable::map),
+/// [`map_live`](crate::PageTable::map_live) or
+/// [`PageTable::new`](crate::PageTable::new) failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum MapError {

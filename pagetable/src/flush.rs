@@ -2,9 +2,31 @@
 
 use core::fmt;
 
-/// Translations that changed and may still be cached: invalidate them
-/// (INVLPG / INVPCID, INVEPT, TLBI; on every CPU that may hold them) before
-/// relying on the update, and before reusing any table frame it freed.
+/// Translations that changed and may still be cached: invalidate them on
+/// every CPU that may hold them before relying on the update, and before
+/// reusing any table frame it freed.
+///
+/// How, per format (the range is in the format's input addresses: virtual
+/// for x86 paging and stage 1, guest-physical for EPT and stage 2):
+///
+/// - x86 paging: `INVLPG` each page of [`range`](Self::range) (it also
+///   drops global entries and, with [`tables_changed`](Self::tables_changed),
+///   the paging-structure caches for that address), or above a threshold of
+///   pages a full flush: `INVPCID` type 2 (type 1 and a CR3 write keep
+///   global entries). Remote CPUs need a shootdown IPI.
+/// - EPT: `INVEPT` single-context for any non-empty flush (EPT cannot be
+///   invalidated by guest-physical address).
+/// - AArch64 stage 1: `DSB ISHST`, then `TLBI VAE1IS` (or `VALE1IS` when
+///   [`tables_changed`](Self::tables_changed) is false; `VAE2IS` at EL2)
+///   per page, or `TLBI ASIDE1IS` / `VMALLE1IS` / `ALLE2IS` above a
+///   threshold; then `DSB ISH`, `ISB`. Broadcast TLBIs reach every CPU of
+///   the inner-shareable domain.
+/// - AArch64 stage 2: as [`BreakBeforeMake`](crate::BreakBeforeMake)
+///   describes, `TLBI IPAS2E1IS` per page then `VMALLE1IS`, or
+///   `VMALLS12E1IS`.
+///
+/// An empty flush on AArch64 still needs `DSB ISHST` (and `ISB`) before the
+/// new entries are relied on; x86 needs nothing.
 ///
 /// Holds one input-address range, the smallest that covers every range the
 /// update changed (as Linux's `mmu_gather` does): an update that changed
@@ -50,9 +72,11 @@ impl TlbFlush {
         self.start >= self.end && !self.all
     }
 
-    /// Whether the whole address space must be flushed (INVPCID type 1,
-    /// INVEPT single-context, TLBI VMALLS12E1IS): what tearing down a table
-    /// returns.
+    /// Whether the whole address space must be flushed (x86: `INVPCID`
+    /// type 2, or type 1 if no leaf was global; EPT: `INVEPT`
+    /// single-context; stage 1: `TLBI ASIDE1IS`, `VMALLE1IS` with global
+    /// leaves, `ALLE2IS` at EL2; stage 2: `VMALLS12E1IS`): what tearing down
+    /// a table returns.
     #[must_use]
     pub fn is_flush_all(&self) -> bool {
         self.all

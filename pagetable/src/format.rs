@@ -207,16 +207,16 @@ pub trait Format {
 
     /// Whether replacing the valid entry `old` by the valid entry `new` at
     /// `level` needs break-before-make: an invalid entry and a TLB
-    /// invalidation in between (AArch64: a change of output address, of
-    /// block/table size, of memory type or shareability, of the contiguous
-    /// bit). Never on x86, where one store and a later flush suffice.
+    /// invalidation in between (AArch64: the list on
+    /// [`BreakBeforeMake`](crate::BreakBeforeMake)). Never on x86, where one
+    /// store and a later flush suffice.
     fn needs_break(&self, _old: u64, _new: u64, _level: u8) -> bool {
         false
     }
 
     /// log2 of the number of entries at `level` that form one contiguous
-    /// run (AArch64: 16 for 4 KiB pages, ...), or 0 if the format has no
-    /// contiguous hint there.
+    /// run (AArch64 with 4 KiB pages: 4, for runs of 16), or 0 if the format
+    /// has no contiguous hint there.
     fn contiguous_run(&self, _level: u8) -> u32 {
         0
     }

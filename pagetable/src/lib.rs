@@ -1,8 +1,10 @@
 //! Validated, all-or-nothing page-table editing for hypervisors.
 //!
 //! One generic editor over a [`Format`] trait edits x86-64 4- and 5-level
-//! tables ([`X86Paging`]) and Intel EPT ([`Ept`]), with the architecture's
-//! own words for levels, leaves and attributes:
+//! tables ([`X86Paging`]), Intel EPT ([`Ept`]) and AArch64 VMSAv8-64 stage 1
+//! and stage 2 ([`aarch64::Stage1`], [`aarch64::Stage2`], every granule and
+//! input size), with the architecture's own words for levels, leaves and
+//! attributes:
 //!
 //! - [`PageTable::map`] maps a range with the largest leaves that fit (or the
 //!   sizes you allow), [`unmap`](PageTable::unmap) removes translations and
@@ -10,20 +12,33 @@
 //!   attributes, splitting large leaves where a range cuts them,
 //!   [`merge`](PageTable::merge) folds tables of uniform leaves back into
 //!   large leaves, [`translate`](PageTable::translate) walks one address and
-//!   [`visit`](PageTable::visit) reports a range.
+//!   [`visit`](PageTable::visit) reports a range. Formats that need
+//!   break-before-make (AArch64) have only the live forms,
+//!   [`map_live`](PageTable::map_live) and the rest, which take your
+//!   [`BreakBeforeMake`]; x86 and EPT have both.
 //! - **All or nothing.** An update plans first, reserves every table frame it
-//!   will need from your [`TableAllocator`], then commits a step that cannot
-//!   fail. Out of memory leaves the tables exactly as they were.
+//!   will need from your [`TableAllocator`] (or from a [`FrameCache`] you
+//!   filled to [`PageTable::max_new_tables`] beforehand), then commits a
+//!   step that cannot fail. Out of memory leaves the tables exactly as they
+//!   were.
 //! - **Atomics, no `&mut` to live tables.** Tables are reached through
 //!   [`PhysMem`], which hands out `&[AtomicU64]`: the same code edits live
 //!   tables, a guest's tables in guest memory, and a test arena
 //!   ([`SliceMem`]); a hypervisor's own tables go through its direct map
 //!   ([`DirectMap`], the one `unsafe` constructor in the crate).
-//! - **TLB work is returned**, as a `#[must_use]` [`TlbFlush`] of ranges (or
-//!   "flush all"), never performed inside the crate.
+//! - **TLB work is returned**, as a `#[must_use]` [`TlbFlush`]: one input
+//!   range covering everything the update changed, or "flush all", never
+//!   performed inside the crate. Tables an update frees must not be reused
+//!   before that flush is done ([`TableAllocator::free_table`]).
 //! - **Every input is checked**: alignment, canonical form, output width,
 //!   attributes the format cannot express, existing mappings, malformed
 //!   entries. Errors leave the tables unchanged; nothing panics.
+//! - Module [`pv`] validates the entries an x86 PV guest writes into its own
+//!   tables (Xen's `mmu_update`).
+//!
+//! The crate README (on crates.io and in the repository) has the rules in
+//! more detail: break-before-make, the contiguous hint, editing a guest's
+//! tables, and the measured performance.
 //!
 //! # Example
 //!
@@ -50,7 +65,8 @@
 //! let flush = pt
 //!     .map(&mem, &mut frames, va, PhysAddr::new(0x4020_0000), 0x40_2000, &Attributes::DATA, MapOptions::new())
 //!     .unwrap();
-//! assert!(flush.is_empty(), "new translations need no flush");
+//! // x86 caches no not-present entry: new translations need no flush.
+//! assert!(flush.is_empty());
 //!
 //! let t = pt.translate(&mem, VirtAddr::new(0xffff_8000_0030_1234)).unwrap();
 //! assert_eq!((t.output, t.size), (PhysAddr::new(0x4030_1234), 0x20_0000));
@@ -102,7 +118,7 @@ pub use format::{
 pub use mem::{DirectMap, PhysMem, SliceMem};
 pub use table::{LeafSizes, MapOptions, PageTable};
 pub use walk::{OutputAddr, Translation, Visit};
-pub use x86::{Ept, X86Paging};
+pub use x86::{Ept, LINUX_PAT, X86Paging};
 
 /// The README's examples, compiled and run as doc tests.
 #[cfg(doctest)]

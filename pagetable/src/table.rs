@@ -80,7 +80,8 @@ impl Default for MapOptions {
 }
 
 impl MapOptions {
-    /// The largest leaves that fit, refusing to overwrite, no merging.
+    /// The largest leaves that fit, refusing to overwrite, no merging, and
+    /// the contiguous hint on (AArch64; no effect on x86 and EPT).
     #[must_use]
     pub const fn new() -> Self {
         Self {
@@ -98,7 +99,9 @@ impl MapOptions {
         self
     }
 
-    /// The same options, replacing existing mappings.
+    /// The same options, replacing existing mappings. A replaced leaf is
+    /// written from the new attributes: accessed, dirty and software bits
+    /// of the old one are not kept.
     #[must_use]
     pub const fn replacing(mut self) -> Self {
         self.replace = true;
@@ -166,7 +169,9 @@ impl<F: Format> PageTable<F> {
     /// A new, empty table with a root from `alloc`.
     ///
     /// A root that spans several tables (AArch64 stage-2 concatenation,
-    /// [`Format::root_tables`]) comes from [`TableAllocator::alloc_root`].
+    /// [`Format::root_tables`]) comes from [`TableAllocator::alloc_root`],
+    /// whose default has none to give (`MapError::OutOfMemory`): an
+    /// allocator for such formats overrides `alloc_root` and `free_root`.
     ///
     /// # Errors
     ///
@@ -217,6 +222,14 @@ impl<F: Format> PageTable<F> {
     /// A handle on existing tables rooted at `root` (a guest's CR3 or EPTP
     /// table, tables built elsewhere). Operations check every entry they
     /// meet, so malformed tables produce errors, never undefined behaviour.
+    ///
+    /// The `PhysMem` you pass is handed the table addresses these tables
+    /// hold (guest-physical for a guest's own tables), and the
+    /// `TableAllocator` gives and takes frames that belong to them. Nothing
+    /// else may write the tables while an update runs (pause the vCPUs that
+    /// could): tables changed between an update's plan and its commit can
+    /// leave it applied in part. Do not [`destroy`](Self::destroy) tables
+    /// you did not build.
     #[must_use]
     pub fn from_root(format: F, root: PhysAddr) -> Self {
         Self {
@@ -559,6 +572,12 @@ impl<F: Format> PageTable<F> {
     /// `attrs`, keeping its physical address. Holes stay holes; a large leaf
     /// only partly inside is split first.
     ///
+    /// Each rewritten leaf holds exactly what `attrs` encodes plus its
+    /// address: x86 and EPT accessed and dirty bits that hardware set are
+    /// cleared, as are AArch64 software bits. Read them first
+    /// ([`raw_entry`](Self::raw_entry), [`visit`](Self::visit)) if you track
+    /// them.
+    ///
     /// # Errors
     ///
     /// The tables are unchanged on every error:
@@ -612,7 +631,9 @@ impl<F: Format> PageTable<F> {
     /// Replaces every table in `len` bytes at `input` whose entries are all
     /// leaves with contiguous physical addresses and identical attributes by
     /// one larger leaf, where the format allows one, and frees the table.
-    /// Never allocates; malformed or inaccessible parts are left alone.
+    /// Never allocates; malformed or inaccessible parts are left alone. The
+    /// large leaf is encoded from the attributes: accessed and dirty bits
+    /// of the leaves it replaces are not carried over.
     ///
     /// # Errors
     ///
@@ -774,6 +795,13 @@ impl<F: Format> PageTable<F> {
 
     /// Frees every table, the root included, to `alloc`; returns the flush
     /// of the whole address space.
+    ///
+    /// The root is freed at once: it must no longer be loaded (CR3, EPTP,
+    /// TTBR, VTTBR) on any CPU. Only for tables this editor built: every
+    /// table reached is freed, with no check that a frame is reached only
+    /// once, so a guest's aliased or cyclic tables would be freed twice. A
+    /// concatenated root goes to [`TableAllocator::free_root`]; give the
+    /// allocator that made it.
     pub fn destroy(self, mem: &impl PhysMem, alloc: &mut impl TableAllocator) -> TlbFlush {
         let mut never = NeverBreak;
         let editor = Editor::new(
@@ -918,8 +946,9 @@ impl<F: WithoutBreakBeforeMake> PageTable<F> {
 /// `bbm` is never called.
 impl<F: Format> PageTable<F> {
     /// [`map`](PageTable::map) on a live table: replacing a valid entry by
-    /// one of another output address, size or memory attributes, splitting
-    /// a block, or touching part of a contiguous run goes through `bbm`.
+    /// one the architecture does not allow in place (the list on
+    /// [`BreakBeforeMake`]), splitting a block, or touching part of a
+    /// contiguous run goes through `bbm`.
     /// A run of the right length and alignment gets the contiguous hint.
     ///
     /// # Errors
@@ -958,9 +987,11 @@ impl<F: Format> PageTable<F> {
         self.unmap_with(mem, alloc, bbm, input, len)
     }
 
-    /// [`protect`](PageTable::protect) on a live table: permission changes
-    /// are written in place and flushed; memory-type or shareability changes
-    /// and splits go through `bbm`.
+    /// [`protect`](PageTable::protect) on a live table: changes the
+    /// architecture allows in place (the list on [`BreakBeforeMake`]) are
+    /// written and flushed; memory-type or shareability changes, a change of
+    /// EL0 access at stage 1, touching part of a contiguous run, and splits
+    /// go through `bbm`.
     ///
     /// # Errors
     ///

@@ -78,6 +78,11 @@ pub enum Visit {
         size: u64,
     },
     /// A malformed entry, or a table that is not accessible.
+    ///
+    /// An inaccessible table (one the `PhysMem` does not map) is reported
+    /// once, right after the [`Visit::Table`] entry that names it, with
+    /// `raw` 0, the level of the entries it would hold, and `at` the start
+    /// of the region it covers; none of its entries is visited.
     Malformed {
         /// First input address covered.
         at: u64,

@@ -21,7 +21,8 @@ const SAFE: u64 = S2AP_READ | S2AP_WRITE | AF | XN | SOFTWARE;
 ///
 /// The root level and the number of concatenated root tables follow from
 /// the IPA size and granule as KVM chooses them (the shallowest walk that
-/// at most 16 concatenated tables allow; paging-formats.md B.3).
+/// at most 16 concatenated tables allow; Arm ARM, "Concatenated
+/// translation tables for the initial stage 2 lookup").
 ///
 /// Attributes: [`Access::READ`] and [`Access::WRITE`] are S2AP (any
 /// combination, none included); [`Access::EXECUTE`] is execution at EL1 and

@@ -169,9 +169,16 @@ impl core::error::Error for BatchError {
 /// cannot be de-validated underneath. The new entry is checked against
 /// level N's rules and the references it implies are taken; the entry is
 /// then swapped with a compare-and-exchange; only after that succeeds are the
-/// references of the old entry dropped (reference pitfall 2). A change that
-/// keeps the target and touches only [fast-path flags](super#the-fast-path)
-/// swaps without touching references.
+/// references of the old entry dropped, so a frame never drops to zero
+/// references while an entry still names it. A change that keeps the
+/// target and touches only [fast-path flags](super#the-fast-path) swaps
+/// without touching references.
+///
+/// TLBs are the caller's, as in Xen: after a batch that removed or
+/// restricted entries, flush the guest's TLBs (every CPU it runs on) before
+/// the guest relies on the change, and before a frame whose last writable
+/// reference went takes a page-table type, since a stale writable
+/// translation of it could otherwise outlive the type change.
 ///
 /// Work is bounded by `requests.len()`; an embedder that wants preemption
 /// passes a slice at a time.

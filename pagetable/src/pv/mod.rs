@@ -6,7 +6,8 @@
 //! guest writes is checked first, and because the frames involved are
 //! reference-counted by type: a frame in use as a page table can never also
 //! be mapped writable, so the guest can change its tables only through
-//! [`mmu_update`] (reference a.8-a.10). This module holds those checks; the
+//! [`mmu_update`] (Xen's `do_mmu_update` and `mod_l1_entry` to
+//! `mod_l4_entry`). This module holds those checks; the
 //! frame table behind them is reached through the [`FrameOracle`] trait,
 //! which hvmem-frametable implements behind its `pagetable` feature.
 //!

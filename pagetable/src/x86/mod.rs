@@ -9,7 +9,7 @@ mod ept;
 mod paging;
 
 pub use ept::Ept;
-pub use paging::X86Paging;
+pub use paging::{LINUX_PAT, X86Paging};
 
 const LEVEL_NAMES: [&str; 5] = ["PT", "PD", "PDPT", "PML4", "PML5"];
 

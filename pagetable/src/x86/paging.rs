@@ -158,7 +158,17 @@ impl X86Paging {
         self.derive()
     }
 
-    /// The same format with another PAT layout.
+    /// The same format with CR4.PKE clear: bits 62:59 of a leaf are then
+    /// ignored by hardware, never read as a key, and an `Attributes` with a
+    /// nonzero `protection_key` is refused.
+    #[must_use]
+    pub const fn without_protection_keys(mut self) -> Self {
+        self.protection_keys = false;
+        self.derive()
+    }
+
+    /// The same format with another PAT layout (the PAT MSR's eight
+    /// entries; [`LINUX_PAT`] is the default).
     #[must_use]
     pub const fn with_pat(mut self, pat: [MemoryType; 8]) -> Self {
         self.pat = pat;
@@ -404,6 +414,27 @@ mod tests {
         assert_eq!(
             X86Paging::four_level().input_to_index(0x0000_8000_0000_0000),
             None
+        );
+    }
+
+    #[test]
+    fn without_protection_keys_bits_62_59_are_no_key_and_keys_are_refused() {
+        let f = X86Paging::four_level().without_protection_keys();
+        let leaf = 0x1000 | P | RW | XD | (0xa << PKEY_SHIFT);
+        match f.decode(leaf, 0) {
+            Descriptor::Leaf(pa, attrs) => assert_eq!((pa, attrs.protection_key), (0x1000, 0)),
+            d => panic!("{d:?}"),
+        }
+        let mut attrs = Attributes::DATA;
+        attrs.protection_key = 1;
+        assert_eq!(
+            f.encode_leaf(0x1000, &attrs, 0),
+            Err(AttrError::ProtectionKey(1))
+        );
+        assert!(
+            X86Paging::four_level()
+                .encode_leaf(0x1000, &attrs, 0)
+                .is_ok()
         );
     }
 
