@@ -214,6 +214,26 @@ pub trait Format {
         false
     }
 
+    /// The bits hardware sets in a leaf to record its use (x86 and EPT:
+    /// accessed and dirty), at the same positions at every level; 0 (the
+    /// default) if the format has none or leaves them to the attributes
+    /// (AArch64's AF and DBM are [`Attributes::tracking`](crate::Attributes)).
+    ///
+    /// The editor carries them over wherever a leaf keeps mapping the same
+    /// memory: a protect keeps a leaf's, a split copies the large leaf's
+    /// into every leaf it becomes, and a merge gives the large leaf the
+    /// union of its leaves'. A map that replaces a leaf starts afresh.
+    ///
+    /// Contract (checked for the crate's formats by the tests): these bits
+    /// never change an entry's [`kind`](Self::kind), its
+    /// [`is_contiguous`](Self::is_contiguous) or a
+    /// [`needs_break`](Self::needs_break) verdict, and
+    /// [`encode_leaf`](Self::encode_leaf) leaves them clear.
+    #[inline]
+    fn hardware_bits(&self) -> u64 {
+        0
+    }
+
     /// log2 of the number of entries at `level` that form one contiguous
     /// run (AArch64 with 4 KiB pages: 4, for runs of 16), or 0 if the format
     /// has no contiguous hint there.

@@ -100,8 +100,8 @@ impl MapOptions {
     }
 
     /// The same options, replacing existing mappings. A replaced leaf is
-    /// written from the new attributes: accessed, dirty and software bits
-    /// of the old one are not kept.
+    /// new: the accessed, dirty and software bits of the old one are not
+    /// kept.
     #[must_use]
     pub const fn replacing(mut self) -> Self {
         self.replace = true;
@@ -572,11 +572,14 @@ impl<F: Format> PageTable<F> {
     /// `attrs`, keeping its physical address. Holes stay holes; a large leaf
     /// only partly inside is split first.
     ///
-    /// Each rewritten leaf holds exactly what `attrs` encodes plus its
-    /// address: x86 and EPT accessed and dirty bits that hardware set are
-    /// cleared, as are AArch64 software bits. Read them first
-    /// ([`raw_entry`](Self::raw_entry), [`visit`](Self::visit)) if you track
-    /// them.
+    /// Each rewritten leaf holds what `attrs` encodes, its address, and the
+    /// accessed and dirty bits (x86, EPT; [`Format::hardware_bits`]) it held
+    /// when the editor read it; a large leaf that is split passes its bits
+    /// to every piece. A bit hardware sets between that read and the write
+    /// of the new entry (a window of a few instructions per entry) is lost:
+    /// exact dirty tracking needs the writers stopped during the protect.
+    /// AArch64 software bits are cleared, and AF/DBM follow
+    /// `attrs.tracking`.
     ///
     /// # Errors
     ///
@@ -632,8 +635,8 @@ impl<F: Format> PageTable<F> {
     /// leaves with contiguous physical addresses and identical attributes by
     /// one larger leaf, where the format allows one, and frees the table.
     /// Never allocates; malformed or inaccessible parts are left alone. The
-    /// large leaf is encoded from the attributes: accessed and dirty bits
-    /// of the leaves it replaces are not carried over.
+    /// large leaf carries the union of its leaves' accessed and dirty bits
+    /// (x86, EPT).
     ///
     /// # Errors
     ///

@@ -861,13 +861,48 @@ fn check(pt: &PageTable<X86Paging>, mem: &impl PhysMem, model: &Model) {
     }
 }
 
+/// The A/D bits of the leaf mapping each of `pages` pages at `page` of the
+/// window (0 for a hole).
+fn leaf_hardware_bits(
+    pt: &PageTable<X86Paging>,
+    mem: &SliceMem<'_>,
+    page: u64,
+    pages: u64,
+) -> Vec<u64> {
+    (page..page + pages)
+        .map(|p| {
+            let at = WINDOW + p * KIB4;
+            pt.translate(mem, va(at))
+                .map_or(0, |t| bits_at(mem, pt.root(), at, t.level, X86_A | X86_D))
+        })
+        .collect()
+}
+
+/// Hardware at work between updates: sets the accessed bit of some present
+/// entries of every live table and the dirty bit of some (ignored in a
+/// table entry), as page walks and writes would.
+fn hardware_records_accesses(m: &Machine, mem: &SliceMem<'_>, step: usize) {
+    for &frame in &m.frames.live {
+        let entries = mem.table(PhysAddr::new(frame), 512).unwrap();
+        for (i, e) in entries.iter().enumerate() {
+            let h = (frame ^ (i as u64) << 20 ^ (step as u64) << 40)
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                >> 58;
+            if e.load(Ordering::Relaxed) & 1 != 0 && h < 16 {
+                let bits = if h < 6 { X86_A | X86_D } else { X86_A };
+                let _ = e.fetch_or(bits, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
 fn run_model(ops: &[Op]) {
     let mut m = Machine::new(64);
     let mut pt = x86(&mut m);
     let mem = SliceMem::new(PhysAddr::new(ARENA_BASE), &m.words);
     let mut model: Model = vec![None; WINDOW_PAGES as usize];
     let mut starve = None;
-    for op in ops {
+    for (step, op) in ops.iter().enumerate() {
         m.frames.cap = starve
             .take()
             .map_or(usize::MAX, |n| m.frames.live.len() + n);
@@ -949,6 +984,7 @@ fn run_model(ops: &[Op]) {
             }
             Op::Protect { page, pages, attrs } => {
                 let (page, pages) = clip(page, pages);
+                let recorded = leaf_hardware_bits(&pt, &mem, page, pages);
                 let r = pt.protect(
                     &mem,
                     &mut m.frames,
@@ -963,6 +999,14 @@ fn run_model(ops: &[Op]) {
                             .flatten()
                         {
                             *a = ATTRS[attrs];
+                        }
+                        // What hardware recorded stays with the memory.
+                        for (i, (old, new)) in recorded
+                            .iter()
+                            .zip(leaf_hardware_bits(&pt, &mem, page, pages))
+                            .enumerate()
+                        {
+                            assert_eq!(old & !new, 0, "{op:?}: page {i} lost A/D");
                         }
                     }
                     Err(crate::ProtectError::OutOfMemory) => {}
@@ -1003,7 +1047,7 @@ fn run_model(ops: &[Op]) {
             }
         }
         check(&pt, &mem, &model);
-        // No table leaks: what the allocator has out is what the tree holds.
+        hardware_records_accesses(&m, &mem, step);
         assert_eq!(
             live_tables(&pt, &mem, 1 << 47),
             m.frames.live.len(),
@@ -2620,4 +2664,262 @@ fn editing_through_a_direct_map_matches_editing_through_a_slice() {
     let words =
         |m: &Machine| -> Vec<u64> { m.words.iter().map(|w| w.load(Ordering::Relaxed)).collect() };
     assert_eq!(words(&a), words(&b));
+}
+
+// ---- Hardware accessed and dirty bits --------------------------------------
+
+/// x86 paging's accessed and dirty bits.
+const X86_A: u64 = 1 << 5;
+const X86_D: u64 = 1 << 6;
+
+/// The entry at `level` on the walk to `input` in 512-entry tables (x86
+/// paging and EPT), as hardware would reach it to set A/D.
+fn entry_at<'m>(mem: &'m SliceMem<'_>, root: PhysAddr, input: u64, level: u8) -> &'m AtomicU64 {
+    let mut table = root.get();
+    let mut l = 3u8;
+    loop {
+        let index = (input >> (12 + 9 * u32::from(l))) & 0x1ff;
+        let entry = &mem.table(PhysAddr::new(table), 512).unwrap()[index as usize];
+        if l == level {
+            return entry;
+        }
+        table = entry.load(Ordering::Relaxed) & 0x000f_ffff_ffff_f000;
+        l -= 1;
+    }
+}
+
+/// What hardware does on an access: sets bits in a leaf.
+fn hardware_sets(mem: &SliceMem<'_>, root: PhysAddr, input: u64, level: u8, bits: u64) {
+    let _ = entry_at(mem, root, input, level).fetch_or(bits, Ordering::Relaxed);
+}
+
+fn bits_at(mem: &SliceMem<'_>, root: PhysAddr, input: u64, level: u8, bits: u64) -> u64 {
+    entry_at(mem, root, input, level).load(Ordering::Relaxed) & bits
+}
+
+/// The bits a page of the 512-page pattern below gets: none, A, or A and D.
+fn pattern_bits(page: u64) -> u64 {
+    [0, X86_A, X86_A | X86_D][(page % 3) as usize]
+}
+
+#[test]
+fn protect_keeps_the_accessed_and_dirty_bits_hardware_set() {
+    let mut m = Machine::new(16);
+    let mut pt = x86(&mut m);
+    let mem = SliceMem::new(PhysAddr::new(ARENA_BASE), &m.words);
+    let base = 0x4000_0000;
+    // A last-level table of pages (the grouped protect path) and a 2 MiB
+    // leaf (the general path).
+    let _ = pt
+        .map(
+            &mem,
+            &mut m.frames,
+            va(base),
+            pa(0x8000_0000),
+            MIB2,
+            &Attributes::DATA,
+            MapOptions::new().sizes(LeafSizes::only(PageSize::Size4K)),
+        )
+        .unwrap();
+    let _ = pt
+        .map(
+            &mem,
+            &mut m.frames,
+            va(base + MIB2),
+            pa(0x8020_0000),
+            MIB2,
+            &Attributes::DATA,
+            MapOptions::new(),
+        )
+        .unwrap();
+    for page in 0..512 {
+        hardware_sets(&mem, pt.root(), base + page * KIB4, 0, pattern_bits(page));
+    }
+    hardware_sets(&mem, pt.root(), base + MIB2, 1, X86_A | X86_D);
+    for attrs in [Attributes::READ_ONLY, Attributes::DATA] {
+        let flush = pt
+            .protect(&mem, &mut m.frames, va(base), 2 * MIB2, &attrs)
+            .unwrap();
+        assert!(flush.covers(base) && flush.covers(base + MIB2));
+        for page in 0..512 {
+            let at = base + page * KIB4;
+            assert_eq!(
+                bits_at(&mem, pt.root(), at, 0, X86_A | X86_D),
+                pattern_bits(page),
+                "page {page}"
+            );
+            assert_eq!(
+                pt.translate(&mem, va(at)).unwrap().attributes.access,
+                attrs.access
+            );
+        }
+        assert_eq!(
+            bits_at(&mem, pt.root(), base + MIB2, 1, X86_A | X86_D),
+            X86_A | X86_D
+        );
+        assert_eq!(
+            pt.translate(&mem, va(base + MIB2))
+                .unwrap()
+                .attributes
+                .access,
+            attrs.access
+        );
+    }
+}
+
+#[test]
+fn a_split_passes_the_large_leafs_accessed_and_dirty_bits_to_every_piece() {
+    let mut m = Machine::new(16);
+    let mut pt = x86(&mut m);
+    let mem = SliceMem::new(PhysAddr::new(ARENA_BASE), &m.words);
+    let base = 0x4000_0000;
+    let _ = pt
+        .map(
+            &mem,
+            &mut m.frames,
+            va(base),
+            pa(0x8000_0000),
+            2 * MIB2,
+            &Attributes::DATA,
+            MapOptions::new(),
+        )
+        .unwrap();
+    hardware_sets(&mem, pt.root(), base, 1, X86_A | X86_D);
+    hardware_sets(&mem, pt.root(), base + MIB2, 1, X86_A);
+    // A protect splits the first leaf, an unmap the second.
+    let _ = pt
+        .protect(
+            &mem,
+            &mut m.frames,
+            va(base + 5 * KIB4),
+            KIB4,
+            &Attributes::READ_ONLY,
+        )
+        .unwrap();
+    let _ = pt
+        .unmap(&mem, &mut m.frames, va(base + MIB2 + 7 * KIB4), KIB4)
+        .unwrap();
+    for page in 0..512 {
+        let at = base + page * KIB4;
+        assert_eq!(pt.translate(&mem, va(at)).unwrap().size, KIB4);
+        assert_eq!(
+            bits_at(&mem, pt.root(), at, 0, X86_A | X86_D),
+            X86_A | X86_D,
+            "page {page}"
+        );
+        if page != 7 {
+            assert_eq!(
+                bits_at(&mem, pt.root(), at + MIB2, 0, X86_A | X86_D),
+                X86_A,
+                "page {page}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_merge_keeps_the_union_of_its_leaves_accessed_and_dirty_bits() {
+    let mut m = Machine::new(16);
+    let mut pt = x86(&mut m);
+    let mem = SliceMem::new(PhysAddr::new(ARENA_BASE), &m.words);
+    let base = 0x4000_0000;
+    let _ = pt
+        .map(
+            &mem,
+            &mut m.frames,
+            va(base),
+            pa(0x8000_0000),
+            MIB2,
+            &Attributes::DATA,
+            MapOptions::new().sizes(LeafSizes::only(PageSize::Size4K)),
+        )
+        .unwrap();
+    hardware_sets(&mem, pt.root(), base + 7 * KIB4, 0, X86_D);
+    hardware_sets(&mem, pt.root(), base + 300 * KIB4, 0, X86_A);
+    let _ = pt.merge(&mem, &mut m.frames, va(base), MIB2).unwrap();
+    assert_eq!(pt.translate(&mem, va(base)).unwrap().size, MIB2);
+    assert_eq!(
+        bits_at(&mem, pt.root(), base, 1, X86_A | X86_D),
+        X86_A | X86_D
+    );
+}
+
+#[test]
+fn ept_protect_and_split_keep_the_accessed_and_dirty_flags() {
+    const EPT_A: u64 = 1 << 8;
+    const EPT_D: u64 = 1 << 9;
+    let mut m = Machine::new(16);
+    let mem = SliceMem::new(PhysAddr::new(ARENA_BASE), &m.words);
+    let mut ept = PageTable::new(Ept::four_level(), &mem, &mut m.frames).unwrap();
+    let rw = Attributes::new(Access::READ | Access::WRITE);
+    let _ = ept
+        .map(
+            &mem,
+            &mut m.frames,
+            GuestPhysAddr::new(0),
+            pa(MIB2),
+            MIB2,
+            &rw,
+            MapOptions::new(),
+        )
+        .unwrap();
+    hardware_sets(&mem, ept.root(), 0, 1, EPT_A | EPT_D);
+    let _ = ept
+        .protect(
+            &mem,
+            &mut m.frames,
+            GuestPhysAddr::new(0),
+            MIB2,
+            &Attributes::READ_ONLY,
+        )
+        .unwrap();
+    assert_eq!(
+        bits_at(&mem, ept.root(), 0, 1, EPT_A | EPT_D),
+        EPT_A | EPT_D
+    );
+    let _ = ept
+        .protect(&mem, &mut m.frames, GuestPhysAddr::new(KIB4), KIB4, &rw)
+        .unwrap();
+    for page in 0..512 {
+        assert_eq!(
+            bits_at(&mem, ept.root(), page * KIB4, 0, EPT_A | EPT_D),
+            EPT_A | EPT_D,
+            "page {page}"
+        );
+    }
+}
+
+/// The contract of `Format::hardware_bits`: they change no entry's kind, hint
+/// or break verdict, and no leaf the format encodes has them.
+#[test]
+fn hardware_bits_change_no_kind_and_are_never_encoded() {
+    fn check<F: crate::Format>(format: &F, raws: &[u64]) {
+        let hw = format.hardware_bits();
+        for &raw in raws {
+            for level in 0..format.levels() {
+                for bits in [hw, hw & hw.wrapping_neg()] {
+                    let other = raw ^ bits;
+                    assert_eq!(
+                        format.kind(raw, level),
+                        format.kind(other, level),
+                        "{raw:#x} at {level}"
+                    );
+                    assert_eq!(format.is_contiguous(raw), format.is_contiguous(other));
+                }
+            }
+        }
+        for seed in 0..64 {
+            let attrs = attributes_from(seed);
+            for level in 0..format.levels() {
+                if let Ok(leaf) = format.encode_leaf(0, &attrs, level) {
+                    assert_eq!(leaf & hw, 0, "{attrs:?} at {level}");
+                }
+            }
+        }
+    }
+    let raws = interesting_raws();
+    let raws = if cfg!(miri) { &raws[..64] } else { &raws[..] };
+    for_each_configuration!(f => {
+        check(&f, raws);
+    });
 }

@@ -538,8 +538,9 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
         t
     }
 
-    /// Fills a fresh table at `level` with leaves replicating a larger leaf.
-    fn fill_split(&self, table: u64, level: u8, pa: u64, attrs: &Attributes) {
+    /// Fills a fresh table at `level` with leaves replicating a larger leaf,
+    /// each with the larger leaf's hardware bits `recorded`.
+    fn fill_split(&self, table: u64, level: u8, pa: u64, attrs: &Attributes, recorded: u64) {
         let Ok(entries) = self.table(table, level) else {
             return;
         };
@@ -548,7 +549,7 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
             let raw = self
                 .format
                 .encode_leaf(pa + i as u64 * size, attrs, level)
-                .unwrap_or(0);
+                .map_or(0, |leaf| leaf | recorded);
             e.store(raw, Ordering::Relaxed);
         }
     }
@@ -856,7 +857,9 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
                 }
                 (Edit::Protect { templates, .. }, EntryKind::Leaf(pa)) if slot.is_full() => {
                     let template = templates.get(usize::from(level)).copied().unwrap_or(0);
-                    let mut new = self.format.with_output_address(template, pa, level);
+                    // The same memory: what hardware recorded stays.
+                    let mut new = self.format.with_output_address(template, pa, level)
+                        | (raw & self.format.hardware_bits());
                     // A run still hinted here is one that keeps the hint.
                     if self.format.is_contiguous(raw) {
                         new = self.format.with_contiguous(new, true);
@@ -896,7 +899,7 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
                     let (Some(l), Some(child)) = (below, self.take_table(true)) else {
                         continue;
                     };
-                    self.fill_split(child, l, pa, &attrs);
+                    self.fill_split(child, l, pa, &attrs, raw & self.format.hardware_bits());
                     let table_entry = self.format.encode_table(child, level);
                     let (_, broken) = self.replace(entry, raw, table_entry, level, &slot);
                     if !broken {
@@ -1103,7 +1106,7 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
             if !slot.is_full() || !self.format.leaf_allowed(level) {
                 continue;
             }
-            let Some((pa, attrs)) = self.uniform(child, l) else {
+            let Some((pa, attrs, recorded)) = self.uniform(child, l) else {
                 continue;
             };
             if pa & (slot.size - 1) != 0 {
@@ -1112,6 +1115,7 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
             let Ok(leaf) = self.format.encode_leaf(pa, &attrs, level) else {
                 continue;
             };
+            let leaf = leaf | recorded;
             let broken = self.format.needs_break(raw, leaf, level);
             let step = if broken { 0 } else { leaf };
             if entry
@@ -1140,8 +1144,9 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
     }
 
     /// The first address and attributes of a table whose entries are all
-    /// leaves mapping one contiguous run with the same attributes.
-    fn uniform(&self, table: u64, level: u8) -> Option<(u64, Attributes)> {
+    /// leaves mapping one contiguous run with the same attributes, and the
+    /// union of their hardware bits ([`Format::hardware_bits`]).
+    fn uniform(&self, table: u64, level: u8) -> Option<(u64, Attributes, u64)> {
         let entries = self.table(table, level).ok()?;
         let size = 1u64 << self.format.level_shift(level);
         let Descriptor::Leaf(first, attrs) = self
@@ -1150,14 +1155,17 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
         else {
             return None;
         };
+        let hardware = self.format.hardware_bits();
+        let mut recorded = 0;
         entries
             .iter()
             .enumerate()
             .all(|(i, e)| {
-                self.format.decode(e.load(Ordering::Acquire), level)
-                    == Descriptor::Leaf(first + i as u64 * size, attrs)
+                let raw = e.load(Ordering::Acquire);
+                recorded |= raw & hardware;
+                self.format.decode(raw, level) == Descriptor::Leaf(first + i as u64 * size, attrs)
             })
-            .then_some((first, attrs))
+            .then_some((first, attrs, recorded))
     }
 
     /// Gives back what the reservation still holds; returns the flush.

@@ -100,7 +100,7 @@ impl<F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'_, F, M, B> {
         start: u64,
         end: u64,
     ) -> Option<Result<usize, PlanError>> {
-        let mask = self.format.leaf_address_mask(0)?;
+        let mask = self.format.leaf_address_mask(0)? | self.format.hardware_bits();
         // Entries with no bit outside the mask are invalid (the mask's rule).
         if self.format.kind(0, 0) != EntryKind::Invalid {
             return None;
@@ -174,7 +174,13 @@ impl<F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'_, F, M, B> {
         alloc: &mut impl TableAllocator,
     ) -> bool {
         let format = self.format;
-        let Some(mask) = format.leaf_address_mask(0) else {
+        // The hardware bits ride along with the address: they change no
+        // entry's kind or verdict (the format's contract), and a protect
+        // keeps them.
+        let Some(mask) = format
+            .leaf_address_mask(0)
+            .map(|m| m | format.hardware_bits())
+        else {
             return false;
         };
         let hinted = format.with_contiguous(template, true);
@@ -274,9 +280,9 @@ impl<F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'_, F, M, B> {
             let size = slot.size >> entries.len().trailing_zeros();
             let mut here = slot.start;
             for entry in entries {
-                // Read again: hardware may have set A/D (AF, or cleared
-                // AP[2] for DBM) since the test, which changes no address
-                // bit, so the new value is the same.
+                // Read again, just before the store: hardware may have set
+                // A/D since the test (kept: they are under the mask), or AF,
+                // or cleared AP[2] for DBM (replaced by the template's).
                 let raw = entry.load(Ordering::Acquire);
                 self.store(entry, raw, (raw & mask) | state.bits, 0, here, size);
                 here += size;
@@ -401,7 +407,8 @@ impl<F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'_, F, M, B> {
             let EntryKind::Leaf(pa) = format.kind(raw, 0) else {
                 continue;
             };
-            let mut new = format.with_output_address(template, pa, 0);
+            let mut new =
+                format.with_output_address(template, pa, 0) | (raw & format.hardware_bits());
             // A run still hinted here is one that keeps the hint.
             if format.is_contiguous(raw) {
                 new = format.with_contiguous(new, true);
@@ -421,11 +428,10 @@ impl<F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'_, F, M, B> {
                 let _ = self.replace(entry, raw, new, 0, &slot);
                 continue;
             }
-            // A plain store, not an exchange: what the entry held is not
-            // needed (the swap of the general loop would only refine the
-            // flush when hardware set A/D bits in between, and the new entry
-            // overwrites those either way), and a locked exchange per page
-            // is most of the cost of a large protect.
+            // A plain store, not an exchange: a locked exchange per page is
+            // most of the cost of a large protect. The hardware bits kept
+            // are those the load above saw; one set between that load and
+            // this store is lost (see `PageTable::protect`).
             self.store(entry, raw, new, 0, at, size);
             if run_end != at {
                 if run_start != run_end {

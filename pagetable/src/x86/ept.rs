@@ -15,6 +15,10 @@ const MT_SHIFT: u32 = 3;
 const MT: u64 = 0b111 << MT_SHIFT;
 const IPAT: u64 = 1 << 6;
 const LARGE: u64 = 1 << 7;
+/// Set by the processor when EPTP enables accessed and dirty flags
+/// (ignored otherwise).
+const ACCESSED: u64 = 1 << 8;
+const DIRTY: u64 = 1 << 9;
 
 /// EPT, as configured by the EPTP walk length and IA32_VMX_EPT_VPID_CAP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -266,6 +270,11 @@ impl Format for Ept {
             raw |= LARGE;
         }
         Ok(raw)
+    }
+
+    #[inline]
+    fn hardware_bits(&self) -> u64 {
+        ACCESSED | DIRTY
     }
 
     #[inline]

@@ -12,6 +12,8 @@ const RW: u64 = 1 << 1;
 const US: u64 = 1 << 2;
 const PWT: u64 = 1 << 3;
 const PCD: u64 = 1 << 4;
+const ACCESSED: u64 = 1 << 5;
+const DIRTY: u64 = 1 << 6;
 const PS: u64 = 1 << 7;
 const PAT_4K: u64 = 1 << 7;
 const G: u64 = 1 << 8;
@@ -384,6 +386,11 @@ impl Format for X86Paging {
         limit.set(Access::USER, raw & US != 0);
         limit.set(Access::EXECUTE, !(self.no_execute && raw & XD != 0));
         limit
+    }
+
+    #[inline]
+    fn hardware_bits(&self) -> u64 {
+        ACCESSED | DIRTY
     }
 
     #[inline]
