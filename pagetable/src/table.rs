@@ -575,9 +575,11 @@ impl<F: Format> PageTable<F> {
     /// Each rewritten leaf holds what `attrs` encodes, its address, and the
     /// accessed and dirty bits (x86, EPT; [`Format::hardware_bits`]) it held
     /// when the editor read it; a large leaf that is split passes its bits
-    /// to every piece. A bit hardware sets between that read and the write
-    /// of the new entry (a window of a few instructions per entry) is lost:
-    /// exact dirty tracking needs the writers stopped during the protect.
+    /// to every piece. On last-level pages, a bit hardware sets between that
+    /// read and the plain store of the new entry (a window of a few
+    /// instructions) is lost: exact dirty tracking needs the writers
+    /// stopped during the protect. Large leaves are exchanged atomically
+    /// and keep late bits too.
     /// AArch64 software bits are cleared, and AF/DBM follow
     /// `attrs.tracking`.
     ///

@@ -1530,6 +1530,9 @@ impl<F: crate::Format> crate::Format for Unmasked<F> {
     fn with_output_address(&self, template: u64, pa: u64, level: u8) -> u64 {
         self.0.with_output_address(template, pa, level)
     }
+    fn hardware_bits(&self) -> u64 {
+        self.0.hardware_bits()
+    }
     fn needs_break(&self, old: u64, new: u64, level: u8) -> bool {
         self.0.needs_break(old, new, level)
     }

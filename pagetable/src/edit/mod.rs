@@ -868,6 +868,12 @@ impl<'a, F: Format, M: PhysMem, B: BreakBeforeMake> Editor<'a, F, M, B> {
                     // it is (no store, nothing to flush).
                     if raw != new {
                         let (old, broken) = self.replace(entry, raw, new, level, &slot);
+                        // Hardware bits set after the load above came back
+                        // in the exchange: put them in the new entry too.
+                        let late = old & self.format.hardware_bits() & !new;
+                        if late != 0 && !broken {
+                            let _ = entry.fetch_or(late, Ordering::AcqRel);
+                        }
                         if old != new && !broken {
                             self.flush_slot(&slot, false);
                         }
