@@ -1,8 +1,10 @@
-//! Xen's tmem hypercall ABI (`xen/include/public/tmem.h`, Xen 4.12): command
-//! numbers, pool flags, the 56-byte `struct tmem_op`, and the errnos.
+//! Xen's tmem hypercall ABI: command numbers, pool flags, the 56-byte
+//! `struct tmem_op`, and the errnos.
 //!
-//! Every value here is the reference's (section e.1); the layout of
-//! [`TmemOp`] is pinned by compile-time assertions.
+//! Every value here comes from Xen's public header
+//! `xen/include/public/tmem.h` at tag `RELEASE-4.12.0` (the last release
+//! with tmem). The layout of [`TmemOp`] is pinned by compile-time
+//! assertions.
 
 use core::mem::{offset_of, size_of};
 

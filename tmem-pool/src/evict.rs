@@ -7,8 +7,11 @@
 //! head among the clients. Persistent pages are on no list and are never
 //! evicted.
 //!
-//! Victim choice (Xen's intent, reference e.5; Xen's own test reads
-//! backwards, see the crate docs):
+//! Victim choice follows the intent described in Xen's
+//! `docs/misc/tmem-internals.html` (`RELEASE-4.12.0`). Xen 4.12's own test,
+//! `client_over_quota` in `xen/common/tmem.c`, compares the other way
+//! round when read literally: it finds a client "over" when it holds less
+//! than its share (see the crate docs):
 //!
 //! - a client is *over its share* when it holds more than
 //!   `weight / total weight` of the host's ephemeral pages (weight 0, or a

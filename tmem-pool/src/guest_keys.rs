@@ -1,5 +1,7 @@
-//! How Linux's tmem users name pages (reference e.7), for guest-side
-//! drivers: frontswap's swap slots and cleancache's file pages.
+//! How Linux's tmem users name pages, for guest-side drivers: frontswap's
+//! swap slots and cleancache's file pages, as Linux's Xen tmem driver
+//! (`drivers/xen/tmem.c`, removed from Linux in 2019 by commit
+//! `814bbf49dcd0`) built them.
 
 use core::fmt;
 

@@ -16,6 +16,12 @@ pub const AUTHORIZED_UUIDS: usize = 16;
 /// A client: one per domain, handed out by
 /// [`Tmem::create_client`](crate::Tmem::create_client). The handle is the
 /// host's, never the guest's: a guest names only its own pools.
+///
+/// A `ClientId` is a slot number with no generation. After
+/// [`Tmem::destroy_client`](crate::Tmem::destroy_client), the next
+/// `create_client` may reuse the slot, and an old `ClientId` then names the
+/// new domain's client. Drop every copy of a destroyed client's id (and
+/// every [`TmemDevice`](crate::virtio::TmemDevice) built from it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ClientId(pub(crate) u16);
 
@@ -83,6 +89,8 @@ pub struct ClientConfig {
     pub ephemeral_cap: Option<u32>,
     /// The most persistent pages the client may hold (its share of the
     /// domain's memory: in Xen persistent pages count against `max_pages`).
+    /// The default, `u32::MAX`, is no quota at all: set one for every
+    /// client a guest can reach.
     pub persistent_quota: u32,
     /// New pools of this client compress their pages (Xen's
     /// `TMEM_CLIENT_COMPRESS`). Needs the `compression` feature; without it
@@ -90,6 +98,17 @@ pub struct ClientConfig {
     pub compress: bool,
 }
 
+/// The default: weight 1, no ephemeral cap, compression off, and
+/// `persistent_quota: u32::MAX`, which means **no persistent quota**.
+///
+/// Persistent pages are never evicted, so a client with this config can
+/// fill the page store with them. [`hypercall::do_tmem_op`] creates a
+/// missing client with this default. Create each domain's client yourself
+/// with [`Tmem::create_client`] and a `persistent_quota` before its guest
+/// can call tmem.
+///
+/// [`hypercall::do_tmem_op`]: crate::hypercall::do_tmem_op
+/// [`Tmem::create_client`]: crate::Tmem::create_client
 impl Default for ClientConfig {
     fn default() -> Self {
         Self {
@@ -106,6 +125,7 @@ impl Default for ClientConfig {
 pub struct TmemConfig {
     /// Seeds the key hash. Choose it at random per host: object ids are the
     /// guest's, and a known seed lets a guest aim many keys at one bucket run.
+    /// The [`Default`] seed is a public constant: replace it.
     pub hash_seed: u64,
     /// Check the client's authorized UUIDs before letting it join a shared
     /// pool (Xen's default). With `false` any client may join any UUID.
@@ -118,6 +138,19 @@ pub struct TmemConfig {
     pub evictions_per_put: u32,
 }
 
+/// The default: Xen's settings (shared-pool authorization checked, no
+/// deduplication, 10 evictions per put) and a **fixed, public
+/// `hash_seed`**. Anyone who reads this crate knows that seed, so set your
+/// own, drawn at random when the host starts:
+///
+/// ```
+/// # let random_u64_from_the_host = 0x243f_6a88_85a3_08d3_u64;
+/// let config = hvmem_tmem_pool::TmemConfig {
+///     hash_seed: random_u64_from_the_host,
+///     ..hvmem_tmem_pool::TmemConfig::default()
+/// };
+/// # assert_ne!(config.hash_seed, hvmem_tmem_pool::TmemConfig::default().hash_seed);
+/// ```
 impl Default for TmemConfig {
     fn default() -> Self {
         Self {

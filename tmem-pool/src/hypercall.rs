@@ -1,6 +1,20 @@
 //! Xen's `tmem_op` hypercall over a [`Tmem`]: decode, dispatch, and return
 //! what Xen's `do_tmem_op` returns.
 //!
+//! [`do_tmem_op`] checks a command in this order:
+//!
+//! 1. `CONTROL`, `AUTH` and `RESTORE_NEW` return `-EOPNOTSUPP` (they are
+//!    sysctls in Xen now). Nothing else happens.
+//! 2. The calling domain's client is looked up. If it has none, one is
+//!    created with [`ClientConfig::default`], as Xen does, or `-ENOMEM` is
+//!    returned if no client slot is free. This happens for every other
+//!    command, unknown ones included.
+//! 3. `NEW_POOL` and `DESTROY_POOL` run.
+//! 4. Every other command needs a valid pool: a negative `pool_id`, or one
+//!    the client does not have, returns `-ENODEV`.
+//! 5. Only then is the command itself checked: the page commands run, and
+//!    any other command returns `-ENOSYS`.
+//!
 //! | Command | Returns |
 //! |---|---|
 //! | `NEW_POOL` | the pool id, or `-EPERM` (bad flags, no slot) |
@@ -8,12 +22,24 @@
 //! | `PUT_PAGE` | 1, or `-ENOMEM` / `-ENOSPC` / `-EFAULT` |
 //! | `GET_PAGE` | 1 hit, 0 miss, `-EEMPTY` for a pool with no pages, `-EFAULT` |
 //! | `FLUSH_PAGE`, `FLUSH_OBJECT` | 1 |
-//! | any page command on a bad pool id | `-ENODEV` |
-//! | `CONTROL`, `AUTH`, `RESTORE_NEW` | `-EOPNOTSUPP` (sysctls now) |
-//! | anything else | `-ENOSYS` |
+//! | any other command with a bad pool id | `-ENODEV` |
+//! | `CONTROL`, `AUTH`, `RESTORE_NEW` | `-EOPNOTSUPP` |
+//! | anything else (`NEW_PAGE`, `READ`, `WRITE`, `XCHG`, unknown numbers) | `-ENOSYS` with a valid pool id, `-ENODEV` without |
 //!
-//! The client is created with [`ClientConfig::default`] on the domain's
-//! first command, as Xen does (`-ENOMEM` if no client slot is free).
+//! # Create clients yourself
+//!
+//! The default client has no persistent quota
+//! ([`ClientConfig::default`] sets `persistent_quota` to `u32::MAX`) and no
+//! ephemeral cap. Persistent pages are never evicted. So a guest whose
+//! client [`do_tmem_op`] created can fill the whole page store, or every
+//! page record, with persistent pages, and the other guests' puts then
+//! fail. (Xen counted persistent pages against the domain's `max_pages`;
+//! nothing here does that for you.)
+//!
+//! Call [`Tmem::create_client`] for each domain, with a `persistent_quota`,
+//! before that domain can issue its first `tmem_op`. If you do not want
+//! tmem to create clients at all, check [`Tmem::client_of`] before calling
+//! [`do_tmem_op`] and refuse domains that have none.
 
 use hvmem_types::DomId;
 
@@ -56,6 +82,12 @@ fn neg(e: TmemError) -> i64 {
 }
 
 /// Runs one `tmem_op` for domain `domid` and returns Xen's return value.
+///
+/// If `domid` has no client, this creates one with
+/// [`ClientConfig::default`], which has no persistent quota: see
+/// [Create clients yourself](crate::hypercall#create-clients-yourself).
+/// The module docs list the order of the checks and what each command
+/// returns.
 pub fn do_tmem_op<S: PageStore>(
     tmem: &mut Tmem<'_, S>,
     domid: DomId,

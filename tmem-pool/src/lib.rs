@@ -2,9 +2,12 @@
 //! memory to guests as a page cache and as fast swap, through put, get and
 //! flush calls on pages instead of mapped memory.
 //!
-//! This is Xen's tmem (reference section e, Xen 4.12, removed in 4.13) as a
-//! `#![no_std]` library, with a virtio transport ([`virtio`]) so that a KVM
-//! or other VMM can offer it too.
+//! This is Xen's tmem as a `#![no_std]` library, with a virtio transport
+//! ([`virtio`]) so that a KVM or other VMM can offer it too. The ABI and
+//! semantics are those of Xen 4.12, the last release with tmem (removed in
+//! 4.13): the public header `xen/include/public/tmem.h` and
+//! `docs/misc/tmem-internals.html` at tag `RELEASE-4.12.0`, with the
+//! differences listed below.
 //!
 //! - **Clients and pools.** One client per domain
 //!   ([`Tmem::create_client`]); each has up to 16 pools
@@ -38,28 +41,76 @@
 //! - **Guest keys** ([`guest_keys`]): frontswap's and cleancache's page
 //!   naming, refusing positions past a 32-bit index.
 //!
-//! Page data lives in a [`PageStore`] (a buddy allocator's frames in
-//! hvmem-sim, [`SliceStore`] over an array here); the indexes live in
-//! tables the embedder provides ([`TmemMemory`]) or, with the `alloc`
-//! feature, allocates (`OwnedMemory`). Operations take `&mut self`: the
-//! embedder holds one lock around the host's tmem (see the README for why
-//! there is no lock-free path).
+//! # Differences from Xen 4.12
+//!
+//! - **Deduplication** ([`TmemConfig::dedup`], off by default). Xen removed
+//!   its deduplication in 4.8, so 4.12 had none.
+//! - **`ephemeral_cap` is enforced** ([`ClientConfig::ephemeral_cap`]): a
+//!   client at its cap evicts its own oldest ephemeral page on each put.
+//!   Xen had caps as a setting, but they did nothing.
+//! - **The weight test's direction.** A client that holds more than its
+//!   weighted share of ephemeral pages loses its own pages first, as Xen's
+//!   design document intends. Xen 4.12's code (`client_over_quota`), read
+//!   literally, does that to a client holding *less* than its share.
+//! - No frozen clients, save/restore or live migration.
+//!
+//! # Memory
+//!
+//! Page data lives in a [`PageStore`]. [`SliceStore`] is one over an
+//! array. To use any frame allocator instead, number the frames tmem may
+//! use from 0 to [`capacity`](PageStore::capacity), take and return frames
+//! in [`alloc_frame`](PageStore::alloc_frame) and
+//! [`free_frame`](PageStore::free_frame), and map a number to its 4 KiB in
+//! [`frame`](PageStore::frame) and [`frame_mut`](PageStore::frame_mut). The
+//! indexes live in tables the embedder provides ([`TmemMemory`], sized by
+//! [`TmemLayout`]) or, with the `alloc` feature, allocates (`OwnedMemory`).
+//!
+//! # Before a guest can call
+//!
+//! - **Create each domain's client yourself**, with
+//!   [`Tmem::create_client`] and a
+//!   [`persistent_quota`](ClientConfig::persistent_quota). The default
+//!   config has no persistent quota, and [`hypercall::do_tmem_op`] creates
+//!   a missing client with that default: a guest could then fill the store
+//!   with persistent pages, which are never evicted.
+//! - **Set your own [`TmemConfig::hash_seed`]**, drawn at random. The
+//!   default seed is a public constant.
+//! - **When a domain dies**, call [`Tmem::destroy_client`] and drop every
+//!   [`ClientId`] and [`virtio::TmemDevice`] of it: client ids are reused
+//!   without a generation.
+//!
+//! # Locking
+//!
+//! Put one lock around the host's [`Tmem`] and hold it for every call.
+//! The page operations take `&mut self` because each of them, a get
+//! included, changes state shared by all clients: a put takes frames from
+//! the host's store and may evict other clients' pages; a get from a
+//! private ephemeral pool removes the page, and a get from a shared pool
+//! moves it in the host-wide LRU order; every get and put updates the
+//! host's counters. There is no lock-free path and no per-pool lock. To
+//! spread the load, run several `Tmem`s (for example one per NUMA node),
+//! each with its own lock.
 //!
 //! # Example
 //!
 //! ```
 //! use hvmem_tmem_pool::{
-//!     abi, ClientConfig, GetOutcome, Oid, OwnedMemory, SliceStore, StoreMemory, Tmem,
-//!     TmemConfig, TmemLayout, Uuid, PAGE_BYTES,
+//!     abi, ClientConfig, GetOutcome, Oid, OwnedMemory, StoreMemory, Tmem, TmemConfig,
+//!     TmemLayout, Uuid, PAGE_BYTES,
 //! };
+//! // `DomId` is from the `hvmem-types` crate: add it to your dependencies.
 //! use hvmem_types::DomId;
 //!
 //! let layout = TmemLayout { clients: 4, pools: 16, pages: 64, objects: 64, frames: 64, dedup: false };
 //! let mut pages = StoreMemory::new(64);
 //! let mut tables = OwnedMemory::new(&layout);
-//! let mut tmem = Tmem::new(TmemConfig::default(), pages.store(), tables.borrow())?;
+//! // A real host draws the seed at random when it starts.
+//! let config = TmemConfig { hash_seed: 0x243f_6a88_85a3_08d3, ..TmemConfig::default() };
+//! let mut tmem = Tmem::new(config, pages.store(), tables.borrow())?;
 //!
-//! let guest = tmem.create_client(DomId::new(1), ClientConfig::default())?;
+//! // At most 32 persistent pages for this guest (the default has no limit).
+//! let quota = ClientConfig { persistent_quota: 32, ..ClientConfig::default() };
+//! let guest = tmem.create_client(DomId::new(1), quota)?;
 //! let swap = tmem.new_pool(guest, Uuid::NONE, abi::PRIVATE_PERSISTENT)?;
 //! let cache = tmem.new_pool(guest, Uuid::NONE, abi::PRIVATE_EPHEMERAL)?;
 //!

@@ -219,16 +219,57 @@ impl ClientRecord {
 }
 
 /// How big the tables are.
+///
+/// Every page tmem keeps needs a frame (or half of one, or a share of
+/// one), a page record, and an object record for its object id. Size the
+/// tables like this:
+///
+/// - `frames`: the store's [`capacity`](crate::PageStore::capacity).
+///   [`Tmem::new`](crate::Tmem::new) refuses fewer.
+/// - `pages`: at least `frames`. A put needs a free page record as well as
+///   a frame. When the records run out, the put evicts ephemeral pages, and
+///   if none are left it fails with
+///   [`NoSpace`](crate::TmemError::NoSpace), although the store still has
+///   free frames (see the example). With compression two pages can share a
+///   frame, so give up to twice `frames`; with deduplication many pages
+///   can share a frame, so give more.
+/// - `objects`: at most one per page, so `objects = pages` never runs out
+///   first. Fewer saves memory; when the object records run out, a put to a
+///   new object id evicts and then fails with `NoSpace` in the same way.
+///   frontswap needs few: it uses 16 object ids per swap area. cleancache
+///   uses one object id per cached file, so a cache of many small files
+///   needs about one object per page.
+/// - `clients`: one per domain that may use tmem. `pools`: up to 16 per
+///   client; a shared pool takes one slot for all its members.
+///
+/// ```
+/// use hvmem_tmem_pool::{abi, ClientConfig, Oid, OwnedMemory, StoreMemory, Tmem, TmemConfig};
+/// use hvmem_tmem_pool::{TmemError, TmemLayout, Uuid, PAGE_BYTES};
+/// use hvmem_types::DomId;
+///
+/// // 8 frames but only 2 page records.
+/// let layout = TmemLayout { clients: 1, pools: 1, pages: 2, objects: 2, frames: 8, dedup: false };
+/// let (mut frames, mut tables) = (StoreMemory::new(8), OwnedMemory::new(&layout));
+/// let mut tmem = Tmem::new(TmemConfig::default(), frames.store(), tables.borrow())?;
+/// let guest = tmem.create_client(DomId::new(1), ClientConfig::default())?;
+/// let swap = tmem.new_pool(guest, Uuid::NONE, abi::PRIVATE_PERSISTENT)?;
+/// let page = [1u8; PAGE_BYTES];
+/// tmem.put_page(guest, swap, Oid([1, 0, 0]), 0, &page)?;
+/// tmem.put_page(guest, swap, Oid([1, 0, 0]), 1, &page)?;
+/// assert_eq!(tmem.put_page(guest, swap, Oid([1, 0, 0]), 2, &page), Err(TmemError::NoSpace));
+/// assert_eq!(tmem.store().in_use(), 2); // 6 frames are still free
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TmemLayout {
     /// Client slots (at most 65535).
     pub clients: usize,
     /// Pool slots for the whole host (private and shared; at most 65535).
     pub pools: usize,
-    /// Page handles that can exist at once. With deduplication this may
-    /// exceed the store's frames.
+    /// Page records: the most pages tmem can hold at once. At least
+    /// `frames`; more with compression or deduplication.
     pub pages: usize,
-    /// Objects that can exist at once.
+    /// Object records: the most object ids holding pages at once.
     pub objects: usize,
     /// Frames of the page store ([`PageStore::capacity`](crate::PageStore::capacity)).
     pub frames: usize,

@@ -13,8 +13,11 @@ pub struct FrameId(pub u32);
 
 /// The host memory that holds tmem's page data.
 ///
-/// A hypervisor backs it with frames from its heap (a buddy allocator in
-/// hvmem-sim); [`SliceStore`] backs it with an array. tmem asks for a frame
+/// [`SliceStore`] backs it with an array. To back it with your own frame
+/// allocator, give each frame tmem may use a number below `capacity()`
+/// (for example its frame number minus the region's first), take and
+/// return frames in `alloc_frame` and `free_frame`, and map a number to the
+/// frame's 4 KiB in `frame` and `frame_mut`. tmem asks for a frame
 /// for every page it keeps and gives it back when the page goes; when
 /// [`alloc_frame`](PageStore::alloc_frame) says no, tmem evicts ephemeral
 /// pages to make room, and fails the put if that does not help.

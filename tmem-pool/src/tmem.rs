@@ -267,6 +267,12 @@ impl<'a, S: PageStore> Tmem<'a, S> {
     /// Destroys the client (its domain died): every pool it has is
     /// destroyed (it leaves its shared pools), then its slot is freed.
     ///
+    /// **Drop every handle of this client first.** [`ClientId`]s have no
+    /// generation: the next [`create_client`](Self::create_client) may get
+    /// the same slot, and then a kept `ClientId`, or a kept
+    /// [`TmemDevice`](crate::virtio::TmemDevice) built from it, serves the
+    /// new domain's client and can read and flush its pages.
+    ///
     /// # Errors
     ///
     /// [`TmemError::NoSuchClient`].

@@ -70,6 +70,12 @@ fn neg(errno: i32) -> i32 {
 
 impl TmemDevice {
     /// A device serving `client`'s requests.
+    ///
+    /// The device holds the [`ClientId`] only. When the guest's domain dies,
+    /// drop the device together with
+    /// [`Tmem::destroy_client`](crate::Tmem::destroy_client): client ids are
+    /// reused without a generation, so a device kept after its client is
+    /// destroyed serves whichever domain gets that client slot next.
     #[must_use]
     pub fn new(client: ClientId) -> Self {
         Self { client }

@@ -19,12 +19,15 @@
 //!    | Offset | Size | Field |
 //!    |---|---|---|
 //!    | 0 | 4 | `op`: Xen's command numbers (1 new pool, 2 destroy pool, 4 put, 5 get, 6 flush page, 7 flush object) |
-//!    | 4 | 4 | `pool_id` (ignored by new pool) |
-//!    | 8 | 24 | `oid[3]` (object id; zero for pool commands) |
-//!    | 32 | 4 | `index` (page index; zero unless put/get/flush page) |
-//!    | 36 | 4 | `flags`: Xen's pool flags for new pool, else zero |
-//!    | 40 | 16 | `uuid` low, high 64 bits for new pool, else zero |
+//!    | 4 | 4 | `pool_id` (must be 0 for new pool) |
+//!    | 8 | 24 | `oid[3]` (object id; must be zero for new pool and destroy pool) |
+//!    | 32 | 4 | `index` (page index; must be zero unless put, get or flush page) |
+//!    | 36 | 4 | `flags`: Xen's pool flags for new pool, else must be zero |
+//!    | 40 | 16 | `uuid` low, high 64 bits for new pool, else must be zero |
 //!    | 56 | 8 | `tag`: the driver's request id, echoed in the response |
+//!
+//!    A field that must be zero and is not gets `-EINVAL`, and nothing
+//!    changes.
 //!
 //! 2. **Data**, exactly 4096 bytes, only for put (device-readable: the page
 //!    to store) and get (device-writable: the page read). No data buffer
