@@ -1,6 +1,6 @@
 //! The grant-table ABI: shared entries and hypercall operation structures,
 //! laid out exactly as Xen's public `grant_table.h` compiles on x86-64
-//! (reference b.1, b.4 and b.6).
+//! (Xen `xen/include/public/grant_table.h`).
 //!
 //! Every structure is `#[repr(C)]` with zerocopy derives, and its size and
 //! each field's offset are checked at compile time. Padding the C compiler
@@ -82,7 +82,8 @@ pub const STATUS_ENTRIES_PER_FRAME: u32 = (FRAME_SIZE / size_of::<GrantStatus>()
 /// hands shared frames out in.
 pub const WORDS_PER_FRAME: usize = FRAME_SIZE / 4;
 
-/// `GNTTABOP_*`: the sub-operations of `grant_table_op` (reference b.4).
+/// `GNTTABOP_*`: the sub-operations of `grant_table_op` (Xen
+/// `xen/include/public/grant_table.h`).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 #[repr(u32)]
 #[non_exhaustive]

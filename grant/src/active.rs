@@ -13,7 +13,7 @@
 //! double unmap drop references once.
 //!
 //! The pin word is four 8-bit counters, host-write in bits 0-7, host-read
-//! 8-15, device-write 16-23, device-read 24-31 (reference b.11); an increment
+//! 8-15, device-write 16-23, device-read 24-31 (Xen's `GNTPIN_*`); an increment
 //! is refused once the counter it touches has its top bit set, so none ever
 //! wraps.
 

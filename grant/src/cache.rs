@@ -1,5 +1,5 @@
 //! `GNTTABOP_cache_flush`: cache maintenance on part of a frame the caller
-//! owns or maps through a grant (reference b.4).
+//! owns or maps through a grant (Xen `xen/common/grant_table.c`).
 //!
 //! The crate decides whether the request is allowed and what it covers; the
 //! embedder performs the maintenance, because only it knows the machine's

@@ -1,5 +1,5 @@
 //! `GNTTABOP_copy`: copies between grant references and/or the caller's own
-//! frames (reference b.9).
+//! frames (Xen `xen/common/grant_table.c`).
 //!
 //! Each side is a grant reference (its `GNTCOPY_*` flag set) or, only for
 //! `DOMID_SELF`, a frame number. The checks run in Xen's order: offset plus

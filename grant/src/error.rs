@@ -3,7 +3,8 @@
 
 use core::fmt;
 
-/// `GNTST_*`: the per-operation status codes (reference b.5).
+/// `GNTST_*`: the per-operation status codes (Xen
+/// `xen/include/public/grant_table.h`).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 #[repr(i16)]
 pub enum GntSt {
@@ -45,9 +46,18 @@ impl GntSt {
     }
 }
 
-/// Why a map, unmap, copy, transfer, setup or query was refused. Nothing
-/// changed when one of these is returned (a refused transfer is the
-/// exception Xen's ABI documents: see [`transfer`](crate::transfer)).
+/// Why a grant operation was refused: map, unmap, `unmap_and_replace`,
+/// copy, transfer, `setup_table`, `query_size`, `get_status_frames` or swap.
+///
+/// In general nothing changed when one of these is returned. Exceptions:
+///
+/// - [`setup_table`](crate::setup_table): with a `frame_list` shorter than
+///   `nr_frames`, the table has already grown and the list holds the
+///   frames that fit when [`BadFrameList`](Self::BadFrameList) comes back
+///   (Xen behaves the same). [`get_status_frames`](crate::get_status_frames)
+///   also fills what fits of a short list, but changes no table.
+/// - [`transfer`](crate::transfer): once the sender's frame was taken, a
+///   failure frees it. See `transfer` for which statuses mean that.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 #[non_exhaustive]
 pub enum GrantError {
@@ -175,7 +185,7 @@ impl fmt::Display for GrantError {
 impl core::error::Error for GrantError {}
 
 /// Why `set_version` was refused; the hypercall returns these as errnos, not
-/// as `GNTST_*` (reference b.12).
+/// as `GNTST_*` (Xen `gnttab_set_version` in `xen/common/grant_table.c`).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 #[non_exhaustive]
 pub enum VersionError {

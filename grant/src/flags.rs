@@ -1,5 +1,6 @@
 //! Flag words of the ABI: `GTF_*` in shared entries, `GNTMAP_*` in map
-//! operations, `GNTCOPY_*` in copy operations (reference b.2, b.3).
+//! operations, `GNTCOPY_*` in copy operations (Xen
+//! `xen/include/public/grant_table.h`).
 
 use bitflags::bitflags;
 

@@ -106,6 +106,24 @@ pub trait GrantFrames {
 }
 
 /// The grant tables of the domains an operation may name.
+///
+/// A table returned here must not be touched by any `&mut` operation
+/// ([`GrantTable::grow`](crate::GrantTable::grow),
+/// [`set_version`](crate::GrantTable::set_version),
+/// [`swap_grant_ref`](crate::GrantTable::swap_grant_ref) and
+/// [`swap_grant_refs`](crate::GrantTable::swap_grant_refs),
+/// [`teardown`](crate::GrantTable::teardown),
+/// [`setup_table`](crate::setup_table)) until the operation that asked for
+/// it has returned. One operation may ask for several tables: a copy asks
+/// for both sides and, through a transitive grant, a third; an unmap keeps
+/// its table across `flush_tlb`.
+///
+/// The method returns a plain reference, not a lock guard, so a lock per
+/// table cannot keep this rule. Use one read-write lock for all tables
+/// (this value holds the read guard for the whole operation; the `&mut`
+/// operations take the write side), or retire tables RCU-style (a `&mut`
+/// operation waits until no operation that may have looked the table up
+/// is still running). See the crate docs, "Sharing tables between CPUs".
 pub trait Domains {
     /// The table of `dom`, or `None` if there is no such domain. Reserved
     /// ids are refused before this is asked.

@@ -1,5 +1,5 @@
 //! The granting guest's side: creating entries and ending access safely
-//! (reference b.7).
+//! (the guest half of Xen's `xen/include/public/grant_table.h` protocol).
 //!
 //! # Protocol
 //!
@@ -113,6 +113,12 @@ impl fmt::Debug for GuestGrantTable<'_> {
 impl<'a> GuestGrantTable<'a> {
     /// The guest's table over `mem`, `nr_frames` frames of `version` (as
     /// `setup_table` / `set_version` left them).
+    ///
+    /// The guest side uses only [`GrantMemory::shared_frame`] and, for v2,
+    /// [`GrantMemory::status_frame`]. The other methods
+    /// (`shared_frame_gfn`, `status_frame_gfn`, `status_frame_mapped`,
+    /// `release_status_frame`) serve the hypervisor side; a guest may
+    /// implement them as stubs.
     #[must_use]
     pub fn new(mem: &'a dyn GrantMemory, version: GrantVersion, nr_frames: u32) -> Self {
         Self {

@@ -27,13 +27,63 @@
 //! The shared frames belong to the granting guest, which can rewrite them
 //! at any moment: the hypervisor side reaches them only through atomics
 //! (trait [`GrantMemory`]), reads each value once, sets the status bits by
-//! compare-and-swap as Xen does, and re-validates. Frame references go
-//! through [`GrantFrames`] (hvmem-frametable implements it behind its
-//! `grant` feature); domains are found through [`Domains`]. The crate is
+//! compare-and-swap as Xen does, and re-validates. The crate is
 //! `#![no_std]` and allocates nothing: active entries and maptrack entries
 //! live in caller-provided slices.
 //!
+//! # What the embedder supplies
+//!
+//! - [`GrantMemory`]: atomic views of a domain's shared and status frames,
+//!   their frame numbers, whether the guest still maps a status frame.
+//! - [`GrantFrames`]: translation with a frame reference, general and
+//!   writable type references (`get_type` included), frame copies, and
+//!   `steal_page` / `can_receive` / `assign_page` / `free_page` for
+//!   transfers. hvmem-frametable implements it behind its `grant` feature.
+//! - [`Domains`]: the grant table of a domain id (see the rule below).
+//! - Closures and values passed to single calls: `flush_tlb` for the
+//!   unmaps, `replace_pte` for [`Maptrack::unmap_and_replace`], the frame
+//!   owner lookup and a [`CacheArch`] for [`cache_flush`].
+//!
+//! The crate writes no page table, p2m or IOMMU entry. After a map returns
+//! `GNTST_okay`, the embedder installs the mapping itself (see
+//! [`Maptrack::map_grant_ref`]).
+//!
+//! # Sharing tables between CPUs
+//!
+//! Entry operations (map, unmap, copy, transfer, `cache_flush`, ...) take
+//! `&GrantTable` through [`Domains::grant_table`] and lock one active entry
+//! at a time. They may reach more than one table in one call: a copy
+//! reaches both sides, and through a transitive grant a third table; an
+//! unmap keeps the table across `flush_tlb`.
+//!
+//! The rule: a table that [`Domains::grant_table`] returned must not be
+//! touched by any `&mut` operation until the call that asked for it has
+//! returned. The `&mut` operations are [`GrantTable::grow`],
+//! [`GrantTable::set_version`], [`GrantTable::swap_grant_ref`] /
+//! [`swap_grant_refs`](GrantTable::swap_grant_refs),
+//! [`GrantTable::teardown`] and [`setup_table`].
+//!
+//! `grant_table` returns a plain reference, not a lock guard, so a lock
+//! per table cannot express this. Two ways that work:
+//!
+//! - One read-write lock for all tables of the host. Entry operations run
+//!   under the read side (the [`Domains`] value holds the read guard for
+//!   the whole call); the `&mut` operations take the write side.
+//! - Tables retired RCU-style: a `&mut` operation waits until no call that
+//!   may have looked the table up is still running.
+//!
+//! In safe Rust the borrow checker enforces the rule, as long as the
+//! [`Domains`] value borrows the tables for the whole call.
+//!
+//! # Differences from Xen
+//!
+//! The crate README lists, in one place, where the crate deliberately
+//! answers differently from Xen (section "Differences from Xen").
+//!
 //! # Example
+//!
+//! Needs feature `model` (for `model::ModelFrames` and
+//! `model::ModelDomains`, stand-ins for your frame table and domain list).
 //!
 //! ```
 //! use hvmem_grant::model::{ModelDomains, ModelFrames};
@@ -56,8 +106,9 @@
 //! frames.give(granter, 0x42, 0x9000); // the granter owns gfn 0x42 = mfn 0x9000
 //! let domains = ModelDomains::new([&table]);
 //!
-//! // The frontend grants gfn 0x42 to the backend, read-write.
+//! // The granter grants gfn 0x42 to the backend.
 //! let guest = GuestGrantTable::new(&mem, GrantVersion::V1, 1);
+//! // read-write (readonly = false)
 //! guest.grant_access(GrantRef(8), backend, Gfn::new(0x42), false)?;
 //!
 //! // The backend maps it.
@@ -73,8 +124,10 @@
 //! maptrack.map_grant_ref(&domains, &frames, &mut map);
 //! assert_eq!(map.status, GntSt::Okay.raw());
 //! assert_eq!(map.dev_bus_addr, 0x9000 << 12);
+//! // The crate maps nothing: here the embedder would now point the PTE at
+//! // `host_addr` to frame `map.dev_bus_addr >> 12`.
 //!
-//! // While it is mapped, the frontend cannot end access...
+//! // While it is mapped, the granter cannot end access...
 //! assert_eq!(guest.end_access(GrantRef(8)), Err(GuestError::InUse));
 //!
 //! // ...until the backend unmaps (the TLB flush runs before the frame's
@@ -96,6 +149,7 @@
 //! - `model`: the reference model and the byte-to-operation decoder that the
 //!   property test and the `grant` fuzz target check the tables against,
 //!   and the [`GrantFrames`] / [`Domains`] models the example above uses.
+//!   It uses `std`. docs.rs builds the documentation with it.
 #![no_std]
 #![deny(missing_docs)]
 #![deny(unsafe_code)]

@@ -1,5 +1,6 @@
-//! `GNTTABOP_map_grant_ref` and `GNTTABOP_unmap_grant_ref` (reference b.8,
-//! b.9), and the release of every mapping a dying domain holds.
+//! `GNTTABOP_map_grant_ref` and `GNTTABOP_unmap_grant_ref` (Xen
+//! `xen/common/grant_table.c`), and the release of every mapping a dying
+//! domain holds.
 //!
 //! A map, in order: work out the pin increments from the flags; refuse PV
 //! mapping kinds to a translated mapper; find the granter; take a maptrack
@@ -130,6 +131,16 @@ impl Maptrack<'_> {
     /// `GNTST_okay`, `handle` the maptrack handle and `dev_bus_addr` the
     /// frame's address; otherwise `status` is the code Xen returns for the
     /// fault (see [`GrantError::status`]) and nothing changed.
+    ///
+    /// The crate writes no page table. After `GNTST_okay` the frame is
+    /// pinned and referenced, but nothing maps it yet: the embedder maps
+    /// frame `dev_bus_addr >> 12` itself, with a PTE at `host_addr` (PV
+    /// host mapping), a p2m entry (translated mapper) or an IOMMU entry
+    /// (device mapping), read-only if `GNTMAP_readonly` was asked for. If
+    /// that fails, it undoes the map with [`unmap_grant_ref`](Self::unmap_grant_ref)
+    /// on `handle`, naming the same kinds: `host_addr` as mapped for a host
+    /// mapping, the returned `dev_bus_addr` for a device mapping. An unmap
+    /// with both addresses 0 removes nothing.
     pub fn map_grant_ref<D, F>(&self, domains: &D, frames: &F, op: &mut GnttabMapGrantRef)
     where
         D: Domains + ?Sized,
@@ -362,7 +373,8 @@ impl Maptrack<'_> {
         released
     }
 
-    /// `GNTTABOP_unmap_and_replace` for a batch (x86 PV; reference b.4):
+    /// `GNTTABOP_unmap_and_replace` for a batch (x86 PV; Xen
+    /// `xen/common/grant_table.c`):
     /// each element removes the host mapping of `handle` at `host_addr`, as
     /// an unmap with `dev_bus_addr` 0 does, and puts in its place what
     /// `new_addr` maps, leaving `new_addr` empty (Xen moves the PTE).

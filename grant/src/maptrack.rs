@@ -1,5 +1,6 @@
 //! The mapping domain's maptrack: one entry per grant mapping it holds, the
-//! handle a map returns being the entry's index (reference b.10).
+//! handle a map returns being the entry's index (Xen
+//! `xen/common/grant_table.c`).
 //!
 //! An entry's `flags` word is written last on map (release) and read first
 //! by unmap (acquire): a zero `flags` means "no mapping", so a handle being
@@ -105,6 +106,12 @@ impl<'a> Maptrack<'a> {
     /// The maptrack of `owner`, with at most `limit` handles (cut to the
     /// storage). `translated` says whether `owner` is a translated guest,
     /// which may not ask for device, application or PTE mappings.
+    ///
+    /// `owner`'s own grant table has the same flag
+    /// ([`GrantTableConfig::translated`](crate::GrantTableConfig::translated)).
+    /// Pass the same value to both: the crate does not compare them, and
+    /// reads each in a different operation (this one in map, the table's in
+    /// transfer).
     #[must_use]
     pub fn new(owner: DomId, translated: bool, entries: &'a [MaptrackEntry], limit: u32) -> Self {
         let storage = u32::try_from(entries.len()).unwrap_or(u32::MAX);

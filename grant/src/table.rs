@@ -3,11 +3,14 @@
 //! and the table-level operations (`setup_table`, `query_size`,
 //! `set_version`, `get_status_frames`).
 //!
-//! Locking follows Xen's: operations on entries (map, unmap, copy,
-//! transfer) take `&GrantTable` and lock one active entry at a time;
-//! operations that reshape the table (growth, version switch, teardown) take
-//! `&mut GrantTable`, so the embedder's read-write lock around the table is
-//! Xen's grant-table rwlock.
+//! Operations on entries (map, unmap, copy, transfer, cache flush) take
+//! `&GrantTable` through `Domains` and lock one active entry at a time;
+//! operations that reshape the table or move entries (growth, setup,
+//! version switch, swap, teardown) take `&mut GrantTable`. A table handed
+//! out by `Domains` must see no `&mut` operation until the entry operation
+//! returns; the rule and the ways to keep it are on `Domains` and in the
+//! crate docs. A lock per table is not enough, because `Domains` returns a
+//! reference, not a guard, and a copy may reach a third table.
 
 use core::fmt;
 
@@ -39,6 +42,9 @@ pub struct GrantTableConfig {
     pub max_version: GrantVersion,
     /// Whether the domain is translated (HVM, PVH, Arm): its frame numbers
     /// go through a p2m, and a transfer does not write the MFN back.
+    /// [`Maptrack::new`](crate::Maptrack::new) takes the same flag for the
+    /// domain's maptrack; give both the same value (nothing checks that
+    /// they agree).
     pub translated: bool,
 }
 
@@ -159,8 +165,10 @@ impl<'a> GrantTable<'a> {
         self.nr_entries = entries.min(u32::try_from(self.active.len()).unwrap_or(u32::MAX));
     }
 
-    /// The pin word of entry `gref` (four 8-bit counters, reference b.11),
-    /// or `None` beyond the table.
+    /// The pin word of entry `gref`, or `None` beyond the table. It holds
+    /// four 8-bit counters: host-write pins in bits 0-7, host-read 8-15,
+    /// device-write 16-23, device-read 24-31 (Xen's `GNTPIN_*` layout in
+    /// `xen/common/grant_table.c`).
     #[must_use]
     pub fn pin_count(&self, gref: GrantRef) -> Option<u32> {
         self.active_entry(gref).map(|entry| entry.lock().pin())

@@ -1,5 +1,6 @@
 //! `GNTTABOP_transfer`: a PV guest gives one of its frames to another domain
-//! that offered an accept-transfer entry (reference b.9), in Xen's order:
+//! that offered an accept-transfer entry (Xen `xen/common/grant_table.c`),
+//! in Xen's order:
 //! steal the frame from the sender (`GNTST_bad_page` if it is not a valid
 //! frame of the sender; `GNTST_general_error` if it has other users, the
 //! frame then staying with the sender), find the receiver
@@ -30,6 +31,24 @@ const COMMIT_RETRIES: u32 = 5;
 
 /// `GNTTABOP_transfer` for a batch sent by `sender`; each element gets its
 /// own status.
+///
+/// Each element first takes the frame from the sender
+/// ([`GrantFrames::steal_page`]). If a later step fails (bad receiver,
+/// bad reference, the receiver cannot address or take the frame, the
+/// receiver's entry does not offer the transfer), the frame is freed
+/// through [`GrantFrames::free_page`]: the sender has lost it. So after any
+/// status other than `GNTST_okay` or `GNTST_bad_page`, the frame may be
+/// gone:
+///
+/// - `GNTST_okay`: the receiver has the frame.
+/// - `GNTST_bad_page`: the steal was refused; nothing changed.
+/// - `GNTST_general_error`: either the steal was refused because the frame
+///   has other users (the sender keeps it), or a later step failed (the
+///   frame was freed). The status alone does not tell these apart; the
+///   embedder can, because its `steal_page` returned
+///   [`StealError::InUse`] in the first case and its `free_page` ran in
+///   the second.
+/// - any other status: the frame was freed.
 pub fn transfer<D, F>(sender: DomId, domains: &D, frames: &F, ops: &mut [GnttabTransfer])
 where
     D: Domains + ?Sized,
