@@ -47,15 +47,19 @@ impl GntSt {
 }
 
 /// Why a grant operation was refused: map, unmap, `unmap_and_replace`,
-/// copy, transfer, `setup_table`, `query_size`, `get_status_frames` or swap.
+/// copy, transfer, `setup_table`, `get_status_frames`, swap,
+/// or [`GrantTable::new`](crate::GrantTable::new) /
+/// [`grow`](crate::GrantTable::grow). The hypercall operations write its
+/// [`status`](Self::status) code into the operation structure; `new` and
+/// `grow` return it.
 ///
 /// In general nothing changed when one of these is returned. Exceptions:
 ///
-/// - [`setup_table`](crate::setup_table): with a `frame_list` shorter than
-///   `nr_frames`, the table has already grown and the list holds the
-///   frames that fit when [`BadFrameList`](Self::BadFrameList) comes back
-///   (Xen behaves the same). [`get_status_frames`](crate::get_status_frames)
-///   also fills what fits of a short list, but changes no table.
+/// - [`setup_table`](crate::setup_table) with a `frame_list` shorter than
+///   `nr_frames` gives [`BadFrameList`](Self::BadFrameList), but the table
+///   has grown anyway and the list holds the frames that fit (as in Xen).
+///   [`get_status_frames`](crate::get_status_frames) also fills what fits
+///   of a short list, but changes no table.
 /// - [`transfer`](crate::transfer): once the sender's frame was taken, a
 ///   failure frees it. See `transfer` for which statuses mean that.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
