@@ -47,7 +47,10 @@ const COMMIT_RETRIES: u32 = 5;
 ///   frame was freed). The status alone does not tell these apart; the
 ///   embedder can, because its `steal_page` returned
 ///   [`StealError::InUse`] in the first case and its `free_page` ran in
-///   the second.
+///   the second. Xen answers a refused steal with `GNTST_bad_page` for
+///   any reason, and its ABI says the frame is lost after any other
+///   failure; a guest that trusts that comment would wrongly count a frame
+///   with other users as lost here.
 /// - any other status: the frame was freed.
 pub fn transfer<D, F>(sender: DomId, domains: &D, frames: &F, ops: &mut [GnttabTransfer])
 where
