@@ -17,8 +17,8 @@ pub enum GfnError {
 pub enum StealError {
     /// Not a valid frame of the sender (`GNTST_bad_page`).
     BadPage,
-    /// The frame has other users (`GNTST_general_error`); it stays with the
-    /// sender.
+    /// The frame has other users (`GNTST_bad_page`, as in Xen); it stays
+    /// with the sender.
     InUse,
 }
 

@@ -1331,11 +1331,12 @@ fn transfer_failures_return_xens_status_and_free_or_keep_the_frame() {
     let mut op = transfer_op(50, FRONT, 8);
     run(&mut op);
     assert_eq!(op.status, GntSt::BadPage.raw());
-    // In use: the frame stays with the sender.
+    // In use: bad_page as in Xen (its steal_page fails with -EINVAL), the
+    // one status after which the ABI lets the sender count on its frame.
     assert!(env.frames().get_page(BACK, hvmem_types::Mfn::new(0x200)));
     let mut op = transfer_op(0, FRONT, 8);
     run(&mut op);
-    assert_eq!(op.status, GntSt::GeneralError.raw());
+    assert_eq!(op.status, GntSt::BadPage.raw());
     assert_eq!(env.frames().owner(0x200), Some(BACK));
     // No such receiver, or no offer: the frame is gone.
     let mut op = transfer_op(1, DomId::new(7), 8);

@@ -2,8 +2,8 @@
 //! that offered an accept-transfer entry (Xen `xen/common/grant_table.c`),
 //! in Xen's order:
 //! steal the frame from the sender (`GNTST_bad_page` if it is not a valid
-//! frame of the sender; `GNTST_general_error` if it has other users, the
-//! frame then staying with the sender), find the receiver
+//! frame of the sender or has other users, the frame then staying with the
+//! sender: Xen's `steal_page` fails with `-EINVAL` for both), find the receiver
 //! (`GNTST_bad_domain`), check that a v1 PV receiver can address the frame
 //! (`GNTST_address_too_big`) and can take one more frame
 //! (`GNTST_general_error`), commit the receiver's entry (flags exactly
@@ -12,8 +12,8 @@
 //! only then set `GTF_transfer_completed`.
 //!
 //! Once stolen, a frame that cannot be delivered is freed, never returned:
-//! after a failure other than `GNTST_bad_page` (or the refused steal) the
-//! sender has lost the frame, as the ABI documents.
+//! after any failure other than `GNTST_bad_page` the sender has lost the
+//! frame, as the ABI documents.
 
 use hvmem_types::{DomId, Mfn};
 
@@ -41,16 +41,9 @@ const COMMIT_RETRIES: u32 = 5;
 /// gone:
 ///
 /// - `GNTST_okay`: the receiver has the frame.
-/// - `GNTST_bad_page`: the steal was refused; nothing changed.
-/// - `GNTST_general_error`: either the steal was refused because the frame
-///   has other users (the sender keeps it), or a later step failed (the
-///   frame was freed). The status alone does not tell these apart; the
-///   embedder can, because its `steal_page` returned
-///   [`StealError::InUse`] in the first case and its `free_page` ran in
-///   the second. Xen answers a refused steal with `GNTST_bad_page` for
-///   any reason, and its ABI says the frame is lost after any other
-///   failure; a guest that trusts that comment would wrongly count a frame
-///   with other users as lost here.
+/// - `GNTST_bad_page`: the steal was refused (not a valid frame of the
+///   sender, or one with other users: [`StealError`]); nothing changed
+///   and the sender keeps the frame.
 /// - any other status: the frame was freed.
 pub fn transfer<D, F>(sender: DomId, domains: &D, frames: &F, ops: &mut [GnttabTransfer])
 where
@@ -76,7 +69,11 @@ where
         .steal_page(sender, op.mfn)
         .map_err(|error| match error {
             StealError::BadPage => GrantError::BadPage,
-            StealError::InUse => GrantError::FrameInUse,
+            // Xen: steal_page fails with -EINVAL for a frame with other
+            // users too, and gnttab_transfer answers -EINVAL with
+            // GNTST_bad_page, the one status after which the sender keeps
+            // its frame.
+            StealError::InUse => GrantError::BadPage,
         })?;
     let delivered = deliver(sender, domains, frames, op, mfn);
     if delivered.is_err() {
