@@ -6,8 +6,11 @@ use hvmem_types::Mfn;
 
 use crate::{FrameType, InvalidEntry, Owner};
 
-/// Why a frame-table operation was refused. The frame's state is unchanged
-/// whenever one of these is returned.
+/// Why a frame-table operation was refused.
+///
+/// The frame's state is unchanged whenever one of these is returned, except
+/// for [`Preempted`](Self::Preempted), which can leave a partial validation
+/// behind (see there).
 ///
 /// Every operation lists, under `# Errors`, the variants it can return.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -84,12 +87,25 @@ pub enum FrameError {
     },
     /// Another CPU is validating or de-validating the frame for this type;
     /// retry later (Xen spins, or returns `-EINTR` to a preemptible caller).
+    ///
+    /// Do not spin on it while holding a lock that the other CPU's validator
+    /// may need. A hypervisor usually returns to the guest and restarts the
+    /// hypercall (a continuation).
     ValidationInProgress {
         /// The frame.
         mfn: Mfn,
     },
     /// The validator stopped part-way; the next get of the same type resumes
     /// where it stopped (Xen `-ERESTART`). No type reference was taken.
+    ///
+    /// This is the one error that can change the frame. Unless the validator
+    /// stopped before its first entry, the frame is left partially
+    /// validated: its type count is 1, it holds one extra general reference,
+    /// and it stores the entry to resume at. The entries already checked keep
+    /// their references. A get of another type fails with
+    /// [`TypeConflict`](Self::TypeConflict) until the validation is resumed
+    /// to the end (a get or pin of the same type) or abandoned by
+    /// [`FrameTable::relinquish`](crate::FrameTable::relinquish).
     Preempted {
         /// The frame.
         mfn: Mfn,

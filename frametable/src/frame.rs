@@ -14,7 +14,7 @@
 //! | 44..0 | general count | every reference, including the allocation reference |
 //!
 //! Xen keeps the owner in a separate field and checks it after bumping the
-//! count (undoing the bump on a mismatch, reference a.5); here the owner sits
+//! count (undoing the bump on a mismatch: `get_page` in `xen/arch/x86/mm.c`); here the owner sits
 //! in the same word, so "take a reference only if the owner is `d`" is one CAS
 //! and an owner change can never slip between the check and the increment.
 //!
@@ -30,7 +30,8 @@
 //!   (writes `0`) instead. `COUNT_MAX - 1` is the most ordinary gets can reach;
 //!   the last value is kept for the one extra reference a partial validation
 //!   holds, which must never fail (Xen keeps the all-ones count for its
-//!   "light" get for the same reason, reference a.12).
+//!   "light" get for the same reason: `get_page_light` in
+//!   `xen/arch/x86/mm.c`).
 //!
 //! Orderings on the count word:
 //!
@@ -63,12 +64,12 @@
 //! | 54..0 | type count | 55 bits, as Xen's `PGT_count_mask` |
 //!
 //! The type word is only touched by holders of a general reference (every type
-//! reference is backed by a general reference of the same user, reference
-//! a.4), and by an assigner holding the claim. Its states:
+//! reference is backed by a general reference of the same user, as with Xen's
+//! `get_page_and_type`), and by an assigner holding the claim. Its states:
 //!
 //! - count 0: unused. The type may change on the next get; writable,
 //!   grant-shared, none and segment-descriptor types keep `validated` so the
-//!   next get of the same type is cheap (reference a.7). A page table never
+//!   next get of the same type is cheap (Xen's `_put_page_type`). A page table never
 //!   has `validated` at count 0.
 //! - count `n >= 1`, validated: `n` type references (a pin is one of them).
 //! - count 1, neither validated nor partial: the validate lock. One CPU is
@@ -81,7 +82,7 @@
 //! - count 1, partial: a validation was preempted. The count and one extra
 //!   general reference belong to the partial state; the next get of the same
 //!   type clears `partial` without bumping the count and resumes at the entry
-//!   stored in the resume point (reference a.6 step 5).
+//!   stored in the resume point (Xen's `PGT_partial` in `_get_page_type`).
 //!
 //! Orderings on the type word:
 //!
@@ -112,8 +113,10 @@ use crate::{FrameType, Owner};
 /// One frame's record: owner, reference counts and type, all atomic.
 ///
 /// The embedder provides a slice of these (one per frame of the ranges the
-/// table covers), zero-initialised with [`FrameInfo::new`]; a fresh record
-/// describes a free frame.
+/// table covers), made with [`FrameInfo::new`] or [`Default`]. A fresh record
+/// describes a free frame. Its bytes are all zero, so zero-filled memory
+/// (a `.bss` array, pages a boot allocator cleared) is already a valid set
+/// of free records.
 pub struct FrameInfo {
     pub(crate) count: AtomicU64,
     pub(crate) type_info: AtomicU64,

@@ -8,7 +8,7 @@ use core::fmt;
 /// type changes only while that count is zero. Since a writable mapping holds a
 /// [`Writable`](Self::Writable) reference and a page-table use holds a
 /// page-table reference, a frame can never be both writable and a page table
-/// (reference a.10): that is what stops a guest from editing its own page
+/// (Xen's `_get_page_type` in `xen/arch/x86/mm.c` enforces the same): that is what stops a guest from editing its own page
 /// tables behind the hypervisor's back.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 #[non_exhaustive]

@@ -15,6 +15,10 @@ use crate::{FrameError, FrameTable, FrameType, Owner, PutOutcome, Validator};
 
 /// A general reference on a frame, dropped with the guard.
 ///
+/// To keep a reference where a guard cannot live (a page-table entry, an
+/// IOMMU entry), give it up with [`into_raw`](Self::into_raw) and adopt it
+/// back with [`from_raw`](Self::from_raw) when the entry goes.
+///
 /// If the guard held the frame's last reference, its drop frees the frame
 /// and tells the table's [`FreeSink`](crate::FreeSink); use
 /// [`put`](Self::put) to see that outcome instead.

@@ -5,7 +5,12 @@ use core::fmt;
 use hvmem_types::DomId;
 
 /// The owner of an allocated frame: one domain, or the host (the hypervisor's
-/// own heap, Xen's `DOMID_XEN` frames).
+/// own heap, what Xen gives to `DOMID_XEN`).
+///
+/// Give the hypervisor's own frames to [`Owner::Host`], never to
+/// `Owner::Domain(DomId::XEN)`: that id is reserved, and
+/// [`FrameTable::assign`](crate::FrameTable::assign) refuses it with
+/// [`FrameError::ReservedDomain`](crate::FrameError::ReservedDomain).
 ///
 /// A free frame has no owner; the frame table reports it as `None`. A frame is
 /// never owned by two owners at once: the owner lives in the same atomic word

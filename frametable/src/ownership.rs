@@ -27,6 +27,12 @@ impl FrameTable<'_> {
     ///
     /// The caller decides whether the owner may receive frames (not dying,
     /// within its limits); the frame table only keeps the frame's state.
+    /// Give the hypervisor's own frames to [`Owner::Host`]; reserved ids such
+    /// as `DomId::XEN` are refused.
+    ///
+    /// The frame is briefly "claimed" while its type is reset. An operation
+    /// on it from another CPU meanwhile sees a free frame and fails at once
+    /// ([`FrameError::Unowned`]); nobody waits.
     ///
     /// # Errors
     ///
@@ -129,6 +135,11 @@ impl FrameTable<'_> {
     ///
     /// Call again with the same cursor until it returns
     /// [`RelinquishProgress::Done`]; the cursor counts what happened.
+    ///
+    /// It walks every record of the table, in every range, not only the
+    /// frames `dom` owns: `budget` counts records visited, and a full pass
+    /// costs the table's size whatever the domain's. Pass the same
+    /// `validator` as every other call on this table (see [`Validator`]).
     pub fn relinquish<V: Validator + ?Sized>(
         &self,
         dom: DomId,

@@ -4,8 +4,8 @@
 //! A guest pins its page tables so they stay validated between uses: without
 //! a pin, a table whose last type reference goes is de-validated and must be
 //! checked entry by entry again on its next use. A pin is a flag, not a
-//! counter, and holds exactly one general and one type reference (reference
-//! a.11).
+//! counter, and holds exactly one general and one type reference (Xen's
+//! `do_mmuext_op` in `xen/arch/x86/mm.c`).
 
 use hvmem_types::Mfn;
 
@@ -18,6 +18,13 @@ impl FrameTable<'_> {
     /// Pins `mfn`, owned by `owner`, as a page table of type `ty`: takes a
     /// general and a type reference (validating the frame if this is its
     /// first type reference), then sets the pinned flag.
+    ///
+    /// A pin is a flag, not a counter, and holds one general and one type
+    /// reference. It keeps the table validated between uses: without it, a
+    /// table whose last type reference goes is de-validated and checked
+    /// entry by entry again next time. Pass the same `validator` as every
+    /// other call on this table (see [`Validator`]). On
+    /// [`FrameError::Preempted`], pin again with the same `ty` to resume.
     ///
     /// # Errors
     ///
@@ -58,6 +65,9 @@ impl FrameTable<'_> {
     /// Unpins `mfn`, owned by `owner`: clears the pinned flag and drops the
     /// pin's type reference (de-validating a table that nobody else uses) and
     /// its general reference (freeing a frame that nobody else holds).
+    ///
+    /// `validator` must be the one the frame was validated with (see
+    /// [`Validator`]): the de-validation runs through it.
     ///
     /// # Errors
     ///

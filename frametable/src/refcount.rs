@@ -2,9 +2,9 @@
 //!
 //! Every use of a frame by anyone holds a general reference: a mapping, a
 //! page-table entry pointing at it, a grant mapping, a hypercall working on
-//! it, and the owner's allocation reference (reference a.4). While the count
-//! is non-zero the frame cannot return to the allocator; the put that drops
-//! the last one frees it.
+//! it, and the owner's allocation reference (as in Xen's `get_page` and
+//! `put_page`, `xen/arch/x86/mm.c`). While the count is non-zero the frame
+//! cannot return to the allocator; the put that drops the last one frees it.
 
 use hvmem_types::Mfn;
 

@@ -20,8 +20,17 @@ use crate::{FrameError, FrameInfo, LayoutError};
 /// A frame is freed by whichever operation drops its last reference: a
 /// [`put_page`](FrameTable::put_page), a guard's drop, a
 /// [`release`](FrameTable::release), an [`unpin`](FrameTable::unpin) or a
-/// [`relinquish`](FrameTable::relinquish). The table calls the sink exactly
-/// once per free, after the frame's record already reads "free".
+/// [`relinquish`](FrameTable::relinquish), or a [`Validator`](crate::Validator)'s
+/// de-validation dropping the references its entries held. The table calls
+/// the sink exactly once per free, after the frame's record already reads
+/// "free".
+///
+/// The call is synchronous: it runs on the CPU that dropped the last
+/// reference, inside that operation, which may itself run inside a
+/// validator or under a lock the caller holds. So `frame_freed` must not
+/// block, and must not take a lock that a caller of the table may hold.
+/// Queue the frame (a lock-free list, a per-CPU buffer) and hand it to the
+/// allocator later.
 pub trait FreeSink: Sync {
     /// `mfn` has no owner and no reference any more.
     fn frame_freed(&self, mfn: Mfn);
@@ -61,7 +70,9 @@ pub(crate) struct Span {
 ///
 /// All operations take `&self` and are lock-free compare-and-swap loops on the
 /// frame's record (see the [`frame`](crate::frame) module for the protocol),
-/// so one table is shared by every CPU.
+/// so one table is shared by every CPU. The table is `Sync`: build it once
+/// at boot (for example keep it in a static set once) and give each CPU a
+/// `&FrameTable`; no lock goes around it.
 pub struct FrameTable<'a> {
     frames: &'a [FrameInfo],
     spans: [Span; FrameTable::MAX_RANGES],
@@ -80,6 +91,12 @@ impl<'a> FrameTable<'a> {
     /// A table over `ranges` (sorted, not overlapping), with the records of
     /// each range stored one after the other in `frames`. Records beyond the
     /// ranges' total are unused.
+    ///
+    /// The records are used as they are, not reset: pass records made with
+    /// [`FrameInfo::new`], or zero-filled memory (an all-zero record is a
+    /// free frame). The table frees frames through
+    /// [`IgnoreFreed`] until [`with_free_sink`](Self::with_free_sink) names
+    /// another [`FreeSink`].
     ///
     /// # Errors
     ///

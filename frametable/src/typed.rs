@@ -2,7 +2,7 @@
 //! while I use it", and the validation that comes with a page-table type.
 //!
 //! The state machines follow Xen's `_get_page_type` and `_put_page_type`
-//! (reference a.6 and a.7), with one difference: where Xen spins while another
+//! in `xen/arch/x86/mm.c`, with one difference: where Xen spins while another
 //! CPU validates the frame, this table returns
 //! [`FrameError::ValidationInProgress`] and lets the caller retry (or turn it
 //! into a hypercall continuation), so no operation ever waits on another CPU.
@@ -35,6 +35,15 @@ impl FrameTable<'_> {
     /// resumes a preempted one) runs `validator` while holding the validate
     /// lock; writable, grant-shared and none are valid at once.
     ///
+    /// Pass the same `validator` to every get, put, pin, unpin and
+    /// relinquish of this table: the table does not remember which one
+    /// validated the frame (see [`Validator`]).
+    ///
+    /// On [`FrameError::Preempted`], call again with the same `ty` to resume.
+    /// Until then the frame holds a partial validation (see that error).
+    /// On [`FrameError::ValidationInProgress`], do not spin: retry later or
+    /// turn the call into a hypercall continuation.
+    ///
     /// # Errors
     ///
     /// - [`FrameError::OutOfRange`]: the table does not cover `mfn`.
@@ -66,6 +75,13 @@ impl FrameTable<'_> {
     /// `put_page_type`). When the last reference of a page-table type goes,
     /// the frame is de-validated through `validator` (and will be validated
     /// again on its next use); other types keep their validation.
+    ///
+    /// `validator` must be the one the frame was validated with. A put with
+    /// [`TrustContents`](crate::TrustContents) on an L1 that
+    /// `pv::PvValidator` validated skips the de-validation, so the
+    /// references the table's entries hold are never dropped. If the frame
+    /// is freed by this de-validation's puts, the [`FreeSink`](crate::FreeSink)
+    /// runs inside this call.
     ///
     /// # Errors
     ///

@@ -5,11 +5,14 @@
 //! validation](crate::FrameType::needs_validation) for the first time (type
 //! count 0 -> 1, or a resume after preemption), the table calls
 //! [`Validator::validate`]; when the last reference of a page-table type goes,
-//! it calls [`Validator::devalidate`]. The pagetable crate implements this
-//! trait: validating a table takes, for every present entry, a general
-//! reference (and for a table entry a type reference of the next level down)
-//! on the frame the entry points at, through the same [`FrameTable`];
-//! de-validating drops them (reference a.8).
+//! it calls [`Validator::devalidate`]. For x86 PV guest tables,
+//! `hvmem_frametable::pv::PvValidator` (feature `pagetable`) implements
+//! this trait with hvmem-pagetable's checks: validating a table takes, for
+//! every present entry, a general reference (and for a table entry a type
+//! reference of the next level down) on the frame the entry points at,
+//! through the same [`FrameTable`]; de-validating drops them (as Xen's
+//! `promote_l1_table` .. `promote_l4_table` and the `demote_*` functions do
+//! in `xen/arch/x86/mm.c`).
 //!
 //! The table calls the validator only while it holds the frame's validate
 //! lock: for a given frame, calls never overlap, and no other CPU can take
@@ -74,8 +77,23 @@ pub enum ValidatedEntries {
 
 /// Checks a frame's contents for a type, and undoes that check.
 ///
+/// `hvmem_frametable::pv::PvValidator` (feature `pagetable`) is the
+/// implementation for x86 PV page tables; [`TrustContents`] checks nothing.
+///
+/// The table does not store which validator validated a frame. Every get,
+/// put, pin, unpin and relinquish on one table must pass the same validator:
+/// a put that drops the last page-table reference de-validates through the
+/// validator it is given, so a different one would skip or garble the
+/// release of the entries' references.
+///
 /// # Contract
 ///
+/// - The table calls the validator for a frame only while it holds that
+///   frame's validate lock (type count 1, neither validated nor partial).
+///   For one frame, calls never overlap, and no other CPU can take or
+///   change the frame's type until the call returns. Gets of the same type
+///   on other CPUs meanwhile fail with
+///   [`ValidationInProgress`](crate::FrameError::ValidationInProgress).
 /// - [`validate`](Self::validate) starts at `start_entry` (0 for a fresh
 ///   validation, the `next_entry` it returned last time for a resume). On
 ///   `Ok(Complete)` every entry holds its references. On
@@ -98,7 +116,7 @@ pub enum ValidatedEntries {
 ///
 /// The first call for a type change (`start_entry == 0`) is also where an
 /// embedder flushes stale writable TLB entries for the frame, before any
-/// entry is trusted (reference a.6).
+/// entry is trusted (Xen does this in `_get_page_type`, `xen/arch/x86/mm.c`).
 pub trait Validator {
     /// Validates the entries of `frame` from `start_entry` on.
     ///
@@ -120,6 +138,11 @@ pub trait Validator {
 /// A validator that accepts every frame at once and holds no references: for
 /// embedders (or tests) that use only types without contents to check, or
 /// that check contents elsewhere.
+///
+/// It skips every check. Guest page tables need a real validator, such as
+/// `pv::PvValidator`. Never mix it with another validator on one table: a
+/// put through `TrustContents` drops none of the references that the other
+/// validator's validation took.
 #[derive(Clone, Copy, Default, Debug)]
 pub struct TrustContents;
 
