@@ -13,7 +13,8 @@
 //!   level. Nothing scans memory in proportion to its size.
 //! - **Caller-provided metadata**, 8.125 bytes per frame (0.198% of the
 //!   memory managed): [`metadata_words`] sizes it. A zone has fewer than
-//!   [`MAX_ZONE_FRAMES`] frames (1 TiB of 4 KiB frames).
+//!   [`MAX_ZONE_FRAMES`] frames (1 TiB of 4 KiB frames), so its largest
+//!   block is order 27.
 //! - **Dirty frames.** A freed frame holds its last user's data until
 //!   scrubbed. [`BuddyAllocator::alloc_clean`] never returns such a frame; an
 //!   idle loop calls [`BuddyAllocator::scrub`] with a budget to clean free memory
@@ -25,7 +26,7 @@
 //!   out again first, as on Linux's per-CPU page lists, with no split or
 //!   merge; they are merged whenever a larger block is needed.
 //! - **A lock-free per-CPU cache** of single frames, [`FrameCache`],
-//!   model-checked with loom.
+//!   model-checked with loom. See its docs for the refill and drain pattern.
 //! - **Untrusted input.** Every operation checks its arguments and returns a
 //!   typed error, leaving the allocator unchanged: double frees, wrong orders,
 //!   misaligned or foreign frames, reserving allocated memory. No input panics.
@@ -39,6 +40,8 @@
 //! // 64 MiB of RAM at 16 MiB, with a firmware hole to keep out.
 //! let ram = FrameRange::new(Mfn::new(0x1000), 0x4000).unwrap();
 //! let mut metadata = vec![0u64; metadata_words(ram.len())];
+//! // The type annotation is needed: Rust does not infer the default
+//! // `ZONES` (4) from `BuddyAllocator::new` alone.
 //! let mut heap: BuddyAllocator = BuddyAllocator::new(PageOrder::SIZE_1G).unwrap();
 //! heap.add_zone(ram, &mut metadata, Contents::Clean).unwrap();
 //! heap.reserve(FrameRange::new(Mfn::new(0x10a0), 0x20).unwrap()).unwrap();
@@ -50,12 +53,24 @@
 //! // Freed memory is dirty until scrubbed...
 //! heap.free(block, PageOrder::SIZE_2M).unwrap();
 //! assert_eq!(heap.stats().dirty_frames, 512);
-//! // ...so a double free is refused, and clean allocations scrub first.
+//! // ...and a double free is refused.
 //! assert!(heap.free(block, PageOrder::SIZE_2M).is_err());
+//! // An idle loop scrubs free memory, at most `budget` frames per call. The
+//! // closure clears each frame; here it only counts them.
 //! let mut scrubbed = 0;
 //! let progress = heap.scrub(1024, |_mfn| scrubbed += 1);
 //! assert_eq!((scrubbed, progress.dirty_left), (512, 0));
 //! ```
+//!
+//! # What it does not do
+//!
+//! - **No locking.** Every method of [`BuddyAllocator`] takes `&mut self`:
+//!   the embedder puts the allocator behind its own lock. [`FrameCache`] is
+//!   the lock-free part, for single frames.
+//! - **No claims or per-domain accounting.** That belongs to the frame table
+//!   and the balloon policy.
+//! - **No memory access.** Frames are numbers; the allocator never reads or
+//!   writes them. Scrubbing happens in the caller's closure.
 #![no_std]
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
@@ -82,8 +97,13 @@ pub use stats::Stats;
 
 use hvmem_types::PageOrder;
 
-/// The largest maximum order an allocator can be configured with: blocks of
-/// `2^30` frames (4 TiB).
+/// The largest maximum order an allocator can be configured with (30).
+///
+/// A zone has fewer than [`MAX_ZONE_FRAMES`] (`2^28 - 1`) frames, so no
+/// zone ever holds a block of order 28 or more. With a maximum order of 28
+/// to 30, such an allocation passes the order check and fails with
+/// [`AllocError::OutOfMemory`], not [`AllocError::OrderTooLarge`]. The
+/// largest block any zone can give is order 27 (512 GiB of 4 KiB frames).
 pub const MAX_SUPPORTED_ORDER: PageOrder = match PageOrder::new(30) {
     Some(order) => order,
     None => PageOrder::ZERO,

@@ -39,7 +39,28 @@ const EMPTY: u64 = u64::MAX;
 /// A lock-free cache of up to `N` single frames.
 ///
 /// Any thread may push and pop; each slot is claimed by a compare-exchange from
-/// empty and emptied by a swap, so no frame is lost or handed out twice.
+/// empty and emptied by a swap, so no frame is lost, and a frame pushed once
+/// is popped at most once.
+///
+/// # How to use it
+///
+/// [`BuddyAllocator`] takes `&mut self`, so put it behind your lock. Give
+/// each CPU a `FrameCache`. A CPU pops single frames from its cache and
+/// pushes freed ones back, without the lock. When its cache is empty, it
+/// takes the lock and calls [`refill`](Self::refill) with a batch size;
+/// when a push fails (the cache is full), it takes the lock, frees that
+/// frame, and may [`drain`](Self::drain) the cache. To offline a CPU, drain
+/// its cache into the allocator.
+///
+/// Two things the cache does not check:
+///
+/// - **Double frees.** [`push`](Self::push) does not look for the frame in
+///   the cache or ask the allocator. A frame pushed twice is handed out
+///   twice. The allocator's own checks apply only when the frame reaches it
+///   through [`drain`](Self::drain).
+/// - **Old data.** [`refill`](Self::refill) takes frames with
+///   [`BuddyAllocator::alloc`], so they may hold a previous user's data.
+///   Scrub a frame before a guest can see it.
 #[derive(Debug)]
 pub struct FrameCache<const N: usize> {
     slots: [AtomicU64; N],
@@ -73,6 +94,10 @@ impl<const N: usize> FrameCache<N> {
     }
 
     /// Puts a frame in the cache.
+    ///
+    /// It does not detect double frees: pushing a frame that is already in
+    /// the cache (or was never allocated) succeeds, and the frame is then
+    /// handed out twice.
     ///
     /// # Errors
     ///
@@ -132,6 +157,10 @@ impl<const N: usize> FrameCache<N> {
 
     /// Moves up to `count` single frames from `heap` into the cache (fewer if
     /// the heap runs out or the cache fills). Returns how many moved.
+    ///
+    /// The frames come from [`BuddyAllocator::alloc`], not
+    /// [`alloc_clean`](BuddyAllocator::alloc_clean): they may hold old data.
+    /// Scrub a frame before handing it to a guest.
     pub fn refill<const Z: usize>(&self, heap: &mut BuddyAllocator<'_, Z>, count: usize) -> usize {
         let mut moved = 0;
         while moved < count {
