@@ -26,6 +26,15 @@
 //! Every input from a guest or a toolstack is untrusted: each operation
 //! returns a typed error and leaves the machine unchanged.
 //!
+//! # Threads and locking
+//!
+//! Every operation that changes a machine takes `&mut self`; the machines
+//! hold no lock and use no atomics. The embedder serialises the calls. A
+//! VMM that serves a device's queues (inflate, deflate, stats, hinting,
+//! reporting) and its config accesses on several threads puts the whole
+//! device behind one lock that all of those handlers take: the queues share
+//! the device's per-page state, so one lock per queue is not enough.
+//!
 //! # Example
 //!
 //! A VMM serving a virtio balloon for a 64 MiB guest on 2 MiB hugepages:

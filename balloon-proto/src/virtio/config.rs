@@ -12,6 +12,11 @@
 //! PAGE_POISON. A driver may write only `actual`, and `poison_val` when
 //! PAGE_POISON was negotiated and before DRIVER_OK, each as one aligned
 //! 4-byte access; everything else is refused.
+//!
+//! Limitation: some old legacy PCI drivers write `actual` one byte at a
+//! time, lowest byte first. The spec lets a device wait for the last byte
+//! before acting; this device does not assemble the bytes, so each of
+//! those writes is refused and `actual` does not change.
 
 use core::fmt;
 

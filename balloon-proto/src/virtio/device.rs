@@ -300,6 +300,12 @@ impl core::error::Error for ReportError {}
 pub enum HintOutcome {
     /// The pages are free in the guest for the current round: the VMM may
     /// skip them (they may still be written until DONE).
+    ///
+    /// The pages stay the guest's. The VMM must not discard or unmap them:
+    /// the guest may allocate and write one at any moment, without telling
+    /// the device. In a migration, a hinted page may be left out only if it
+    /// was not written after the hint (dirty logging shows that); a written
+    /// one must be sent.
     Hinted {
         /// First 4 KiB guest page.
         first_pfn: u64,

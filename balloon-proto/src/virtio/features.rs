@@ -3,12 +3,17 @@
 //! # Queue numbering
 //!
 //! The spec numbers the queues inflateq 0, deflateq 1, statsq 2,
-//! free_page_vq 3, reporting_vq 4. Every Linux transport, QEMU, Firecracker
-//! and cloud-hypervisor instead number only the queues that exist, in that
-//! order, so with no STATS_VQ and no FREE_PAGE_HINT the reporting queue is
-//! queue 2. [`QueueLayout`] numbers compactly from the *negotiated*
-//! features, as the implementations do: a driver that declines an offered
-//! STATS_VQ shifts the later queues.
+//! free_page_vq 3, reporting_vq 4. Linux's transports number only the
+//! queues that exist after negotiation, in that order, so with no STATS_VQ
+//! and no FREE_PAGE_HINT the reporting queue is queue 2. Devices do not all
+//! agree: QEMU always has statsq at 2 (it always offers STATS_VQ), and
+//! Firecracker numbers from the features it *offers*, not the negotiated
+//! ones.
+//!
+//! [`QueueLayout`] follows Linux: it numbers compactly from the
+//! *negotiated* features, so a driver that declines an offered STATS_VQ
+//! shifts the later queues. A device that must match QEMU's or
+//! Firecracker's numbering computes its own.
 
 use core::fmt;
 

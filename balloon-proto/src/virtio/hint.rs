@@ -19,8 +19,14 @@
 //!
 //! Hints count only in `Active` with the id still in config; any other
 //! command from the driver (a second copy of the id, an old id, DONE, a
-//! STOP with no round) is out of sequence. Ids are never reused: they
-//! count up from the first id and wrap back to it, skipping 0 and 1.
+//! STOP with no round) is out of sequence.
+//!
+//! Each round gets the next id, counting up from the first id. A new round
+//! starts only when no round is in progress, so an id is not issued again
+//! while its round is open (until the driver has sent STOP for it, or the
+//! device ended it before the driver answered). After `u32::MAX` the ids
+//! wrap back to the first id (never 0 or 1), so after that many rounds an
+//! old id can come back.
 
 use core::fmt;
 

@@ -34,8 +34,14 @@ use crate::virtio::driver::BalloonDriver;
 /// Ranges in one report: Linux's `PAGE_REPORTING_CAPACITY`.
 pub const REPORT_CAPACITY: usize = 32;
 
-/// Linux's default reporting order on x86-64 with 4 KiB pages: the
-/// pageblock order, 9 (2 MiB).
+/// A common Linux reporting order on x86-64 with 4 KiB pages: the pageblock
+/// order, 9 (2 MiB).
+///
+/// It is not a fixed Linux default. The virtio driver leaves the order to
+/// the page-reporting core, whose fallback depends on the kernel version,
+/// and an administrator can change it with the `page_reporting_order`
+/// parameter. (On arm64 with 64 KiB pages the driver uses order 5.) Pass
+/// the order the guest actually uses.
 pub const LINUX_REPORT_ORDER: u32 = 9;
 
 /// Words of storage for a reporter over `guest_pages` 4 KiB pages reporting

@@ -26,6 +26,19 @@
 //!   is refused, with nothing done, for an unknown or reserved domain id,
 //!   an extent order above the domU limit, or too many extents.
 //!
+//! # Differences from Xen
+//!
+//! - For an extent order above the limit, or more than
+//!   [`MAX_NR_EXTENTS`] extents, Xen does
+//!   not fail the hypercall: it returns 0 extents done. Here these are
+//!   errors ([`ReservationError::ExtentOrderTooLarge`],
+//!   [`ReservationError::TooManyExtents`]). To answer a guest as Xen does,
+//!   return 0 for them.
+//! - The order limit is the x86 domU one,
+//!   [`DOMU_MAX_EXTENT_ORDER`] (9),
+//!   for every domain. Xen allows the control and hardware domains larger
+//!   orders.
+//!
 //! Which frames move is the embedder's business (a buddy heap and a frame
 //! table in `hvmem-sim`): this machine decides how many, and keeps the books.
 
@@ -151,6 +164,11 @@ impl ClaimError {
 }
 
 /// Why a whole reservation op was refused. Nothing changed.
+///
+/// Xen answers an order above the limit, or too many extents, with 0
+/// extents done rather than an error; return 0 to the guest for those two
+/// to match it. The order limit (9) applies to every domain here, dom0
+/// included; Xen gives the control and hardware domains a larger one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ReservationError {

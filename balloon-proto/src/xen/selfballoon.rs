@@ -89,6 +89,13 @@ pub struct MemInfo {
 #[must_use]
 pub struct SelfBalloonAction {
     /// The new balloon target, pages (for the driver's `balloon_set_new_target`).
+    ///
+    /// [`BalloonDriver::set_target_kib`](crate::xen::driver::BalloonDriver::set_target_kib)
+    /// takes KiB: pass `pages_to_kib(target_pages)` (from
+    /// [`abi`](crate::xen::abi); 4 KiB per page). That method is the
+    /// xenstore path: for a translated guest it also subtracts the hidden
+    /// memory (`target_diff`), which Linux's selfballooning does not, so add
+    /// those pages to the target first.
     pub target_pages: u64,
     /// Shrink frontswap to this many pages.
     pub frontswap_shrink_to: Option<u64>,

@@ -133,6 +133,13 @@ impl fmt::Display for RebalanceError {
 impl core::error::Error for RebalanceError {}
 
 /// New balloon targets, one per managed domain, in pages.
+///
+/// The plan does not change any domain's `max_pages`. Before writing a
+/// larger target to a domain's `memory/target`, raise its `max_pages`
+/// ([`HostMemory::set_max_pages`]) to at least the target, as Xen's
+/// toolstack does; otherwise the guest's populate calls stop at the old
+/// limit. The target is in pages; xenstore wants KiB
+/// ([`pages_to_kib`](crate::xen::abi::pages_to_kib)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[must_use]
 pub struct Plan<const DOMAINS: usize> {
