@@ -244,6 +244,22 @@ mod tests {
             .collect()
     }
 
+    /// An arena of 8 table frames, `source` holding them, a cache of 8
+    /// slots whose freed tables go to `retired`, and an x86 table whose
+    /// root came from the cache.
+    macro_rules! world {
+        ($mem:ident, $source:ident, $retired:ident, $cache:ident, $pt:ident) => {
+            let words = arena(8);
+            let $mem = SliceMem::new(PhysAddr::new(BASE), &words);
+            let mut $source = frames(8);
+            let mut $retired = Vec::new();
+            let mut slots = [PhysAddr::new(0); 8];
+            let mut $cache = FrameCache::new(&mut slots, |t| $retired.push(t));
+            $cache.top_up(1, || $source.pop()).unwrap();
+            let mut $pt = PageTable::new(X86Paging::four_level(), &$mem, &mut $cache).unwrap();
+        };
+    }
+
     #[test]
     fn top_up_refuses_a_minimum_beyond_capacity_and_takes_nothing() {
         let mut slots = [PhysAddr::new(0); 2];
@@ -275,14 +291,7 @@ mod tests {
 
     #[test]
     fn a_failed_update_puts_its_reserved_frames_back_into_the_cache() {
-        let words = arena(8);
-        let mem = SliceMem::new(PhysAddr::new(BASE), &words);
-        let mut source = frames(8);
-        let mut retired = Vec::new();
-        let mut slots = [PhysAddr::new(0); 8];
-        let mut cache = FrameCache::new(&mut slots, |t| retired.push(t));
-        cache.top_up(1, || source.pop()).unwrap();
-        let mut pt = PageTable::new(X86Paging::four_level(), &mem, &mut cache).unwrap();
+        world!(mem, source, retired, cache, pt);
         // Three tables needed, two in the cache: refused, both kept.
         cache.top_up(2, || source.pop()).unwrap();
         let r = pt.map(
@@ -326,14 +335,7 @@ mod tests {
 
     #[test]
     fn freed_tables_go_to_retire_never_back_into_the_cache() {
-        let words = arena(8);
-        let mem = SliceMem::new(PhysAddr::new(BASE), &words);
-        let mut source = frames(8);
-        let mut retired = Vec::new();
-        let mut slots = [PhysAddr::new(0); 8];
-        let mut cache = FrameCache::new(&mut slots, |t| retired.push(t));
-        cache.top_up(1, || source.pop()).unwrap();
-        let mut pt = PageTable::new(X86Paging::four_level(), &mem, &mut cache).unwrap();
+        world!(mem, source, retired, cache, pt);
         let va = VirtAddr::new(0x4000_0000);
         cache
             .top_up(pt.max_new_tables(va, 0x2000), || source.pop())

@@ -2700,6 +2700,29 @@ fn bits_at(mem: &SliceMem<'_>, root: PhysAddr, input: u64, level: u8, bits: u64)
     entry_at(mem, root, input, level).load(Ordering::Relaxed) & bits
 }
 
+/// Maps `len` bytes of data at `at` to physical `at + 1 GiB`.
+fn map_data(
+    pt: &mut PageTable<X86Paging>,
+    mem: &SliceMem<'_>,
+    frames: &mut Frames,
+    at: u64,
+    len: u64,
+    sizes: LeafSizes,
+) {
+    let options = MapOptions::new().sizes(sizes);
+    let _ = pt
+        .map(
+            mem,
+            frames,
+            va(at),
+            pa(at + GIB1),
+            len,
+            &Attributes::DATA,
+            options,
+        )
+        .unwrap();
+}
+
 /// The pages of a 512-page table the A/D tests check: all of them, or under
 /// miri (where each walk is slow) a spread including both ends.
 fn checked_pages() -> impl Iterator<Item = u64> {
@@ -2723,28 +2746,22 @@ fn protect_keeps_the_accessed_and_dirty_bits_hardware_set() {
     let base = 0x4000_0000;
     // A last-level table of pages (the grouped protect path) and a 2 MiB
     // leaf (the general path).
-    let _ = pt
-        .map(
-            &mem,
-            &mut m.frames,
-            va(base),
-            pa(0x8000_0000),
-            MIB2,
-            &Attributes::DATA,
-            MapOptions::new().sizes(LeafSizes::only(PageSize::Size4K)),
-        )
-        .unwrap();
-    let _ = pt
-        .map(
-            &mem,
-            &mut m.frames,
-            va(base + MIB2),
-            pa(0x8020_0000),
-            MIB2,
-            &Attributes::DATA,
-            MapOptions::new(),
-        )
-        .unwrap();
+    map_data(
+        &mut pt,
+        &mem,
+        &mut m.frames,
+        base,
+        MIB2,
+        LeafSizes::only(PageSize::Size4K),
+    );
+    map_data(
+        &mut pt,
+        &mem,
+        &mut m.frames,
+        base + MIB2,
+        MIB2,
+        LeafSizes::ANY,
+    );
     for page in checked_pages() {
         hardware_sets(&mem, pt.root(), base + page * KIB4, 0, pattern_bits(page));
     }
@@ -2790,17 +2807,7 @@ fn a_split_passes_the_large_leafs_accessed_and_dirty_bits_to_every_piece() {
     let mut pt = x86(&mut m);
     let mem = SliceMem::new(PhysAddr::new(ARENA_BASE), &m.words);
     let base = 0x4000_0000;
-    let _ = pt
-        .map(
-            &mem,
-            &mut m.frames,
-            va(base),
-            pa(0x8000_0000),
-            2 * MIB2,
-            &Attributes::DATA,
-            MapOptions::new(),
-        )
-        .unwrap();
+    map_data(&mut pt, &mem, &mut m.frames, base, 2 * MIB2, LeafSizes::ANY);
     hardware_sets(&mem, pt.root(), base, 1, X86_A | X86_D);
     hardware_sets(&mem, pt.root(), base + MIB2, 1, X86_A);
     // A protect splits the first leaf, an unmap the second.
@@ -2840,17 +2847,14 @@ fn a_merge_keeps_the_union_of_its_leaves_accessed_and_dirty_bits() {
     let mut pt = x86(&mut m);
     let mem = SliceMem::new(PhysAddr::new(ARENA_BASE), &m.words);
     let base = 0x4000_0000;
-    let _ = pt
-        .map(
-            &mem,
-            &mut m.frames,
-            va(base),
-            pa(0x8000_0000),
-            MIB2,
-            &Attributes::DATA,
-            MapOptions::new().sizes(LeafSizes::only(PageSize::Size4K)),
-        )
-        .unwrap();
+    map_data(
+        &mut pt,
+        &mem,
+        &mut m.frames,
+        base,
+        MIB2,
+        LeafSizes::only(PageSize::Size4K),
+    );
     hardware_sets(&mem, pt.root(), base + 7 * KIB4, 0, X86_D);
     hardware_sets(&mem, pt.root(), base + 300 * KIB4, 0, X86_A);
     let _ = pt.merge(&mem, &mut m.frames, va(base), MIB2).unwrap();
