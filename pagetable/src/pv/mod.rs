@@ -192,4 +192,4 @@ pub use batch::{
 };
 pub use entry::{ENTRIES, EntryError, PvConfig, XEN_L4_SLOTS, pte_flags};
 pub use oracle::{FrameOracle, OracleError, PvLevel, PvType};
-pub use table::{TableError, TableProgress, devalidate_table, validate_table};
+pub use table::{TableProgress, ValidateError, devalidate_table, validate_table};

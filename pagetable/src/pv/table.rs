@@ -29,7 +29,7 @@ pub enum TableProgress {
 /// this call and in earlier preempted ones, has been released.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 #[non_exhaustive]
-pub enum TableError {
+pub enum ValidateError {
     /// The table's memory is not reachable through [`PhysMem`].
     Unreachable {
         /// The table.
@@ -49,7 +49,7 @@ pub enum TableError {
     },
 }
 
-impl TableError {
+impl ValidateError {
     /// The index of the entry that failed, or 0 when the table as a whole
     /// did.
     #[must_use]
@@ -61,7 +61,7 @@ impl TableError {
     }
 }
 
-impl fmt::Display for TableError {
+impl fmt::Display for ValidateError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Unreachable { table } => write!(f, "table {table} is not reachable"),
@@ -73,7 +73,7 @@ impl fmt::Display for TableError {
     }
 }
 
-impl core::error::Error for TableError {
+impl core::error::Error for ValidateError {
     fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
         match self {
             Self::Entry { error, .. } => Some(error),
@@ -107,8 +107,8 @@ pub(crate) fn guest_slot(level: PvLevel, index: u32) -> bool {
 ///
 /// # Errors
 ///
-/// [`TableError::Unreachable`], [`TableError::BadStart`], or
-/// [`TableError::Entry`] for the first entry that breaks a rule. On error,
+/// [`ValidateError::Unreachable`], [`ValidateError::BadStart`], or
+/// [`ValidateError::Entry`] for the first entry that breaks a rule. On error,
 /// the references of entries `0..index` are released, so the frame holds
 /// nothing, as the frame table's validator contract asks.
 #[allow(clippy::too_many_arguments)]
@@ -121,16 +121,16 @@ pub fn validate_table<M, O>(
     level: PvLevel,
     start_entry: u32,
     budget: u32,
-) -> Result<TableProgress, TableError>
+) -> Result<TableProgress, ValidateError>
 where
     M: PhysMem + ?Sized,
     O: FrameOracle + ?Sized,
 {
     if start_entry > ENTRIES {
-        return Err(TableError::BadStart { start_entry });
+        return Err(ValidateError::BadStart { start_entry });
     }
     let Some(entries) = table_entries(mem, table) else {
-        return Err(TableError::Unreachable { table });
+        return Err(ValidateError::Unreachable { table });
     };
     let end = start_entry.saturating_add(budget.max(1)).min(ENTRIES);
     for (index, entry) in (start_entry..end).zip(entries.iter().skip(start_entry as usize)) {
@@ -148,7 +148,7 @@ where
             }
             Err(error) => {
                 release_entries(entries, oracle, level, index);
-                return Err(TableError::Entry { index, error });
+                return Err(ValidateError::Entry { index, error });
             }
         }
     }

@@ -733,7 +733,7 @@ fn validation_resumes_after_its_budget() {
     assert_eq!(counts(&frames, 10), (2, 0));
     devalidate_table(&mem, &frames, Mfn::new(8), PvLevel::L1, ENTRIES);
     assert_eq!((counts(&frames, 9), counts(&frames, 10)), ((1, 0), (1, 0)));
-    assert_eq!(v(513, 1), Err(TableError::BadStart { start_entry: 513 }));
+    assert_eq!(v(513, 1), Err(ValidateError::BadStart { start_entry: 513 }));
 }
 
 #[test]
@@ -758,7 +758,7 @@ fn failed_validation_releases_every_reference_taken_before() {
     assert_eq!(counts(&frames, 9), (2, 1));
     assert_eq!(
         v(350, 512),
-        Err(TableError::Entry {
+        Err(ValidateError::Entry {
             index: 400,
             error: EntryError::ForeignFrame { mfn: Mfn::new(12) }
         })
@@ -810,7 +810,7 @@ fn unreachable_tables_are_errors() {
             0,
             1
         ),
-        Err(TableError::Unreachable { table: Mfn::new(8) })
+        Err(ValidateError::Unreachable { table: Mfn::new(8) })
     );
     assert_eq!(
         mmu_update(
